@@ -1,0 +1,98 @@
+"""Safe photo decoding: pixel limits against decompression bombs, EXIF orientation, any mode to RGB."""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+try:  # HEIC/HEIF (and AVIF on older Pillow) pixels; EXIF is read without it.
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+except ImportError:  # pragma: no cover - optional at run time
+    pillow_heif = None
+
+#: Default ceiling on decoded pixels (a 100 MP photo is larger than any current camera's output).
+MAX_PIXELS = 100_000_000
+
+ImageSource = Union[str, os.PathLike, bytes]
+
+
+class ImageLoadError(ValueError):
+    """A photo that cannot be decoded; the message is one line that says why."""
+
+
+def _open(source: ImageSource) -> Image.Image:
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise ImageLoadError("empty file (0 bytes)")
+        return Image.open(io.BytesIO(source))
+    path = Path(source)
+    if not path.is_file():
+        raise ImageLoadError(f"not a readable file: {path}")
+    if path.stat().st_size == 0:
+        raise ImageLoadError("empty file (0 bytes)")
+    return Image.open(path)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode (CMYK, 16-bit, grayscale, palette, alpha) to 8-bit RGB."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS, apply_orientation: bool = True) -> Image.Image:
+    """Decode a photo to an upright 8-bit RGB PIL image, refusing files over ``max_pixels``.
+
+    The size is checked from the header before any pixel is decoded, so a decompression bomb
+    costs nothing. Every failure raises :class:`ImageLoadError` with a one-line reason.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = _open(source)
+            width, height = img.size
+            if width <= 0 or height <= 0:
+                raise ImageLoadError(f"invalid image size {width}x{height}")
+            if width * height > max_pixels:
+                raise ImageLoadError(
+                    f"image has {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}"
+                )
+            img.load()
+            if apply_orientation:
+                img = ImageOps.exif_transpose(img)
+            return _to_rgb(img)
+    except ImageLoadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageLoadError(f"decompression bomb refused: {exc}") from None
+    except Image.UnidentifiedImageError:
+        raise ImageLoadError("not a recognised image format") from None
+    except (OSError, SyntaxError, ValueError, TypeError, EOFError) as exc:
+        raise ImageLoadError(f"cannot decode image: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def to_array(img: Image.Image) -> np.ndarray:
+    """HxWx3 uint8 array of an RGB PIL image."""
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def to_gray(rgb: np.ndarray) -> np.ndarray:
+    """Luma (Rec. 601) of an HxWx3 uint8 or float image, as float32 in the input's value range."""
+    rgb = np.asarray(rgb, dtype=np.float32)
+    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
