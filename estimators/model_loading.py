@@ -1,9 +1,10 @@
 """Loading Hugging Face models by id or local path, with one clear error when a model is not there."""
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a device is resolved, so the CLI starts fast
+    import torch
 
 T = TypeVar("T")
 
@@ -12,8 +13,10 @@ class ModelUnavailableError(RuntimeError):
     """A model could not be loaded (offline, bad id, broken files); the message says what to do."""
 
 
-def resolve_device(device: Optional[str | torch.device] = None) -> torch.device:
+def resolve_device(device: Optional[str | "torch.device"] = None) -> "torch.device":
     """The requested device, or CUDA when present, else Apple MPS, else CPU."""
+    import torch
+
     if device is not None:
         return torch.device(device)
     if torch.cuda.is_available():
