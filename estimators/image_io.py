@@ -64,7 +64,8 @@ def load_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS, apply_orien
     """
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our own limit below is the authority; Pillow's hard limit (2x its MAX_IMAGE_PIXELS) still applies.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = _open(source)
             width, height = img.size
             if width <= 0 or height <= 0:
@@ -79,7 +80,7 @@ def load_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS, apply_orien
             return _to_rgb(img)
     except ImageLoadError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageLoadError(f"decompression bomb refused: {exc}") from None
     except Image.UnidentifiedImageError:
         raise ImageLoadError("not a recognised image format") from None
