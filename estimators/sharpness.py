@@ -10,14 +10,23 @@ import numpy as np
 from .lens import REFERENCE_SHORT_SIDE
 
 
-def resize_to_reference(array: np.ndarray, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
+def resize_to_reference(array: np.ndarray) -> np.ndarray:
     """Resize an image or map so its short side is 512 px, where K and sharpness are comparable."""
     h, w = array.shape[:2]
     scale = REFERENCE_SHORT_SIDE / min(h, w)
     if abs(scale - 1.0) < 1e-9:
         return array
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(array, size, interpolation=interpolation)
+    return cv2.resize(array, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+
+
+def downscale_to_reference(array: np.ndarray) -> tuple[np.ndarray, float]:
+    """Shrink to short side 512 when larger (never enlarge: that invents soft edges); also return the
+    factor that turns lengths in px of the result into px at short side 512."""
+    h, w = array.shape[:2]
+    if min(h, w) <= REFERENCE_SHORT_SIDE:
+        return array, REFERENCE_SHORT_SIDE / min(h, w)
+    return resize_to_reference(array), 1.0
 
 
 def laplacian_variance(gray: np.ndarray, mask: Optional[np.ndarray] = None) -> Optional[float]:
@@ -82,8 +91,10 @@ INTRINSIC_EDGE_SIGMA = 0.85
 DISC_RADIUS_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.pi) / np.pi
 
 
-def disc_radius_from_sigma(sigma: float | np.ndarray) -> float | np.ndarray:
-    """Disc (lens) blur radius in px that explains a Zhuo & Sim edge sigma, intrinsic edge width removed."""
+def disc_radius_from_sigma(sigma: float | np.ndarray, intrinsic: float = INTRINSIC_EDGE_SIGMA) -> float | np.ndarray:
+    """Disc (lens) blur radius in px that explains a Zhuo & Sim edge sigma, once the edge width an
+    in-focus edge already has (``intrinsic``, at least the estimator's own floor) is removed in quadrature."""
     sigma = np.asarray(sigma, dtype=np.float64)
-    radius = DISC_RADIUS_PER_SIGMA * np.sqrt(np.maximum(sigma * sigma - INTRINSIC_EDGE_SIGMA**2, 0.0))
+    floor = max(float(intrinsic), INTRINSIC_EDGE_SIGMA)
+    radius = DISC_RADIUS_PER_SIGMA * np.sqrt(np.maximum(sigma * sigma - floor * floor, 0.0))
     return float(radius) if radius.ndim == 0 else radius

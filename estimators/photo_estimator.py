@@ -1,0 +1,86 @@
+"""Runs EXIF, depth, mask and bokeh-level estimation over photo files, one record per photo."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional
+
+import numpy as np
+
+from .backends import make_depth_model, make_masker
+from .bokeh_level import estimate_bokeh_level
+from .depth import DepthMap, DepthUnavailableError, load_depth_sidecar
+from .exif import read_exif
+from .image_io import MAX_PIXELS, ImageLoadError, load_image, to_array
+
+
+class PhotoEstimator:
+    """Estimate K for photo files with the chosen depth and mask backends (models load once, at construction)."""
+
+    def __init__(
+        self,
+        depth: str = "sidecar",
+        mask: str = "depth",
+        *,
+        depth_model: Optional[str] = None,
+        sam_model: Optional[str] = None,
+        device: Optional[str] = None,
+        max_pixels: int = MAX_PIXELS,
+    ) -> None:
+        self.depth_backend, self.mask_backend = depth, mask
+        self.max_pixels = max_pixels
+        self._depth_model = make_depth_model(depth, depth_model, device)
+        self._masker = make_masker(mask, sam_model, device)
+
+    def _depth(self, path: Path, image: Any, notes: list[str]) -> Optional[DepthMap]:
+        if self.depth_backend == "sidecar":
+            try:
+                return load_depth_sidecar(path, image.size)
+            except DepthUnavailableError as exc:
+                notes.append(f"{exc}: estimating without depth")
+                return None
+        if self._depth_model is not None:
+            return self._depth_model(image)
+        return None
+
+    def _mask(self, path: Path, image: Any, depth: Optional[DepthMap], notes: list[str]) -> tuple[Optional[np.ndarray], Optional[str]]:
+        if self.mask_backend == "sidecar":
+            from .mask import MaskUnavailableError, load_mask_sidecar
+
+            try:
+                found = load_mask_sidecar(path, image.size)
+                return found.mask, found.source
+            except MaskUnavailableError as exc:
+                notes.append(f"{exc}: estimating without a subject mask")
+                return None, None
+        if self._masker is None:
+            return None, None
+        if depth is None:
+            notes.append(f"mask backend '{self.mask_backend}' needs depth: estimating without a subject mask")
+            return None, None
+        found = self._masker(image, depth.disparity)
+        return found.mask, found.source
+
+    def estimate(self, path: str | Path) -> dict[str, Any]:
+        """The record of one photo as a JSON-ready dict; a file that cannot be read gives {source, error}."""
+        path = Path(path)
+        try:
+            image = load_image(path, max_pixels=self.max_pixels)
+        except ImageLoadError as exc:
+            return {"source": str(path), "error": str(exc)}
+        notes: list[str] = []
+        depth = self._depth(path, image, notes)
+        mask, mask_source = self._mask(path, image, depth, notes)
+        record = estimate_bokeh_level(
+            to_array(image), read_exif(path), depth, mask, source=str(path), mask_source=mask_source
+        )
+        record.notes[:0] = notes
+        return record.to_dict()
+
+    def estimate_all(self, paths: Iterable[str | Path]) -> Iterator[dict[str, Any]]:
+        """Records for many photos, in order; one bad photo never stops the rest."""
+        for path in paths:
+            try:
+                yield self.estimate(path)
+            except Exception as exc:  # noqa: BLE001 - recorded, never a crash of the run
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                yield {"source": str(path), "error": f"unexpected {type(exc).__name__}: {message}"}

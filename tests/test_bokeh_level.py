@@ -1,0 +1,148 @@
+"""The per-photo bokeh record: EXIF lens math, metric depth, image-only fallback and confidence."""
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from estimators.bokeh_level import estimate_bokeh_level, image_bokeh_level, sensor_width
+from estimators.depth import DepthMap, disparity_from_depth
+from estimators.exif import ExifInfo
+
+W, H = 1024, 683
+
+
+def texture(h, w, cell=24, seed=0):
+    """A high-contrast checker with random cell brightness: many step edges of known sharpness."""
+    rng = np.random.default_rng(seed)
+    levels = rng.uniform(20, 235, size=(h // cell + 1, w // cell + 1))
+    yy, xx = np.mgrid[:h, :w]
+    gray = levels[yy // cell, xx // cell].astype(np.float32)
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+def disc_blur(img, r):
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    k = ((yy**2 + xx**2) <= r * r).astype(np.float32)
+    return cv2.filter2D(img, -1, k / k.sum(), borderType=cv2.BORDER_REFLECT)
+
+
+def scene(h, w, background_radius):
+    """Sharp centred square subject over a disc-blurred textured background, and the subject mask."""
+    img = disc_blur(texture(h, w), background_radius) if background_radius else texture(h, w)
+    mask = np.zeros((h, w), bool)
+    mask[h // 3 : 2 * h // 3, w // 3 : 2 * w // 3] = True
+    img[mask] = texture(h, w, cell=10, seed=1)[mask]
+    return np.clip(img, 0, 255).astype(np.uint8), mask
+
+
+FF50 = dict(make="Canon", model="Canon EOS 5D Mark IV", f_number=1.8, focal_length_mm=50.0, focal_length_35mm=50.0)
+
+
+def k_metric_by_hand(f_m, n, s_m, sensor_w_mm, width):
+    return f_m * f_m * s_m / (2 * n * (s_m - f_m)) * width / (sensor_w_mm / 1000)
+
+
+def test_exif_only_worked_example():
+    img, _ = scene(H, W, 0)
+    rec = estimate_bokeh_level(img, ExifInfo(**FF50, subject_distance_m=2.5))
+    assert rec.provenance == "exif-only"
+    assert rec.focus_distance_source == "exif:SubjectDistance"
+    assert rec.sensor_width_source == "35mm-equivalent"
+    assert rec.k_metric == pytest.approx(20.158, abs=0.005)  # DESIGN.md: ~20.2
+    # Relative/no depth: z_near = s, z_far = inf -> K = k_metric / s at short side 512.
+    assert rec.bokeh_level == pytest.approx(20.158 / 2.5 * 512 / 683, abs=0.003)
+    assert rec.background_blur_px == pytest.approx(8.063, abs=0.002)
+    assert any("z_far = inf" in note for note in rec.notes)
+    assert rec.is_all_in_focus is False
+
+
+def test_exif_with_metric_depth_uses_subject_depth_and_scene_range():
+    img, mask = scene(H, W, 0)
+    depth = np.where(mask, 2.0, 10.0).astype(np.float32)
+    dm = DepthMap(disparity_from_depth(depth), depth_m=depth, source="test")
+    rec = estimate_bokeh_level(img, ExifInfo(**FF50, subject_distance_m=5.0), dm, mask)
+    assert rec.provenance == "exif+depth"
+    assert rec.focus_distance_m == pytest.approx(2.0) and rec.focus_distance_source == "depth+mask"
+    sensor = 43.27 * W / math.hypot(W, H)
+    k = k_metric_by_hand(0.05, 1.8, 2.0, sensor, W)
+    assert rec.k_metric == pytest.approx(k, rel=1e-6)
+    assert (rec.z_near_m, rec.z_far_m) == (pytest.approx(2.0), pytest.approx(10.0))
+    assert rec.bokeh_level == pytest.approx(k * (1 / 2.0 - 1 / 10.0) * 512 / H, rel=1e-6)
+    assert rec.focus_disparity == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("radius", [4, 8, 14])
+def test_image_only_recovers_background_disc_radius(radius):
+    # 512 x 768: radius in px is already at the reference short side.
+    img, mask = scene(512, 768, radius)
+    rec = estimate_bokeh_level(img, ExifInfo(), None, mask)
+    assert rec.provenance == "image-only"
+    assert rec.bokeh_level == pytest.approx(radius, rel=0.25)
+    # With relative depth (background d = 0, subject d = 1) K = r / |0 - 1| as well.
+    dm = DepthMap(np.where(mask, 1.0, 0.0).astype(np.float32), source="test")
+    rec = estimate_bokeh_level(img, ExifInfo(), dm, mask)
+    assert rec.bokeh_level == pytest.approx(radius, rel=0.25)
+
+
+def test_image_only_scales_radius_to_short_side_512():
+    # Same blur on a 1024 x 1536 image is half the K: radius 16 px at short side 1024 = 8 px at 512.
+    img, mask = scene(1024, 1536, 16)
+    assert image_bokeh_level(img, None, None, ~mask)[0] == pytest.approx(8, rel=0.25)
+
+
+def test_sharp_photo_is_all_in_focus():
+    img, mask = scene(512, 768, 0)
+    rec = estimate_bokeh_level(img, ExifInfo(), None, mask)
+    assert rec.bokeh_level <= 1.0 and rec.is_all_in_focus is True
+    assert rec.sharpness_subject > 100 and rec.sharpness_background > 100
+
+
+def test_blur_lowers_background_sharpness_only():
+    sharp, mask = scene(512, 768, 0)
+    blurred, _ = scene(512, 768, 8)
+    a = estimate_bokeh_level(sharp, ExifInfo(), None, mask)
+    b = estimate_bokeh_level(blurred, ExifInfo(), None, mask)
+    assert b.sharpness_background < a.sharpness_background / 10
+    assert b.sharpness_subject == pytest.approx(a.sharpness_subject, rel=0.2)
+
+
+def test_confidence_follows_agreement_and_source():
+    blurred, mask = scene(H, W, 6)
+    # EXIF says background blur ~6 px (at 683 short side -> K ~4.5 at 512): agrees with the image roughly.
+    agree = estimate_bokeh_level(blurred, ExifInfo(**FF50, subject_distance_m=3.4), None, mask)
+    far_off = estimate_bokeh_level(blurred, ExifInfo(**{**FF50, "f_number": 22.0}, subject_distance_m=3.4), None, mask)
+    assert agree.confidence > far_off.confidence
+    maker = estimate_bokeh_level(
+        blurred, ExifInfo(**FF50, focus_distance_m=3.4, focus_distance_source="makernote:canon"), None, mask
+    )
+    assert maker.confidence == pytest.approx(agree.confidence * 0.8, abs=0.002)
+    assert 0 < maker.confidence < agree.confidence <= 0.7
+
+
+def test_no_estimate_on_flat_image_and_missing_fields_are_named():
+    flat = np.full((200, 300, 3), 128, np.uint8)
+    rec = estimate_bokeh_level(flat, ExifInfo(f_number=2.0))
+    assert rec.bokeh_level is None and rec.provenance is None and rec.confidence == 0.0
+    assert any("missing focal length, focus distance, sensor size" in n for n in rec.notes)
+    json.dumps(rec.to_dict(), allow_nan=False)
+
+
+def test_sensor_width_sources():
+    # Camera table gives the long side (Canon EOS 40D: 22.2 mm); a portrait photo's width is the short side.
+    w, src = sensor_width(ExifInfo(make="Canon", model="Canon EOS 40D", focal_length_mm=50.0), 3888, 2592)
+    assert src == "camera-table" and w == pytest.approx(22.2)
+    w, _ = sensor_width(ExifInfo(make="Canon", model="Canon EOS 40D", focal_length_mm=50.0), 2592, 3888)
+    assert w == pytest.approx(22.2 * 2592 / 3888)
+    # Focal-plane resolution: 3888 px recorded at 175.1 px/mm -> 22.2 mm.
+    w, src = sensor_width(ExifInfo(focal_plane_px_per_mm=3888 / 22.2, exif_image_width=3888), 3888, 2592)
+    assert src == "focal-plane-resolution" and w == pytest.approx(22.2)
+    assert sensor_width(ExifInfo(), 100, 100) == (None, None)
+
+
+def test_record_is_strict_json_with_infinite_background():
+    img, _ = scene(H, W, 0)
+    rec = estimate_bokeh_level(img, ExifInfo(**FF50, subject_distance_m=2.5), source="x.jpg")
+    out = json.loads(json.dumps(rec.to_dict(), allow_nan=False))
+    assert out["z_far_m"] is None and out["source"] == "x.jpg" and out["exif"]["f_number"] == 1.8
