@@ -8,17 +8,6 @@ from PIL import Image
 
 from estimators.depth_anything import DepthAnythingEstimator
 from estimators.model_loading import ModelUnavailableError
-from tiny_models import build_tiny_depth_anything
-
-
-@pytest.fixture(scope="module")
-def relative_dir(tmp_path_factory):
-    return build_tiny_depth_anything(tmp_path_factory.mktemp("da_relative"))
-
-
-@pytest.fixture(scope="module")
-def metric_dir(tmp_path_factory):
-    return build_tiny_depth_anything(tmp_path_factory.mktemp("da_metric"), metric=True, max_depth=20)
 
 
 def _image(width: int, height: int, seed: int) -> Image.Image:

@@ -2,15 +2,14 @@
 import io
 import struct
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import TEST_PHOTOS
 from estimators.image_io import ImageLoadError, load_image
 
-DATA = Path(__file__).parent / "data" / "photos"
 
 
 def png_header_only(width, height):
@@ -86,12 +85,12 @@ def test_modes_become_8_bit_rgb(tmp_path):
 
 
 def test_exif_orientation_applied():
-    raw = Image.open(DATA / "exif" / "orientation_landscape_6.jpg")
-    img = load_image(DATA / "exif" / "orientation_landscape_6.jpg")
+    raw = Image.open(TEST_PHOTOS / "exif" / "orientation_landscape_6.jpg")
+    img = load_image(TEST_PHOTOS / "exif" / "orientation_landscape_6.jpg")
     assert img.size == (raw.size[1], raw.size[0])  # orientation 6: rotated 90 degrees to be upright
 
 
 def test_heic_decodes_when_pillow_heif_present():
     pytest.importorskip("pillow_heif")
-    img = load_image(DATA / "exif" / "iphone_13_pro_max.heic")
+    img = load_image(TEST_PHOTOS / "exif" / "iphone_13_pro_max.heic")
     assert img.mode == "RGB" and min(img.size) > 0

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import DEMO_PHOTOS
 from estimators.depth import load_depth_sidecar
 from estimators.image_io import load_image
 from estimators.mask import (
@@ -22,9 +23,7 @@ from estimators.mask import (
     size_factor,
 )
 from estimators.model_loading import ModelUnavailableError
-from tiny_models import build_tiny_sam
 
-DEMO = Path(__file__).resolve().parent.parent / "demo" / "photos"
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -113,7 +112,7 @@ def test_mismatched_disparity_is_a_clear_error():
 
 
 def test_depth_masker_on_demo_photo():
-    photo = DEMO / "street_8.jpg"
+    photo = DEMO_PHOTOS / "street_8.jpg"
     image = load_image(photo)
     disparity = load_depth_sidecar(photo, image.size).disparity
     result = DepthMasker()(image, disparity)
@@ -176,11 +175,6 @@ def test_choose_rejects_tiny_speck_and_otherwise_follows_iou():
 
 
 # ---------------------------------------------------------------- tiny SAM from disk
-
-
-@pytest.fixture(scope="module")
-def sam_dir(tmp_path_factory):
-    return build_tiny_sam(tmp_path_factory.mktemp("sam"))
 
 
 def test_tiny_sam_returns_image_sized_bool_mask(sam_dir):
