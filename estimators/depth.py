@@ -82,8 +82,8 @@ def focus_distance_from_mask(depth_m: np.ndarray, mask: np.ndarray) -> Optional[
     return float(np.median(nearer))
 
 
-def _resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a float map to ``size`` = (width, height)."""
+def resize_map(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float map to ``size`` = (width, height), as float32."""
     if array.shape[1] == size[0] and array.shape[0] == size[1]:
         return array.astype(np.float32)
     import cv2
@@ -123,10 +123,10 @@ def load_depth_sidecar(photo: str | Path, size: tuple[int, int]) -> DepthMap:
             depth = np.load(depth_path, allow_pickle=False)
             if depth.ndim != 2:
                 raise DepthUnavailableError(f"depth sidecar {depth_path.name} is not a 2-D array")
-            depth = _resize(depth, size)
+            depth = resize_map(depth, size)
             return DepthMap(disparity_from_depth(depth), depth_m=depth, source="sidecar-depth")
         if disp_path.is_file():
-            disp = _resize(read_disparity_png(disp_path), size)
+            disp = resize_map(read_disparity_png(disp_path), size)
             return DepthMap(normalize_disparity(disp), source="sidecar-disparity")
     except DepthUnavailableError:
         raise

@@ -1,0 +1,195 @@
+"""Layered defocus in linear light: per-layer aperture blur, depth-ordered compositing, seam-free normalisation.
+
+Each pixel belongs to one layer (:mod:`synth_blur.layers`). A layer's premultiplied colour and alpha
+are blurred with its aperture kernel, so every pixel spreads its light over its own disc; layers
+are then composited with the ``over`` operator in depth order: a sharp foreground (alpha 1) hides
+whatever blurred background lands on it, and a blurred foreground's partial alpha lets the
+background show through.
+
+The in-focus layer and the layers behind it form the back stack B, built far to near; the layers
+in front of it form the front stack F, built near to far (``over`` is associative). Both stacks
+are composited on each reduced grid and upsampled once per octave, so the number of
+full-resolution passes does not depend on K; full-resolution layers (|r| < FULL_RES_LIMIT) join
+their stack last. The result is ``F + (1 - alpha_F) * normalise(B)``: B's colour divided by its
+coverage (the light of pixels hidden by nearer layers is replaced by the visible pixels' average,
+so there are no dark seams), and where B has nothing at all (behind the foreground) B is extended
+from its surroundings by a push-pull pyramid, so a blurred foreground's edge fades smoothly into
+the background on both sides of its outline. The frame is mirrored, so borders do not darken.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .aperture import Aperture
+from .layers import LayerPlan
+from .tiles import HALO, PatchFetcher, TileGrid, blur_and_composite, kernel_spectra, presence_from_blocks, tile_presence
+
+#: Coverage below which a pixel's normalised colour is blended with the push-pull fill.
+HOLE_COVERAGE = 0.05
+
+
+def _upsample2(image: Optional[torch.Tensor], height: int, width: int) -> Optional[torch.Tensor]:
+    """Bicubic 2x upsampling of a premultiplied image, cropped to ``height`` x ``width``.
+
+    Overshoot is removed without changing any colour: negative values become 0 and pixels whose
+    alpha exceeds 1 are scaled down as a whole (premultiplied colour with them).
+    """
+    if image is None:
+        return None
+    up = F.interpolate(image[None], scale_factor=2, mode="bicubic", align_corners=False)[0, :, :height, :width]
+    return up.clamp_min(0.0) / up[3:4].clamp_min(1.0)
+
+
+def _slot_order(plan: LayerPlan, members: list[int]) -> list[int]:
+    """Compositing order of one grid's layers: back layers far to near, then front layers near to far."""
+    return sorted(members, key=lambda i: (plan.layers[i].side > 0, -plan.layers[i].radius))
+
+
+def _coarse_stacks(premult: torch.Tensor, plan: LayerPlan) -> dict[int, tuple[list[int], TileGrid, torch.Tensor]]:
+    """Area-averaged copies of the reduced-grid layers: per scale, its layers in slot order, its grid
+    and their copies [L, 4, H + 2 HALO, W + 2 HALO] (tile-padded, with halo).
+
+    One index_add over all pixels: each pixel lands in its own layer's copy, in the cell it falls in.
+    """
+    _, height, width = premult.shape
+    device = premult.device
+    n_layers = len(plan.layers)
+    base = torch.zeros(n_layers + 1, dtype=torch.long)
+    scale_of = torch.ones(n_layers + 1, dtype=torch.long)
+    row_length = torch.zeros(n_layers + 1, dtype=torch.long)
+    layout = {}
+    offset = 0
+    for s in sorted({layer.scale for layer in plan.layers if layer.scale > 1}):
+        members = _slot_order(plan, [i for i, layer in enumerate(plan.layers) if layer.scale == s])
+        grid = TileGrid(-(-height // s), -(-width // s))
+        rows, cols = grid.padded_height + 2 * HALO, grid.padded_width + 2 * HALO
+        layout[s] = (members, grid, offset, (len(members), rows, cols))
+        for slot, i in enumerate(members):
+            base[i], scale_of[i], row_length[i] = offset + slot * rows * cols, s, cols
+        offset += len(members) * rows * cols
+    base[n_layers] = offset  # full-resolution pixels all land in one spare cell
+    coarse = (scale_of[:-1] > 1).to(device)
+    ids = torch.where(coarse[plan.ids], plan.ids, n_layers)
+    s_map = scale_of.to(device)[ids]
+    cell_row = torch.arange(height, device=device)[:, None] // s_map + HALO
+    cell_col = torch.arange(width, device=device)[None, :] // s_map + HALO
+    dest = base.to(device)[ids] + cell_row * row_length.to(device)[ids] + cell_col
+    dest = torch.where(ids == n_layers, torch.full_like(dest, offset), dest)
+    buffer = premult.new_zeros((offset + 1, 4))
+    buffer.index_add_(0, dest.reshape(-1), premult.reshape(4, -1).t())
+    stacks = {}
+    for s, (members, grid, start, (count, rows_s, cols_s)) in layout.items():
+        block = buffer[start : start + count * rows_s * cols_s].view(count, rows_s, cols_s, 4)
+        stack = (block / float(s * s)).permute(0, 3, 1, 2).contiguous()
+        # Cells cut by the frame hold fewer pixels: scale them to full cells, then mirror the frame.
+        stack[:, :, HALO + grid.height - 1] *= s / (height - s * (grid.height - 1))
+        stack[:, :, :, HALO + grid.width - 1] *= s / (width - s * (grid.width - 1))
+        stacks[s] = (members, grid, grid.mirror_halo(stack))
+    return stacks
+
+
+def _composite_grid(
+    plan: LayerPlan, members: list[int], grid: TileGrid, presence: torch.Tensor, fetch: PatchFetcher,
+    scale: int, aperture: Aperture, back: Optional[torch.Tensor], front: Optional[torch.Tensor], like: torch.Tensor,
+) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Blur one grid's layers (``members`` in slot order) and composite them into the back and front stacks.
+
+    Back layers and the in-focus layer go over the back stack, front layers under the front stack.
+    """
+    layers = [plan.layers[i] for i in members]
+    back_tiles, front_tiles = grid.to_tiles(back, like), grid.to_tiles(front, like)
+    blur_and_composite(
+        back_tiles, front_tiles, grid, presence, fetch,
+        kernel_spectra([layer.radius / scale for layer in layers], aperture, like),
+        [layer.side > 0 for layer in layers], [layer.side == 0 for layer in layers],
+    )
+    used_back = back is not None or any(layer.side <= 0 for layer in layers)
+    used_front = front is not None or any(layer.side > 0 for layer in layers)
+    return (grid.from_tiles(back_tiles) if used_back else None, grid.from_tiles(front_tiles) if used_front else None)
+
+
+def _coarse_scale(
+    plan: LayerPlan, scale: int, members: list[int], grid: TileGrid, stack: torch.Tensor, aperture: Aperture,
+    back: Optional[torch.Tensor], front: Optional[torch.Tensor],
+) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Blur one reduced grid's layer copies into the back and front stacks of that grid."""
+    patches = grid.patches(stack).permute(0, 2, 3, 1, 4, 5)  # [L, rows, cols, 4, P, P]
+    return _composite_grid(
+        plan, members, grid, tile_presence(stack[:, 3]), lambda slot, row, col: patches[slot, row, col],
+        scale, aperture, back, front, stack,
+    )
+
+
+def _full_resolution(
+    premult: torch.Tensor, plan: LayerPlan, aperture: Aperture, back: Optional[torch.Tensor], front: Optional[torch.Tensor],
+) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Blur the full-resolution layers (|r| < FULL_RES_LIMIT, in focus included) into the two stacks."""
+    _, height, width = premult.shape
+    device = premult.device
+    grid = TileGrid(height, width)
+    members = _slot_order(plan, [i for i, layer in enumerate(plan.layers) if layer.scale == 1])
+    n = len(members)
+    if n == 0:
+        return back, front
+    slot_of = torch.full((len(plan.layers) + 1,), n, dtype=torch.long)
+    slot_of[torch.tensor(members, dtype=torch.long) + 1] = torch.arange(n)
+    ids = grid.mirror_halo(grid.with_halo(plan.ids.to(torch.int16), fill=-1))
+    # Which layers have pixels in each HALO x HALO block: one bincount over (slot, block) keys.
+    block_rows, block_cols = ids.shape[0] // HALO, ids.shape[1] // HALO
+    block = (torch.arange(ids.shape[0], device=device)[:, None] // HALO) * block_cols + (
+        torch.arange(ids.shape[1], device=device)[None, :] // HALO)
+    key = slot_of.to(device)[ids.long() + 1] * (block_rows * block_cols) + block
+    counts = torch.bincount(key.reshape(-1), minlength=(n + 1) * block_rows * block_cols)
+    presence = presence_from_blocks(counts[: n * block_rows * block_cols].view(n, block_rows, block_cols) > 0)
+
+    patches = grid.patches(grid.mirror_halo(grid.with_halo(premult))).permute(1, 2, 0, 3, 4)  # [rows, cols, 4, P, P]
+    id_patches = grid.patches(ids)
+    layer_of_slot = torch.tensor(members, dtype=torch.int16, device=device)
+
+    def fetch(slot: torch.Tensor, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+        mine = id_patches[row, col] == layer_of_slot[slot][:, None, None]
+        return patches[row, col] * mine[:, None]
+
+    return _composite_grid(plan, members, grid, presence, fetch, 1, aperture, back, front, premult)
+
+
+def normalise(premult: torch.Tensor) -> torch.Tensor:
+    """Colour [3, H, W] of a premultiplied image: C / alpha, holes (alpha ~ 0) filled by push-pull."""
+    colour, alpha = premult[:3], premult[3:4]
+    if float(alpha.min()) >= HOLE_COVERAGE:
+        return colour / alpha
+    levels = [premult]
+    while min(levels[-1].shape[-2:]) > 1:
+        levels.append(F.avg_pool2d(levels[-1][None], 2, ceil_mode=True)[0])
+    top = levels[-1]
+    fill = torch.where(top[3:4] > 0, top[:3] / top[3:4].clamp_min(1e-12), torch.zeros_like(top[:3]))
+    for level in reversed(levels[:-1]):
+        up = F.interpolate(fill[None], size=level.shape[-2:], mode="bilinear", align_corners=False)[0]
+        weight = (1.0 - level[3:4] / HOLE_COVERAGE).clamp(0.0, 1.0)
+        fill = (level[:3] + weight * up) / (level[3:4] + weight)
+    return fill
+
+
+def render_linear(linear: torch.Tensor, plan: LayerPlan, aperture: Aperture) -> torch.Tensor:
+    """Defocus a linear-light image [3, H, W] sliced by ``plan``; returns linear light [3, H, W]."""
+    _, height, width = linear.shape
+    premult = torch.cat([linear, linear.new_ones((1, height, width))])
+    back = front = None
+    stacks = _coarse_stacks(premult, plan)
+    scale = max(stacks, default=1)
+    while scale > 1:
+        back = _upsample2(back, -(-height // scale), -(-width // scale))
+        front = _upsample2(front, -(-height // scale), -(-width // scale))
+        if scale in stacks:
+            back, front = _coarse_scale(plan, scale, *stacks[scale], aperture, back, front)
+        scale //= 2
+    back, front = _upsample2(back, height, width), _upsample2(front, height, width)
+    back, front = _full_resolution(premult, plan, aperture, back, front)
+    if front is None:
+        return normalise(back)
+    if back is None:  # nothing behind the front stack anywhere: normalise it alone
+        return front[:3] / front[3:4].clamp_min(1e-6)
+    return front[:3] + (1.0 - front[3:4]) * normalise(back)

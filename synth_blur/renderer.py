@@ -1,0 +1,133 @@
+"""The public renderer: an all-in-focus image plus disparity in, the same image with lens defocus out.
+
+Blur radius of a pixel in px: ``bokeh_level * |disparity - focus_disparity| * min(H, W) / 512``
+(DESIGN.md §1). Work happens in linear light (``gamma`` in, ``1 / gamma`` out) with the layered,
+occlusion-aware compositor of :mod:`synth_blur.composite`, in torch, on CPU or CUDA alike.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from estimators.lens import REFERENCE_SHORT_SIDE
+from estimators.model_loading import resolve_device
+
+from .aperture import Aperture, blade_count
+from .composite import render_linear
+from .layers import FOCUS_RADIUS, plan_layers
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+
+#: Highlight boost acts on pixels whose brightest encoded channel exceeds this ...
+HIGHLIGHT_THRESHOLD = 0.8
+#: ... and reaches full strength on pixels blurred by at least this radius (px) beyond FOCUS_RADIUS.
+HIGHLIGHT_FULL_RADIUS = 2.0
+
+
+def blur_radius_scale(height: int, width: int) -> float:
+    """Pixels of blur radius per unit of K x |d - d_focus| at this image size."""
+    return min(height, width) / REFERENCE_SHORT_SIDE
+
+
+def _finite_number(name: str, value: float, low: float, high: float = math.inf) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not (math.isfinite(number) and low <= number <= high):
+        bounds = f">= {low}" if math.isinf(high) else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be a finite number {bounds}, got {value!r}")
+    return number
+
+
+def _as_tensor(array: ArrayLike, name: str) -> torch.Tensor:
+    if isinstance(array, torch.Tensor):
+        return array.detach()
+    if isinstance(array, np.ndarray):
+        contiguous = np.ascontiguousarray(array)
+        return torch.from_numpy(contiguous if contiguous.flags.writeable else contiguous.copy())
+    raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(array).__name__}")
+
+
+def _check_image(image: torch.Tensor) -> None:
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"image must be HxWx3, got shape {tuple(image.shape)}")
+    if image.dtype == torch.uint8:
+        return
+    if not image.dtype.is_floating_point:
+        raise ValueError(f"image must be uint8 or float in [0, 1], got dtype {image.dtype}")
+    low, high = float(image.min()), float(image.max())
+    if not (math.isfinite(low) and math.isfinite(high)) or low < -1e-6 or high > 1 + 1e-6:
+        raise ValueError(f"float image values must lie in [0, 1], got range [{low:.4g}, {high:.4g}]")
+
+
+def _check_disparity(disparity: torch.Tensor, shape: tuple[int, int]) -> None:
+    if tuple(disparity.shape) != shape:
+        raise ValueError(f"disparity shape {tuple(disparity.shape)} does not match the image's {shape}")
+    if not disparity.dtype.is_floating_point:
+        raise ValueError(f"disparity must be a float map in [0, 1], got dtype {disparity.dtype}")
+    low, high = float(disparity.min()), float(disparity.max())
+    if not (math.isfinite(low) and math.isfinite(high)) or low < -1e-6 or high > 1 + 1e-6:
+        raise ValueError(f"disparity must be finite and in [0, 1] (larger = nearer), got range [{low:.4g}, {high:.4g}]")
+
+
+def _boost_highlights(linear: torch.Tensor, encoded: torch.Tensor, radius: torch.Tensor, boost: float) -> torch.Tensor:
+    """Multiply bright out-of-focus pixels by up to ``1 + boost`` in linear light (clipped highlights)."""
+    brightness = ((encoded.amax(0) - HIGHLIGHT_THRESHOLD) / (1.0 - HIGHLIGHT_THRESHOLD)).clamp(0.0, 1.0) ** 2
+    defocus = ((radius.abs() - FOCUS_RADIUS) / HIGHLIGHT_FULL_RADIUS).clamp(0.0, 1.0)
+    return linear * (1.0 + boost * brightness * defocus)
+
+
+def render(
+    image: ArrayLike,
+    disparity: ArrayLike,
+    bokeh_level: float,
+    focus_disparity: float,
+    *,
+    gamma: float = 2.2,
+    highlight_boost: float = 0.0,
+    aperture: Aperture = "disc",
+    device: Optional[str | torch.device] = None,
+) -> ArrayLike:
+    """Re-render an all-in-focus image with the defocus of bokeh level K focused at ``focus_disparity``.
+
+    ``image`` is HxWx3 uint8 or float in [0, 1] (numpy or torch); ``disparity`` HxW in [0, 1], larger
+    = nearer. Returns the same type and dtype (torch results on the input's device). K = 0 returns
+    an unchanged copy. ``highlight_boost`` > 0 brightens clipped highlights out of focus; ``aperture``
+    is "disc" or a blade count >= 3. ``device`` None = CUDA when present.
+    """
+    level = _finite_number("bokeh_level", bokeh_level, 0.0)
+    focus = _finite_number("focus_disparity", focus_disparity, 0.0, 1.0)
+    gamma = _finite_number("gamma", gamma, 1e-3)
+    boost = _finite_number("highlight_boost", highlight_boost, 0.0)
+    blade_count(aperture)
+    source = _as_tensor(image, "image")
+    _check_image(source)
+    height, width = source.shape[:2]
+    disp = _as_tensor(disparity, "disparity")
+    _check_disparity(disp, (height, width))
+    if level == 0.0:
+        return image.clone() if isinstance(image, torch.Tensor) else image.copy()
+
+    work = resolve_device(device)
+    if source.dtype == torch.uint8:
+        encoded = source.to(work).permute(2, 0, 1).float() / 255.0
+    else:
+        encoded = source.to(work, torch.float32).permute(2, 0, 1).clamp(0.0, 1.0)
+    linear = encoded**gamma
+    radius = level * (disp.to(work, torch.float32).clamp(0.0, 1.0) - focus) * blur_radius_scale(height, width)
+    if boost > 0:
+        linear = _boost_highlights(linear, encoded, radius, boost)
+    plan = plan_layers(radius)
+    out = render_linear(linear, plan, aperture).clamp(0.0, 1.0) ** (1.0 / gamma)
+    out = out.permute(1, 2, 0).contiguous()
+    if source.dtype == torch.uint8:
+        out = (out * 255.0).round().to(torch.uint8)
+    else:
+        out = out.to(source.dtype)
+    if isinstance(image, torch.Tensor):
+        return out.to(image.device)
+    return out.cpu().numpy()
