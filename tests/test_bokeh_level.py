@@ -146,3 +146,27 @@ def test_record_is_strict_json_with_infinite_background():
     rec = estimate_bokeh_level(img, ExifInfo(**FF50, subject_distance_m=2.5), source="x.jpg")
     out = json.loads(json.dumps(rec.to_dict(), allow_nan=False))
     assert out["z_far_m"] is None and out["source"] == "x.jpg" and out["exif"]["f_number"] == 1.8
+
+
+def test_image_only_estimate_tracks_renderer_k_on_a_real_photo():
+    """The renderer defines K; the image-only estimate (with the photo's depth and mask) must follow it."""
+    from conftest import DEMO_PHOTOS
+    from estimators.depth import focus_disparity_from_mask, load_depth_sidecar
+    from estimators.image_io import load_image, to_array
+    from estimators.mask import DepthMasker
+    from synth_blur import render
+
+    photo = DEMO_PHOTOS / "street_8.jpg"
+    img = load_image(photo)
+    img = img.resize((768, 512))
+    depth = load_depth_sidecar(photo, img.size)
+    mask = DepthMasker()(img, depth.disparity).mask
+    focus = focus_disparity_from_mask(depth.disparity, mask)
+    estimates = []
+    for k in (0, 5, 10, 20):
+        rendered = render(to_array(img), depth.disparity, k, focus)
+        estimates.append(estimate_bokeh_level(rendered, ExifInfo(), depth, mask).bokeh_level)
+    assert estimates[0] <= 1.0
+    assert all(b > a for a, b in zip(estimates, estimates[1:]))
+    for k, est in zip((5, 10, 20), estimates[1:]):
+        assert est == pytest.approx(k, rel=0.35)
