@@ -1,0 +1,208 @@
+"""What the UNet and FLUX bokeh adapters share: the bokeh embedding, processors installed on a
+diffusers model, parameter freezing, and the config.json + model.safetensors checkpoint format."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from estimators.model_loading import ModelUnavailableError, load_pretrained
+from trainer.bokeh_embedding import BokehEmbedding, BokehLevels
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+DEFAULT_AVOID = "an adapter you trained locally (bokeh train)"
+
+
+def _download(repo_id: str) -> Path:
+    """The hub snapshot folder holding the adapter's config and safetensors weights."""
+    from huggingface_hub import hf_hub_download
+
+    hf_hub_download(repo_id, CONFIG_NAME)
+    return Path(hf_hub_download(repo_id, WEIGHTS_NAME)).parent
+
+
+def resolve_checkpoint(dir_or_id: Union[str, Path], avoid: str = DEFAULT_AVOID) -> Path:
+    """The local folder of an adapter checkpoint: ``dir_or_id`` itself, or its hub download.
+
+    Raises ModelUnavailableError (one line, naming the id) when the files cannot be had.
+    """
+    path = Path(dir_or_id).expanduser()
+    if path.is_dir():
+        missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (path / name).is_file()]
+        if missing:
+            raise ModelUnavailableError(
+                f"adapter folder {path} has no {' or '.join(missing)} "
+                f"(an adapter checkpoint is {CONFIG_NAME} + {WEIGHTS_NAME}; only safetensors weights are read)"
+            )
+        return path
+    if path.exists():
+        raise ModelUnavailableError(f"adapter checkpoint {path} is a file; pass the folder holding {CONFIG_NAME} and {WEIGHTS_NAME}")
+    if path.is_absolute() or str(dir_or_id).startswith((".", "~")):
+        raise ModelUnavailableError(f"adapter folder {path} does not exist")
+    return load_pretrained(_download, str(dir_or_id), what="Bokeh Diffusion adapter", avoid=avoid)
+
+
+def read_config(path: Path, fields: Sequence[str]) -> dict[str, Any]:
+    """The adapter config in ``path``; unknown fields are an error, not silently dropped."""
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailableError(f"cannot read adapter config {path}: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ModelUnavailableError(f"adapter config {path} is not a JSON object")
+    unknown = sorted(set(config) - set(fields))
+    if unknown:
+        raise ModelUnavailableError(f"adapter config {path} has unknown fields {unknown} (known: {list(fields)})")
+    return config
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (where a new adapter is created by default)."""
+    return next(model.parameters()).device
+
+
+class BokehAdapter(nn.Module):
+    """A bokeh embedding plus one attention processor per attention layer of a diffusers model.
+
+    Subclasses build the processors; this class installs them (``model.set_attn_processor``), keeps them
+    as ``adapter_modules`` (index = position in ``model.attn_processors``), and saves / loads the
+    adapter as ``config.json`` + ``model.safetensors`` (fp32). The processors are also submodules of the
+    model's attention layers: ``model.to(...)`` moves and casts them too but not the embedding, so move the
+    adapter with ``adapter.to(...)`` (after any cast of the base, to keep trained weights in fp32).
+    """
+
+    config_fields: tuple[str, ...] = ()
+
+    def __init__(self, config: dict[str, Any], device: Optional[torch.device], dtype: Optional[torch.dtype]) -> None:
+        super().__init__()
+        self._config = dict(config)
+        self.embedding_layer = BokehEmbedding(
+            config["bokeh_input_dim"], config["bokeh_hidden_dim"], config["bokeh_context_dim"], device=device, dtype=dtype
+        )
+        self.adapter_modules = nn.ModuleList()
+        self._processor_names: list[str] = []
+
+    # ------------------------------------------------------------------ processors on the model
+    def _attach(self, model: nn.Module, names: list[str], processors: list[nn.Module]) -> None:
+        self.adapter_modules = nn.ModuleList(processors)
+        self._processor_names = names
+        self.install(model)
+
+    def install(self, model: nn.Module) -> None:
+        """Put this adapter's processors on ``model`` (same architecture as the one it was built for)."""
+        names = list(model.attn_processors)
+        if names != self._processor_names:
+            raise ValueError(
+                f"this adapter was built for a model with {len(self._processor_names)} attention layers "
+                f"({self._processor_names[:1]}...), not this one ({len(names)})"
+            )
+        model.set_attn_processor(dict(zip(names, self.adapter_modules)))
+
+    def uninstall(self, model: nn.Module) -> None:
+        """Give ``model`` back the library's default attention processors (the plain base model)."""
+        model.set_attn_processor({name: self.default_processor() for name in model.attn_processors})
+
+    def default_processor(self) -> Any:
+        """The diffusers processor ``uninstall`` restores."""
+        raise NotImplementedError
+
+    def check_installed(self, model: nn.Module) -> None:
+        """Raise a clear error when ``model`` does not run this adapter's processors."""
+        first = self._processor_names[0].removesuffix(".processor")
+        if model.get_submodule(first).processor is not self.adapter_modules[0]:
+            raise ValueError("this adapter is not installed on the model it was called with; call adapter.install(model)")
+
+    def bokeh_tokens(self, bokeh: BokehLevels, batch_size: int) -> torch.Tensor:
+        """The ``[batch_size, 1, bokeh_context_dim]`` tokens for levels K (0..30, negative = none)."""
+        return self.embedding_layer.tokens(bokeh, batch_size)
+
+    # ------------------------------------------------------------------ scales and training
+    def _set_processor_attr(self, attr: str, value: float) -> None:
+        for module in self.adapter_modules:
+            if hasattr(module, attr):
+                setattr(module, attr, float(value))
+
+    def set_bokeh_scale(self, scale: float) -> None:
+        """Weight of the bokeh branch in every adapted layer (0 switches the bokeh control off)."""
+        self._set_processor_attr("bokeh_scale", scale)
+
+    def set_lora_scale(self, scale: float) -> None:
+        """Weight of the low-rank q / k adapters (0 gives the base model's q and k)."""
+        self._set_processor_attr("lora_scale", scale)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The adapter's own parameters (embedding MLP and processors)."""
+        return list(self.parameters())
+
+    def set_trainable(self, model: nn.Module, train_base: bool = False) -> list[nn.Parameter]:
+        """Freeze ``model`` (or, with ``train_base``, let it train too) and unfreeze the adapter.
+
+        Returns the parameters to optimise: the adapter's, plus the base model's when ``train_base``.
+        """
+        model.requires_grad_(train_base)
+        self.requires_grad_(True)
+        params = self.trainable_parameters()
+        if train_base:
+            own = {id(p) for p in params}
+            params += [p for p in model.parameters() if id(p) not in own]
+        return params
+
+    # ------------------------------------------------------------------ checkpoint files
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this adapter (written as config.json)."""
+        return dict(self._config)
+
+    def save_pretrained(self, directory: Union[str, Path]) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (fp32) to ``directory``; returns it."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_NAME).write_text(json.dumps(self._config, indent=2) + "\n")
+        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}
+        save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        return directory
+
+    def load_weights(self, path: Union[str, Path]) -> None:
+        """Load ``model.safetensors`` with strict keys and shapes (one-line error on any mismatch)."""
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(path), device="cpu")
+        except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
+            raise ModelUnavailableError(f"cannot read adapter weights {path}: {str(exc).splitlines()[0]}") from exc
+        expected = self.state_dict()
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        wrong = [k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)]
+        if missing or unexpected or wrong:
+            raise ModelUnavailableError(
+                f"adapter weights {path} do not fit its config and model: {len(missing)} missing {missing[:2]}, "
+                f"{len(unexpected)} unexpected {unexpected[:2]}, {len(wrong)} of wrong shape {wrong[:2]}"
+            )
+        self.load_state_dict(tensors, strict=True)
+
+    @classmethod
+    def _load(
+        cls,
+        dir_or_id: Union[str, Path],
+        model: nn.Module,
+        device: Optional[torch.device],
+        dtype: torch.dtype,
+        avoid: str,
+    ) -> "BokehAdapter":
+        """Build the adapter from a checkpoint folder or hub id and install it on ``model``."""
+        directory = resolve_checkpoint(dir_or_id, avoid)
+        config = read_config(directory / CONFIG_NAME, cls.config_fields)
+        try:
+            adapter = cls(model, **config, device=device, dtype=dtype)
+        except ValueError as exc:
+            raise ModelUnavailableError(f"adapter {dir_or_id} does not fit this model: {exc}") from exc
+        adapter.load_weights(directory / WEIGHTS_NAME)
+        return adapter
+
