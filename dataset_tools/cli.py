@@ -10,6 +10,7 @@ from estimators.cli_util import UserError, non_negative_int, positive_int
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the dataset tools' subcommands to the ``bokeh`` parser."""
     _register_demo_data(sub)
+    _register_report(sub)
 
 
 def scene_size(text: str) -> tuple[int, int]:
@@ -59,4 +60,32 @@ def run_demo_data(args: argparse.Namespace) -> int:
         raise UserError(f"cannot write demo scenes to {out}: {exc.strerror or exc}") from None
     print(f"wrote {len(paths)} demo scenes ({width}x{height}, seed {args.seed}) to {out} "
           "(PNG images with .depth.npy, .mask.png and .txt sidecars)")
+    return 0
+
+
+def _register_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write an HTML page about a built dataset: summary, K histogram, contact sheets of groups, errors",
+        description="Write one self-contained HTML page (images embedded) about a dataset made by `bokeh build`: "
+        "the counts of stats.json, the K histogram of real and synthetic rows, contact sheets of the first "
+        "contrastive groups (pivot and its renders), and the failed or filtered photos.",
+    )
+    p.add_argument("dataset", metavar="OUT", help="the output folder of `bokeh build`")
+    p.add_argument("-o", "--output", metavar="HTML", help="report file (default OUT/report.html)")
+    p.add_argument("--groups", type=positive_int, default=6, metavar="N", help="contact sheets of the first N groups (default 6)")
+    p.add_argument("--errors", type=positive_int, default=50, metavar="N", help="list at most N failed/filtered photos (default 50)")
+    p.set_defaults(func=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Write the report and print where it is."""
+    from .report import ReportError, write_report
+
+    output = Path(args.output) if args.output else Path(args.dataset) / "report.html"
+    try:
+        shown = write_report(args.dataset, output, max_groups=args.groups, max_errors=args.errors)
+    except ReportError as exc:
+        raise UserError(str(exc)) from None
+    print(f"wrote {output} ({shown['shards']} data shards, {shown['groups']} groups shown)")
     return 0
