@@ -166,7 +166,8 @@ _WIDTHS: dict[tuple[str, str], float] = {  # (brand, model as in EXIF without th
 }
 
 
-def _brand(text: str) -> Optional[str]:
+def camera_brand(text: str) -> Optional[str]:
+    """The maker's brand in a Make string ("NIKON CORPORATION" -> "nikon", "OM Digital Solutions" -> "olympus")."""
     low = text.lower()
     for name, brand in _BRANDS:
         if name in low:
@@ -179,10 +180,10 @@ def normalise_camera(make: Optional[str], model: Optional[str]) -> Optional[tupl
     names such as "NIKON CORPORATION" reduced to one brand, and the brand removed from the front
     of the model ("Canon Canon EOS 40D" -> ("canon", "eos40d")); None if the brand is unknown."""
     words = (model or "").replace("\x00", " ").lower().split()
-    brand = _brand(make or "") or (_brand(words[0]) if words else None)
+    brand = camera_brand(make or "") or (camera_brand(words[0]) if words else None)
     if brand is None or not words:
         return None
-    while len(words) > 1 and _brand(words[0]) == brand:
+    while len(words) > 1 and camera_brand(words[0]) == brand:
         words.pop(0)
     return brand, "".join(words)
 
