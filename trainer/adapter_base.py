@@ -92,10 +92,14 @@ class BokehAdapter(nn.Module):
         self._processor_names = names
         self.install(model)
 
+    def fits(self, model: nn.Module) -> bool:
+        """Whether ``model`` has the attention layers this adapter was built for (so it can carry it)."""
+        return hasattr(model, "attn_processors") and list(model.attn_processors) == self._processor_names
+
     def install(self, model: nn.Module) -> None:
         """Put this adapter's processors on ``model`` (same architecture as the one it was built for)."""
         names = list(model.attn_processors)
-        if names != self._processor_names:
+        if not self.fits(model):
             raise ValueError(
                 f"this adapter was built for a model with {len(self._processor_names)} attention layers "
                 f"({self._processor_names[:1]}...), not this one ({len(names)})"

@@ -1,0 +1,168 @@
+"""Training data: rows of a built dataset, batch sampling (ratio, grouping, ties, dropout) and K under crops."""
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from estimators.cli_util import UserError
+from trainer.data import BatchSampler, Crop, ImageLoader, crop_box, load_rows
+
+WORDS = ["red", "blue", "green", "sphere", "box", "cone", "wall", "trees", "floor"]
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_dataset(out, groups: int = 6, renders: int = 3, singles: int = 2, size=(24, 32), seed: int = 0, pivot_kind="real"):
+    """A `bokeh build`-like folder: ``groups`` pivots (K 0) with ``renders`` renders each, plus single
+    real rows; images are random PNGs of ``size`` (h, w). Returns the folder."""
+    rng = np.random.default_rng(seed)
+    rows = []
+
+    def add(rid, gid, kind, k, caption):
+        image = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+        rows.append(dict(id=rid, group_id=gid, kind=kind, image={"bytes": _png(image), "path": f"{rid}.png"},
+                         caption=caption, bokeh_level=float(k), width=size[1], height=size[0]))
+
+    for g in range(groups):
+        caption = f"a {WORDS[g % 3]} {WORDS[3 + g % 3]} in front of {WORDS[6 + g % 3]}"
+        add(f"g{g}", f"g{g}", pivot_kind, 0.0 if pivot_kind == "real" else 2.0, caption)
+        for r in range(renders):
+            add(f"g{g}r{r}", f"g{g}", "synthetic", 5.0 + 7.0 * r + g, caption)
+    for s in range(singles):
+        add(f"s{s}", f"s{s}", "real", 3.0 + s, f"a {WORDS[s]} box on a floor")
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), out / "data" / "train-00000-of-00001.parquet")
+    return out
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    return load_rows(str(write_dataset(tmp_path_factory.mktemp("ds"))))
+
+
+def test_rows_and_groups(rows):
+    assert len(rows) == 6 * 4 + 2
+    assert len(rows.groups) == 6  # single rows form no contrastive group
+    for group in rows.groups:
+        assert rows.kinds[group[0]] == "real" and len(group) == 4
+        assert len({rows.group_ids[r] for r in group}) == 1
+
+
+def test_pivot_without_real_row_is_lowest_k(tmp_path):
+    data = load_rows(str(write_dataset(tmp_path, groups=2, singles=0, pivot_kind="synthetic")))
+    for group in data.groups:
+        assert data.levels[group[0]] == min(data.levels[r] for r in group) == 2.0
+
+
+def test_bad_data_is_one_line_error(tmp_path):
+    pq.write_table(pa.table({"id": ["a"], "caption": ["x"]}), tmp_path / "x.parquet")
+    with pytest.raises(UserError, match="lacks the column"):
+        load_rows(str(tmp_path))
+    with pytest.raises(UserError, match="cannot read training data"):
+        load_rows(str(tmp_path / "missing"))
+
+
+def test_sampler_ratio_grouping_ties_dropout(rows):
+    n = 4000
+    sampler = BatchSampler(rows, batch_size=3, seed=1)
+    plans = [sampler.plan(i) for i in range(n)]
+    contrastive = [p for p in plans if p.contrastive]
+    # Binomial(n, 0.5): standard deviation sqrt(0.25 / n) = 0.0079; allow 4 sigma.
+    assert abs(len(contrastive) / n - 0.5) < 4 * np.sqrt(0.25 / n)
+    tied = others = 0
+    for p in contrastive:
+        assert len(p.rows) == 3 and len(set(p.rows)) == 3
+        assert len({rows.group_ids[r] for r in p.rows}) == 1
+        assert rows.kinds[p.rows[0]] == "real" and p.pivot_ids[0] == -1
+        assert set(p.pivot_ids[1:]) <= {-1, 0}
+        assert len(set(p.crops)) == 1  # one crop for the whole group
+        tied += sum(1 for q in p.pivot_ids[1:] if q == 0)
+        others += 2
+    assert abs(tied / others - 0.2) < 4 * np.sqrt(0.2 * 0.8 / others)
+    for p in plans:
+        if not p.contrastive:
+            assert p.pivot_ids == [-1] * 3
+    levels = [(p, i) for p in plans for i in range(len(p.rows))]
+    k_dropped = np.array([p.levels[i] == -1.0 for p, i in levels])
+    cap_dropped = np.array([p.captions[i] == "" for p, i in levels])
+    m = len(levels)
+    assert abs(k_dropped.mean() - 0.1) < 4 * np.sqrt(0.09 / m)
+    assert abs(cap_dropped.mean() - 0.1) < 4 * np.sqrt(0.09 / m)
+    assert abs((k_dropped & cap_dropped).mean() - 0.01) < 4 * np.sqrt(0.0099 / m)  # independent
+    for (p, i), dropped in zip(levels, k_dropped):
+        if not dropped:  # no zoom crop: every row keeps its own K
+            assert p.levels[i] == rows.levels[p.rows[i]]
+            assert p.crops[i].size == 1.0
+
+
+def test_sampler_is_a_function_of_seed_and_index(rows):
+    a, b, c = BatchSampler(rows, 4, seed=3), BatchSampler(rows, 4, seed=3), BatchSampler(rows, 4, seed=4)
+    assert [a.plan(i) for i in range(20)] == [b.plan(i) for i in range(20)]
+    assert [a.plan(i) for i in range(20)] != [c.plan(i) for i in range(20)]
+
+
+def test_real_rows_only_and_ratio_extremes(rows):
+    only_real = BatchSampler(rows, 4, contrastive_ratio=0.0, real_rows="real")
+    for i in range(50):
+        assert all(rows.kinds[r] == "real" for r in only_real.plan(i).rows)
+    always = BatchSampler(rows, 8, contrastive_ratio=1.0, tie_probability=1.0, k_dropout=0, caption_dropout=0)
+    plan = always.plan(0)
+    assert plan.contrastive and len(plan.rows) == 4  # a group of 4 caps a batch of 8
+    assert plan.pivot_ids == [-1, 0, 0, 0]
+    with pytest.raises(UserError):
+        BatchSampler(rows, 4, contrastive_ratio=1.5)
+
+
+def test_zoom_crops_scale_k_by_inverse_size(rows):
+    sampler = BatchSampler(rows, 3, seed=5, crop_min_fraction=0.5, k_dropout=0.0)
+    zoomed = 0
+    for i in range(300):
+        p = sampler.plan(i)
+        for row, level, crop in zip(p.rows, p.levels, p.crops):
+            k = rows.levels[row]
+            # A crop of c = size * R px shown at R px enlarges the blur by R / c: K' = K / size.
+            assert level == pytest.approx(k / crop.size, rel=1e-12)
+            assert level <= 30.0 + 1e-9
+            assert crop.size >= 0.5 - 1e-12
+            zoomed += crop.size < 1
+    assert zoomed > 100
+
+
+def test_crop_box_by_hand():
+    # 200 x 100 image, crop of half the short side (50 px) at the right edge, top: (150, 0, 200, 50).
+    assert crop_box(200, 100, 64, Crop(0.5, 1.0, 0.0)) == (150.0, 0.0, 200.0, 50.0)
+    # Full short side, centred: (50, 0, 150, 100).
+    assert crop_box(200, 100, 64, Crop(1.0, 0.5, 0.5)) == (50.0, 0.0, 150.0, 100.0)
+
+
+def test_image_loader_crops_the_right_region(tmp_path):
+    image = np.zeros((100, 200, 3), dtype=np.uint8)
+    image[:, 100:] = 255  # left half black, right half white
+    rows_table = pa.Table.from_pylist([dict(id="a", group_id="a", kind="real", image={"bytes": _png(image), "path": None},
+                                            caption="x", bokeh_level=0.0)])
+    pq.write_table(rows_table, tmp_path / "a.parquet")
+    data = load_rows(str(tmp_path))
+    loader = ImageLoader(data, resolution=8, cache=True)
+    batch = loader.load([0, 0], [Crop(1.0, 0.0, 0.5), Crop(1.0, 1.0, 0.5)])
+    assert batch.shape == (2, 3, 8, 8)
+    # Away from the black / white edge (where the resampling filter reaches across it) the crops are pure.
+    assert float(batch[0, :, :, :6].max()) == -1.0 and float(batch[1, :, :, 2:].min()) == 1.0
+
+
+def test_rows_with_k_outside_range_are_skipped_with_a_warning(tmp_path):
+    image = _png(np.zeros((8, 8, 3), dtype=np.uint8))
+    table = pa.Table.from_pylist([
+        dict(id=i, group_id=i, kind="real", image={"bytes": image, "path": None}, caption="x", bokeh_level=k)
+        for i, k in (("a", 3.0), ("b", 35.0), ("c", None))
+    ])
+    pq.write_table(table, tmp_path / "a.parquet")
+    with pytest.warns(UserWarning, match="skipping 2 of 3 rows"):
+        data = load_rows(str(tmp_path))
+    assert data.ids == ["a"] and data.levels.tolist() == [3.0]

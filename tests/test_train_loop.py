@@ -1,0 +1,223 @@
+"""Training loop: loss falls on a fixed batch (tiny UNet model, tiny FLUX), exact resume, checkpoints
+(strict keys, keep-last-M), objectives against hand formulas, configs and the `bokeh train` command."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from estimators.cli_util import UserError
+from estimators.model_loading import ModelUnavailableError
+from test_train_data import write_dataset
+from tiny_diffusion import TINY_FLUX_CONFIG, single_thread, tiny_flux
+from trainer.config import config_from_dict, load_config
+from trainer.objectives import ddpm_target, flux_loss, shifted_sigmas
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_SIZES = dict(block_out_channels=[8, 16], attention_levels=1, text_width=16, text_heads=2, text_layers=1,
+                  max_tokens=12, attention_head_dim=4)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("train_ds"))
+
+
+def tiny_config(dataset, out, **run):
+    return config_from_dict(dict(
+        model=dict(family="tiny", tiny=TINY_SIZES),
+        adapter=dict(bokeh_hidden_dim=8, bokeh_context_dim=8, lora_rank=2),
+        data=dict(dataset=str(dataset), resolution=16, batch_size=3, cache_images=True),
+        optim=dict(learning_rate=1e-3),
+        run={**dict(output_dir=str(out), max_steps=4, checkpoint_every=2, keep_last=5, log_every=1, progress=False), **run},
+        validation=dict(every=0),
+    ))
+
+
+def _log(out):
+    return [json.loads(line) for line in (Path(out) / "logs" / "train.jsonl").read_text().splitlines()]
+
+
+def test_tiny_unet_steps_reduce_loss_on_fixed_batch(dataset, tmp_path):
+    from trainer.backbones import UNetBackbone
+    from trainer.data import BatchSampler, ImageLoader, load_rows
+    from trainer.tiny_model import build_tiny_model
+    from trainer.training import TrainStep
+
+    rows = load_rows(str(dataset))
+    with single_thread():
+        build_tiny_model(tmp_path / "base", rows.captions, 16, **TINY_SIZES)
+        backbone = UNetBackbone.load(str(tmp_path / "base"))
+        adapter = backbone.make_adapter(dict(bokeh_context_dim=8, lora_rank=2))
+        params = adapter.set_trainable(backbone.unet, train_base=True) + list(backbone.text_encoder.parameters())
+        module = TrainStep(backbone, adapter, {"unet": backbone.unet, "text_encoder": backbone.text_encoder}).train()
+        plan = BatchSampler(rows, 3, contrastive_ratio=1.0, tie_probability=1.0, k_dropout=0, caption_dropout=0).plan(0)
+        assert plan.pivot_ids == [-1, 0, 0]  # grounded attention is exercised
+        pixels = ImageLoader(rows, 16).load(plan.rows, plan.crops)
+        optimizer = torch.optim.Adam(params, lr=3e-3)
+        losses = []
+        for _ in range(8):
+            loss = module(pixels, plan, torch.Generator().manual_seed(0))
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_tiny_flux_adapter_steps_reduce_loss_and_keep_base_frozen():
+    from trainer.flux_adapter import BokehFluxAdapter
+
+    with single_thread():
+        transformer = tiny_flux()
+        before = {k: v.clone() for k, v in transformer.state_dict().items()}
+        adapter = BokehFluxAdapter(transformer, bokeh_hidden_dim=8, bokeh_context_dim=16, lora_rank=4)
+        params = adapter.set_trainable(transformer)
+        g = torch.Generator().manual_seed(0)
+        latents = torch.randn(2, 1, 8, 8, generator=g)  # packs to 16 tokens of 4 channels
+        noise = torch.randn(2, 1, 8, 8, generator=g)
+        embeds = torch.randn(2, 5, TINY_FLUX_CONFIG["joint_attention_dim"], generator=g)
+        pooled = torch.randn(2, TINY_FLUX_CONFIG["pooled_projection_dim"], generator=g)
+        sigmas = torch.tensor([0.3, 0.3])
+        optimizer = torch.optim.Adam(params, lr=3e-2)
+        losses = []
+        for _ in range(15):
+            loss = flux_loss(adapter, transformer, latents, embeds, pooled, torch.zeros(5, 3), [0.0, 20.0], [-1, 0], noise, sigmas)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0]
+    adapter_keys = {k for k in transformer.state_dict() if ".processor." in k}
+    for key, value in transformer.state_dict().items():
+        if key not in adapter_keys:
+            assert torch.equal(value, before[key]), key
+
+
+def test_objectives_by_hand():
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
+    x0, eps, t = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.tensor([10, 900])
+    a = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    assert torch.allclose(ddpm_target(scheduler, x0, eps, t), a.sqrt() * eps - (1 - a).sqrt() * x0, atol=1e-6)
+    scheduler = DDPMScheduler(prediction_type="epsilon")
+    assert ddpm_target(scheduler, x0, eps, t) is eps
+    # shift 3 at u = 0.5: 1.5 / 2 = 0.75; end points stay.
+    assert shifted_sigmas(torch.tensor([0.0, 0.5, 1.0]), 3.0).tolist() == [0.0, 0.75, 1.0]
+
+
+def test_resume_continues_bit_for_bit_and_checkpoints(dataset, tmp_path):
+    from trainer.checkpoint import checkpoint_dirs
+    from trainer.training import train
+
+    with single_thread():
+        full = train(tiny_config(dataset, tmp_path / "full"))
+        cut = tmp_path / "cut"
+        train(tiny_config(dataset, cut))
+        last = checkpoint_dirs(cut)[-1]
+        assert last.name == "step-0000004"
+        import shutil
+
+        shutil.rmtree(last)  # as if the run had died after step 2's checkpoint
+        resumed = train(tiny_config(dataset, cut), resume="latest")
+    assert resumed["step"] == full["step"] == 4
+    a, b = _log(tmp_path / "full"), _log(cut)
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]  # exact floats
+    assert [r["lr"] for r in a] == [r["lr"] for r in b]
+    from safetensors.torch import load_file
+
+    wa = load_file(str(tmp_path / "full/checkpoints/step-0000004/adapter/model.safetensors"))
+    wb = load_file(str(cut / "checkpoints/step-0000004/adapter/model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_checkpoint_strict_keys_and_keep_last(dataset, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from trainer.checkpoint import checkpoint_dirs
+    from trainer.training import train
+    from trainer.unet_adapter import BokehUNetAdapter
+    from diffusers import UNet2DConditionModel
+
+    with single_thread():
+        train(tiny_config(dataset, tmp_path, checkpoint_every=1, keep_last=2))
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step-0000003", "step-0000004"]
+    ckpt = checkpoint_dirs(tmp_path)[-1]
+    unet_keys = set(load_file(str(ckpt / "model" / "unet" / "diffusion_pytorch_model.safetensors")))
+    assert unet_keys == set(UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(ckpt / "model" / "unet")).state_dict())
+    unet = UNet2DConditionModel.from_pretrained(ckpt / "model" / "unet")
+    adapter = BokehUNetAdapter.from_pretrained(ckpt / "adapter", unet)
+    saved = load_file(str(ckpt / "adapter" / "model.safetensors"))
+    assert all(torch.equal(adapter.state_dict()[k], saved[k]) for k in saved)
+    saved["embedding_layer.9.weight"] = torch.zeros(1)
+    save_file(saved, str(ckpt / "adapter" / "model.safetensors"))
+    with pytest.raises(ModelUnavailableError, match="1 unexpected"):
+        BokehUNetAdapter.from_pretrained(ckpt / "adapter", unet)
+    assert (ckpt / "model" / "tokenizer").is_dir() and (ckpt / "model" / "scheduler").is_dir()
+
+
+def test_validation_grid_written(dataset, tmp_path):
+    from PIL import Image
+
+    from trainer.training import train
+
+    config = tiny_config(dataset, tmp_path, max_steps=1, checkpoint_every=0)
+    config.validation.every = 1
+    config.validation.prompts = ["a red sphere in front of wall", "a blue box"]
+    config.validation.levels = [0, 30]
+    config.validation.steps = 2
+    with single_thread():
+        train(config)
+    grid = Image.open(tmp_path / "validation" / "step-0000001.png")
+    assert grid.height >= 2 * 64 and grid.width >= 2 * 64
+
+
+def test_config_overrides_and_errors(tmp_path):
+    config = load_config(ROOT / "configs" / "tiny.yaml", ["run.max_steps=7", "optim.learning_rate=2e-4", "validation.levels=[0, 5]"])
+    assert config.run.max_steps == 7 and config.optim.learning_rate == 2e-4 and config.validation.levels == [0, 5]
+    for bad, pattern in (("run.max_step=3", "unknown key"), ("nosuch.x=1", "unknown config section"), ("max_steps", "section.key=value"),
+                         ("run.max_steps=many", "run.max_steps must be int"), ("optim.learning_rate=fast", "must be float")):
+        with pytest.raises(UserError, match=pattern):
+            load_config(ROOT / "configs" / "tiny.yaml", [bad])
+    for name in ("sd15", "flux"):
+        assert load_config(ROOT / "configs" / f"{name}.yaml").model.base_model
+
+
+@pytest.mark.parametrize("name,model_id", [("sd15", "stable-diffusion-v1-5"), ("flux", "FLUX.1-dev")])
+def test_bokeh_train_missing_base_model_is_one_line(dataset, tmp_path, capsys, monkeypatch, name, model_id):
+    from pipelines.cli import main
+
+    import diffusers.utils.constants
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # read at import time: patch the modules' copies too
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(diffusers.utils.constants, "HF_HUB_OFFLINE", True, raising=False)
+    code = main(["train", str(ROOT / "configs" / f"{name}.yaml"), f"data.dataset={dataset}", f"run.output_dir={tmp_path}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    errors = [line for line in err.splitlines() if line.startswith("bokeh train: error:")]  # (libraries may warn on import)
+    assert len(errors) == 1 and model_id in errors[0] and "base_model" in errors[0] and "Traceback" not in err
+
+
+def test_ddim_validation_sampler_recovers_image_with_oracle_denoiser(dataset, tmp_path):
+    from trainer.backbones import UNetBackbone
+    from trainer.data import load_rows
+    from trainer.tiny_model import build_tiny_model
+
+    with single_thread():
+        build_tiny_model(tmp_path / "base", load_rows(str(dataset)).captions, 16, **TINY_SIZES)
+        backbone = UNetBackbone.load(str(tmp_path / "base"))
+        target = torch.linspace(-0.9, 0.9, 3 * 16 * 16).reshape(1, 3, 16, 16)
+        alphas = backbone.scheduler.alphas_cumprod
+
+        def oracle(unet, x, t, text, bokeh=None, pivot_ids=None):
+            # The exact noise of x_t = sqrt(a) x0 + sqrt(1 - a) eps for the known x0.
+            a = alphas[int(t)]
+            return (x - a.sqrt() * target) / (1 - a).sqrt()
+
+        noise = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+        images = backbone.sample(oracle, ["a red box", "a blue cone"], [0, 30], noise, steps=10, guidance_scale=1.0)
+    assert torch.allclose(images, target.expand(2, -1, -1, -1), atol=1e-4)

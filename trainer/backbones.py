@@ -1,0 +1,202 @@
+"""The base models the trainer adapts: loading (folder or hub id, one clear error when unavailable),
+text and image encoding, the training loss with the bokeh adapter, and a small validation sampler."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+
+from estimators.model_loading import load_pretrained
+from trainer.objectives import flux_loss, latent_image_ids, pack_latents, shifted_sigmas, unet_loss
+
+AVOID = "a local path in model.base_model (configs/tiny.yaml trains a tiny model offline)"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _component(cls: Any, base: str, subfolder: str, what: str, **kwargs: Any) -> Any:
+    return load_pretrained(
+        lambda name, **kw: cls.from_pretrained(name, subfolder=subfolder, **kw), base, what=f"{what} ({subfolder})",
+        avoid=AVOID, **kwargs,
+    )
+
+
+class UNetBackbone:
+    """A UNet2DConditionModel with its CLIP text encoder, tokenizer, DDPM training scheduler and (for
+    latent models) VAE; without a VAE it denoises pixels in [-1, 1] (the tiny model)."""
+
+    family = "unet"
+
+    def __init__(self, unet: nn.Module, text_encoder: nn.Module, tokenizer: Any, scheduler: Any, vae: Optional[nn.Module] = None) -> None:
+        self.unet, self.text_encoder, self.tokenizer, self.scheduler, self.vae = unet, text_encoder, tokenizer, scheduler, vae
+
+    @classmethod
+    def load(cls, base: str, dtype: torch.dtype = torch.float32) -> "UNetBackbone":
+        """Components from a Stable Diffusion style folder or hub id (``vae/`` optional in a folder)."""
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import AutoTokenizer, CLIPTextModel
+
+        what = "base model"
+        unet = _component(UNet2DConditionModel, base, "unet", what, torch_dtype=dtype)
+        text_encoder = _component(CLIPTextModel, base, "text_encoder", what, dtype=dtype)
+        tokenizer = _component(AutoTokenizer, base, "tokenizer", what)
+        scheduler = _component(DDPMScheduler, base, "scheduler", what)
+        local = Path(base).expanduser()
+        vae = None
+        if not local.is_dir() or (local / "vae").is_dir():
+            vae = _component(AutoencoderKL, base, "vae", what, torch_dtype=dtype)
+        return cls(unet, text_encoder, tokenizer, scheduler, vae)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.unet
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Every network, by folder name."""
+        parts = {"unet": self.unet, "text_encoder": self.text_encoder}
+        if self.vae is not None:
+            parts["vae"] = self.vae
+        return parts
+
+    def make_adapter(self, kwargs: dict) -> nn.Module:
+        from trainer.unet_adapter import BokehUNetAdapter
+
+        return BokehUNetAdapter(self.unet, **kwargs)
+
+    def encode_text(self, captions: Sequence[str], device: torch.device) -> dict[str, torch.Tensor]:
+        ids = self.tokenizer(
+            list(captions), padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(device)
+        return {"encoder_hidden_states": self.text_encoder(ids)[0]}
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.vae is None:
+            return pixels
+        with torch.no_grad():
+            pixels = pixels.to(self.vae.dtype)
+            return self.vae.encode(pixels).latent_dist.sample() * self.vae.config.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.vae is None:
+            return latents
+        return self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+
+    def timestep_draw(self, u: torch.Tensor) -> torch.Tensor:
+        return u
+
+    def loss(self, adapter: nn.Module, latents: torch.Tensor, text: dict, levels: Any, pivot_ids: Any,
+             noise: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return unet_loss(adapter, self.unet, self.scheduler, latents, text["encoder_hidden_states"], levels, pivot_ids, noise, u)
+
+    def latent_shape(self, resolution: int) -> tuple[int, int, int]:
+        if self.vae is None:
+            return self.unet.config.in_channels, resolution, resolution
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return self.unet.config.in_channels, resolution // factor, resolution // factor
+
+    @torch.no_grad()
+    def sample(self, adapter: nn.Module, prompts: Sequence[str], levels: Sequence[float], noise: torch.Tensor,
+               steps: int, guidance_scale: float) -> torch.Tensor:
+        """DDIM (eta 0) with classifier-free guidance against the empty prompt and no bokeh condition."""
+        from diffusers import DDIMScheduler
+
+        scheduler = DDIMScheduler.from_config(self.scheduler.config)
+        scheduler.set_timesteps(steps)
+        device = noise.device
+        cond = self.encode_text(prompts, device)["encoder_hidden_states"]
+        uncond = self.encode_text([""] * len(prompts), device)["encoder_hidden_states"]
+        latents = noise * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            pred = adapter(self.unet, latents, t, cond, bokeh=list(levels))
+            if guidance_scale != 1:
+                base = adapter(self.unet, latents, t, uncond, bokeh=-1.0)
+                pred = base + guidance_scale * (pred - base)
+            latents = scheduler.step(pred, t, latents).prev_sample
+        return self.decode(latents).clamp(-1, 1)
+
+
+class FluxBackbone:
+    """FLUX.1: FluxTransformer2DModel with its CLIP and T5 encoders and VAE (as one FluxPipeline)."""
+
+    family = "flux"
+
+    def __init__(self, pipe: Any, guidance: float = 3.5) -> None:
+        self.pipe = pipe
+        self.transformer = pipe.transformer
+        self.vae = pipe.vae
+        self.guidance = guidance
+        self.shift = float(getattr(pipe.scheduler.config, "shift", 1.0) or 1.0)
+
+    @classmethod
+    def load(cls, base: str, dtype: torch.dtype = torch.bfloat16, guidance: float = 3.5) -> "FluxBackbone":
+        from diffusers import FluxPipeline
+
+        pipe = load_pretrained(FluxPipeline.from_pretrained, base, what="FLUX base model", avoid=AVOID, torch_dtype=dtype)
+        return cls(pipe, guidance)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.transformer
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"transformer": self.transformer, "text_encoder": self.pipe.text_encoder,
+                "text_encoder_2": self.pipe.text_encoder_2, "vae": self.vae}
+
+    def make_adapter(self, kwargs: dict) -> nn.Module:
+        from trainer.flux_adapter import BokehFluxAdapter
+
+        return BokehFluxAdapter(self.transformer, **kwargs)
+
+    def encode_text(self, captions: Sequence[str], device: torch.device) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            embeds, pooled, text_ids = self.pipe.encode_prompt(list(captions), device=device)
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "text_ids": text_ids}
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            latents = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.sample()
+        return (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        latents = latents / self.vae.config.scaling_factor + self.vae.config.shift_factor
+        return self.vae.decode(latents.to(self.vae.dtype)).sample
+
+    def timestep_draw(self, u: torch.Tensor) -> torch.Tensor:
+        return shifted_sigmas(u, self.shift)
+
+    def loss(self, adapter: nn.Module, latents: torch.Tensor, text: dict, levels: Any, pivot_ids: Any,
+             noise: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return flux_loss(adapter, self.transformer, latents, text["prompt_embeds"], text["pooled_prompt_embeds"],
+                         text["text_ids"], levels, pivot_ids, noise, u, self.guidance)
+
+    def latent_shape(self, resolution: int) -> tuple[int, int, int]:
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return self.vae.config.latent_channels, resolution // factor, resolution // factor
+
+    @torch.no_grad()
+    def sample(self, adapter: nn.Module, prompts: Sequence[str], levels: Sequence[float], noise: torch.Tensor,
+               steps: int, guidance_scale: float) -> torch.Tensor:
+        """Euler steps of the flow from sigma 1 to 0 (FLUX.1-dev is guidance-distilled: no second pass)."""
+        text = self.encode_text(prompts, noise.device)
+        b, c, h, w = noise.shape
+        sigmas = shifted_sigmas(torch.linspace(1, 0, steps + 1), self.shift).tolist()
+        latents = noise
+        img_ids = latent_image_ids(noise)
+        guidance = torch.full((b,), float(self.guidance), device=noise.device) if self.transformer.config.guidance_embeds else None
+        x = pack_latents(latents)
+        for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+            v = adapter(self.transformer, list(levels), None, hidden_states=x, timestep=torch.full((b,), s, device=noise.device, dtype=x.dtype),
+                        guidance=guidance, pooled_projections=text["pooled_prompt_embeds"],
+                        encoder_hidden_states=text["prompt_embeds"], txt_ids=text["text_ids"], img_ids=img_ids)
+            x = x + (s_next - s) * v
+        latents = x.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+        return self.decode(latents).clamp(-1, 1)
+
+
+def load_backbone(family: str, base: str, dtype: torch.dtype, guidance: float = 3.5) -> Any:
+    """The backbone for ``family`` ("unet" covers the tiny model's folder too)."""
+    if family == "flux":
+        return FluxBackbone.load(base, dtype, guidance)
+    return UNetBackbone.load(base, dtype)

@@ -1,0 +1,30 @@
+"""``bokeh train CONFIG.yaml [section.key=value ...] [--resume latest|DIR]`` (torch loads in the handler)."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``train`` subcommand."""
+    parser = sub.add_parser(
+        "train",
+        help="train a Bokeh Diffusion adapter (or the tiny model) on a `bokeh build` dataset",
+        description="Train on the dataset of `bokeh build`. Settings come from CONFIG.yaml (configs/tiny.yaml, "
+        "configs/sd15.yaml, configs/flux.yaml) and section.key=value overrides, e.g. run.max_steps=200 "
+        "data.dataset=OUT. Multi-GPU: accelerate launch -m pipelines.cli train CONFIG.yaml.",
+    )
+    parser.add_argument("config", help="YAML settings file")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="settings that replace the file's")
+    parser.add_argument("--resume", metavar="latest|DIR", help="continue from the newest checkpoint of run.output_dir, or from DIR")
+    parser.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Load the config and train; prints where the results are."""
+    from trainer.config import load_config
+    from trainer.training import train
+
+    config = load_config(args.config, args.overrides)
+    result = train(config, resume=args.resume)
+    print(f"trained to step {result['step']} (loss {result['loss']:.4f}); results in {config.run.output_dir}")
+    return 0

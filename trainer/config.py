@@ -1,0 +1,222 @@
+"""``bokeh train`` settings: dataclasses read from a YAML file plus ``section.key=value`` overrides.
+
+Unknown sections or keys are an error (a typo must not silently fall back to a default).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from estimators.cli_util import UserError
+
+FAMILIES = ("tiny", "unet", "flux")
+PRECISIONS = ("no", "fp16", "bf16")
+
+
+@dataclass
+class ModelConfig:
+    """The backbone. ``tiny``: built from scratch (sizes in ``tiny``); ``unet``: a Stable Diffusion style
+    folder or hub id (unet/, text_encoder/, tokenizer/, scheduler/, vae/); ``flux``: a FLUX.1 folder or id."""
+
+    family: str = "tiny"
+    base_model: Optional[str] = None
+    train_base: bool = False
+    weight_dtype: str = "float32"
+    gradient_checkpointing: bool = False
+    guidance: float = 3.5
+    tiny: dict = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """Where the rows come from and how batches are drawn (see ``trainer.data.BatchSampler``)."""
+
+    dataset: str = ""
+    split: str = "train"
+    resolution: int = 64
+    batch_size: int = 8
+    contrastive_ratio: float = 0.5
+    tie_probability: float = 0.2
+    k_dropout: float = 0.1
+    caption_dropout: float = 0.1
+    real_rows: str = "all"
+    crop_min_fraction: float = 1.0
+    cache_images: bool = False
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and a diffusers learning-rate schedule."""
+
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-2
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    lr_scheduler: str = "constant"
+    warmup_steps: int = 0
+
+
+@dataclass
+class RunConfig:
+    """The loop: steps, precision, checkpoints and logs (all under ``output_dir``)."""
+
+    output_dir: str = "runs/bokeh"
+    seed: int = 0
+    max_steps: int = 1000
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "no"
+    checkpoint_every: int = 500
+    keep_last: int = 3
+    log_every: int = 10
+    num_threads: int = 0
+    progress: bool = True
+
+
+@dataclass
+class ValidationConfig:
+    """The validation grid: one row per prompt, one column per K (every ``every`` steps; 0 = never)."""
+
+    every: int = 500
+    prompts: list = field(default_factory=list)
+    levels: list = field(default_factory=lambda: [0, 10, 20, 30])
+    steps: int = 25
+    guidance_scale: float = 3.0
+    seed: int = 0
+    resolution: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """All settings of one training run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adapter: dict = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (for YAML / JSON)."""
+        return asdict(self)
+
+    def check(self) -> "TrainConfig":
+        """Raise UserError on values no run can use."""
+        if self.model.family not in FAMILIES:
+            raise UserError(f"model.family must be one of {FAMILIES}, got {self.model.family!r}")
+        if self.model.family != "tiny" and not self.model.base_model:
+            raise UserError(f"model.base_model is required for family {self.model.family!r}")
+        if self.run.mixed_precision not in PRECISIONS:
+            raise UserError(f"run.mixed_precision must be one of {PRECISIONS}, got {self.run.mixed_precision!r}")
+        if self.model.weight_dtype not in ("float32", "float16", "bfloat16"):
+            raise UserError(f"model.weight_dtype must be float32, float16 or bfloat16, got {self.model.weight_dtype!r}")
+        if not self.data.dataset:
+            raise UserError("data.dataset is required (a `bokeh build` output folder or an HF dataset id)")
+        for name in ("max_steps", "gradient_accumulation_steps", "keep_last", "log_every"):
+            if getattr(self.run, name) < 1:
+                raise UserError(f"run.{name} must be >= 1, got {getattr(self.run, name)}")
+        if self.data.resolution < 8 or self.data.resolution % 8:
+            raise UserError(f"data.resolution must be a multiple of 8, got {self.data.resolution}")
+        return self
+
+
+SECTIONS = {f.name: f for f in fields(TrainConfig)}
+
+
+def _section(name: str, value: Any, cls: Any) -> Any:
+    if not isinstance(value, dict):
+        raise UserError(f"config section {name!r} must be a mapping, got {type(value).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise UserError(f"unknown key(s) {unknown} in config section {name!r} (known: {sorted(known)})")
+    return cls(**{f.name: _coerce(f"{name}.{f.name}", f.type, value[f.name]) for f in fields(cls) if f.name in value})
+
+
+def _coerce(key: str, kind: str, value: Any) -> Any:
+    """``value`` as the field's type (YAML reads 1e-4 as a string: numbers in strings are accepted)."""
+    def fail() -> UserError:
+        return UserError(f"{key} must be {kind.replace('Optional[', '').rstrip(']')}, got {value!r}")
+
+    if value is None and kind.startswith("Optional"):
+        return None
+    base = kind.removeprefix("Optional[").rstrip("]")
+    if base == "float":
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        except (TypeError, ValueError):
+            raise fail() from None
+    if base == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail()
+        return value
+    if base in ("bool", "str", "list", "dict") and not isinstance(value, {"bool": bool, "str": str, "list": list, "dict": dict}[base]):
+        raise fail()
+    return value
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """``data`` with each ``section.key=value`` (value read as YAML: 3, 1e-4, true, [0, 10]) set."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) < 2 or not all(parts):
+            raise UserError(f"override {item!r} is not section.key=value (e.g. run.max_steps=100)")
+        if parts[0] not in SECTIONS:
+            raise UserError(f"unknown config section {parts[0]!r} in {item!r} (known: {sorted(SECTIONS)})")
+        node = data.setdefault(parts[0], {})
+        for part in parts[1:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override {item!r}: {part!r} is not a mapping")
+        node[parts[-1]] = _parse_value(text)
+    return data
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """A checked TrainConfig from plain data."""
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise UserError(f"unknown config section(s) {unknown} (known: {sorted(SECTIONS)})")
+    kwargs = {}
+    for name, value in data.items():
+        if value is None:
+            continue
+        cls = SECTIONS[name].type
+        if name == "adapter":
+            if not isinstance(value, dict):
+                raise UserError("config section 'adapter' must be a mapping of adapter constructor arguments")
+            kwargs[name] = dict(value)
+        else:
+            kwargs[name] = _section(name, value, globals()[cls] if isinstance(cls, str) else cls)
+    return TrainConfig(**kwargs).check()
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read the YAML file at ``path``, apply ``overrides`` and check the result."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise UserError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise UserError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"config {path} must be a YAML mapping of sections")
+    return config_from_dict(apply_overrides(data, overrides))

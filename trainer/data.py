@@ -1,0 +1,254 @@
+"""Training data: the rows of a dataset written by ``bokeh build`` (or an HF dataset with its columns),
+and the sampler that turns them into real and contrastive batches.
+
+K and crops (DESIGN.md section 1: K is the blur radius in px per unit of disparity at short side 512).
+Every image is first resized so its short side is the training resolution R. Resizing does not
+change K: the label is in the 512 convention, in which blur scales with the short side, so an image
+shown at short side R carries ``K * R / 512`` px of blur and the model sees the same K it would see
+at 512. A square R x R crop of that resized image (no further scaling) keeps K unchanged too. Only a
+zoom crop changes it: a crop of ``c`` px of the resized short side ``R``, scaled back up to ``R``,
+enlarges the blur by ``R / c``, so its label is ``K * R / c``. Zoom crops are off by default
+(``crop_min_fraction = 1``); when on, ``c`` is never smaller than ``K_max * R / 30`` so that no label
+leaves 0..30, and the rows of one contrastive group share one crop (same scene, same factor).
+"""
+from __future__ import annotations
+
+import glob
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from estimators.cli_util import UserError
+
+MAX_K = 30.0
+COLUMNS = ("id", "group_id", "kind", "image", "caption", "bokeh_level")
+
+
+@dataclass(frozen=True)
+class Crop:
+    """A square crop in the resized image, as fractions: side ``size`` of the short side, its top-left
+    corner at ``x``, ``y`` of the free room (0 = left / top, 1 = right / bottom)."""
+
+    size: float = 1.0
+    x: float = 0.5
+    y: float = 0.5
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What one training batch holds: dataset rows, their K (after crop scaling and dropout; -1 = no
+    condition), captions (after dropout), per-row pivot row (-1 = not tied) and crops."""
+
+    rows: list[int]
+    levels: list[float]
+    captions: list[str]
+    pivot_ids: list[int]
+    crops: list[Crop]
+    contrastive: bool
+
+
+class TrainingRows:
+    """The columns the trainer needs, in memory; images stay encoded in an Arrow column until used."""
+
+    def __init__(self, table: Any) -> None:
+        missing = [c for c in COLUMNS if c not in table.column_names]
+        if missing:
+            raise UserError(f"training data lacks the column(s) {missing}; it needs {list(COLUMNS)} (as `bokeh build` writes)")
+        levels = table.column("bokeh_level").to_pylist()
+        keep = [k is not None and 0 <= k <= MAX_K for k in levels]
+        if not all(keep):
+            warnings.warn(f"skipping {keep.count(False)} of {len(keep)} rows whose bokeh_level is missing or outside 0..30", stacklevel=2)
+            table = table.filter(pa.array(keep))
+        if table.num_rows == 0:
+            raise UserError("training data has no row with bokeh_level in 0..30")
+        self._images = table.column("image")
+        self.ids = [str(v) for v in table.column("id").to_pylist()]
+        self.group_ids = [str(v) for v in table.column("group_id").to_pylist()]
+        self.kinds = [str(v) for v in table.column("kind").to_pylist()]
+        self.captions = ["" if v is None else str(v) for v in table.column("caption").to_pylist()]
+        self.levels = np.asarray(table.column("bokeh_level").to_pylist(), dtype=np.float64)
+        self.groups = self._contrastive_groups()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _contrastive_groups(self) -> list[list[int]]:
+        """Groups of two or more rows, pivot first: the group's real row, else its lowest K."""
+        members: dict[str, list[int]] = {}
+        for row, gid in enumerate(self.group_ids):
+            members.setdefault(gid, []).append(row)
+        groups = []
+        for rows in members.values():
+            if len(rows) < 2:
+                continue
+            real = [r for r in rows if self.kinds[r] == "real"]
+            pivot = real[0] if real else min(rows, key=lambda r: self.levels[r])
+            groups.append([pivot] + [r for r in rows if r != pivot])
+        return groups
+
+    def image_bytes(self, row: int) -> bytes:
+        """The encoded image of ``row`` (HF Image struct ``{bytes, path}``)."""
+        value = self._images[row].as_py()
+        data = value.get("bytes") if isinstance(value, dict) else value
+        if not data:
+            raise UserError(f"row {self.ids[row]} has no embedded image bytes")
+        return data
+
+
+def load_rows(source: str, split: str = "train") -> TrainingRows:
+    """Rows from a ``bokeh build`` output folder (``data/*.parquet``), a folder of Parquet files, or
+    an HF dataset id / folder readable by ``datasets.load_dataset``."""
+    import pyarrow.parquet as pq
+
+    path = Path(source).expanduser()
+    files = sorted(glob.glob(str(path / "data" / f"{split}-*.parquet"))) or sorted(glob.glob(str(path / "*.parquet")))
+    if path.is_dir() and files:
+        missing = [c for c in COLUMNS if c not in pq.read_schema(files[0]).names]
+        if missing:
+            raise UserError(f"training data {files[0]} lacks the column(s) {missing}; it needs {list(COLUMNS)} (as `bokeh build` writes)")
+        table = pq.read_table(files, columns=list(COLUMNS))
+    else:
+        try:
+            import datasets
+
+            table = datasets.load_dataset(str(source), split=split).data.table
+        except Exception as exc:  # noqa: BLE001 - missing folder, bad id, offline hub
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UserError(
+                f"cannot read training data {source!r} ({first[:200]}); pass a `bokeh build` output folder or an HF dataset id"
+            ) from exc
+    if table.num_rows == 0:
+        raise UserError(f"training data {source!r} has no rows")
+    return TrainingRows(table.select(list(COLUMNS)))
+
+
+class BatchSampler:
+    """Draws batch ``n`` from its own generator seeded by ``(seed, n)``: the data position is just ``n``,
+    so a resumed run sees exactly the batches an uninterrupted one would.
+
+    With probability ``contrastive_ratio`` a batch is one contrastive group (pivot first, then up to
+    ``batch_size - 1`` of its renders, each tied to the pivot with ``tie_probability``), otherwise
+    ``batch_size`` random rows with their own K (``real_rows``: "all" rows or only kind "real").
+    Then each row's K becomes -1 with ``k_dropout`` and its caption "" with ``caption_dropout``.
+    """
+
+    def __init__(
+        self,
+        rows: TrainingRows,
+        batch_size: int,
+        seed: int = 0,
+        contrastive_ratio: float = 0.5,
+        tie_probability: float = 0.2,
+        k_dropout: float = 0.1,
+        caption_dropout: float = 0.1,
+        real_rows: str = "all",
+        crop_min_fraction: float = 1.0,
+    ) -> None:
+        for name, p in (("contrastive_ratio", contrastive_ratio), ("tie_probability", tie_probability),
+                        ("k_dropout", k_dropout), ("caption_dropout", caption_dropout)):
+            if not 0 <= p <= 1:
+                raise UserError(f"{name} must be in 0..1, got {p}")
+        if not 0 < crop_min_fraction <= 1:
+            raise UserError(f"crop_min_fraction must be in (0, 1], got {crop_min_fraction}")
+        if batch_size < 1:
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        if real_rows not in ("all", "real"):
+            raise UserError(f"real_rows must be 'all' or 'real', got {real_rows!r}")
+        self.rows = rows
+        self.batch_size = batch_size
+        self.seed = seed
+        self.contrastive_ratio = contrastive_ratio if rows.groups and batch_size > 1 else 0.0
+        self.tie_probability = tie_probability
+        self.k_dropout = k_dropout
+        self.caption_dropout = caption_dropout
+        self.crop_min_fraction = crop_min_fraction
+        self.pool = np.arange(len(rows)) if real_rows == "all" else np.flatnonzero(np.asarray(rows.kinds) == "real")
+        if self.pool.size == 0:
+            raise UserError("real_rows: 'real' but the data has no row of kind 'real'")
+
+    def _crop(self, rng: np.random.Generator, max_level: float) -> tuple[Crop, float]:
+        """A crop and its K factor R / c (1 without zoom), keeping ``max_level * factor`` <= 30."""
+        low = max(self.crop_min_fraction, max_level / MAX_K)
+        size = 1.0 if low >= 1 else float(rng.uniform(low, 1.0))
+        return Crop(size, float(rng.random()), float(rng.random())), 1.0 / size
+
+    def plan(self, n: int) -> BatchPlan:
+        """Batch number ``n`` (0, 1, 2 ...)."""
+        rng = np.random.default_rng([self.seed, n])
+        contrastive = bool(rng.random() < self.contrastive_ratio)
+        if contrastive:
+            group = self.rows.groups[int(rng.integers(len(self.rows.groups)))]
+            renders = list(group[1:])
+            take = min(self.batch_size - 1, len(renders))
+            picked = [renders[i] for i in sorted(rng.choice(len(renders), size=take, replace=False))]
+            rows = [group[0]] + picked
+            ties = rng.random(len(rows)) < self.tie_probability
+            pivot_ids = [-1] + [0 if t else -1 for t in ties[1:]]
+            crop, factor = self._crop(rng, max(self.rows.levels[r] for r in rows))
+            crops = [crop] * len(rows)
+            factors = [factor] * len(rows)
+        else:
+            rows = [int(r) for r in rng.choice(self.pool, size=self.batch_size, replace=self.pool.size < self.batch_size)]
+            pivot_ids = [-1] * len(rows)
+            drawn = [self._crop(rng, self.rows.levels[r]) for r in rows]
+            crops = [c for c, _ in drawn]
+            factors = [f for _, f in drawn]
+        drop_k = rng.random(len(rows)) < self.k_dropout
+        drop_caption = rng.random(len(rows)) < self.caption_dropout
+        levels = [-1.0 if d else min(MAX_K, float(self.rows.levels[r]) * f) for r, f, d in zip(rows, factors, drop_k)]
+        captions = ["" if d else self.rows.captions[r] for r, d in zip(rows, drop_caption)]
+        return BatchPlan(rows, levels, captions, pivot_ids, crops, contrastive)
+
+
+def crop_box(width: int, height: int, resolution: int, crop: Crop) -> tuple[float, float, float, float]:
+    """The (left, top, right, bottom) box in the *original* image that ``crop`` takes, when the image
+    is first resized to short side ``resolution``."""
+    short = min(width, height)
+    side = crop.size * short
+    left = crop.x * (width - side)
+    top = crop.y * (height - side)
+    return left, top, left + side, top + side
+
+
+class ImageLoader:
+    """Decodes rows to ``[3, R, R]`` float tensors in [-1, 1] (crop of the short-side-R image), with an
+    optional in-memory cache of the decoded rows (worth it for small datasets and models)."""
+
+    def __init__(self, rows: TrainingRows, resolution: int, cache: bool = False) -> None:
+        self.rows = rows
+        self.resolution = resolution
+        self._cache: Optional[dict[int, Any]] = {} if cache else None
+
+    def _decoded(self, row: int) -> Any:
+        from estimators.image_io import load_image
+
+        if self._cache is not None and row in self._cache:
+            return self._cache[row]
+        image = load_image(self.rows.image_bytes(row))
+        # Keep enough pixels for any crop; no need for more than 2x the training size.
+        short = min(image.size)
+        limit = 2 * self.resolution
+        if short > limit:
+            scale = limit / short
+            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), resample=3)
+        if self._cache is not None:
+            self._cache[row] = image
+        return image
+
+    def load(self, rows: Sequence[int], crops: Sequence[Crop]) -> Any:
+        """The ``[B, 3, R, R]`` batch for ``rows`` with their ``crops``."""
+        import torch
+
+        arrays = []
+        for row, crop in zip(rows, crops):
+            image = self._decoded(row)
+            box = crop_box(image.width, image.height, self.resolution, crop)
+            tile = image.resize((self.resolution, self.resolution), resample=3, box=box)
+            arrays.append(np.asarray(tile, dtype=np.float32))
+        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+        return batch / 127.5 - 1.0
+

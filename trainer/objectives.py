@@ -1,0 +1,97 @@
+"""Training objectives as the base models define them: DDPM noise / v / sample prediction for UNets
+(the scheduler config's ``prediction_type``) and rectified flow matching for FLUX.
+
+Both take ``u`` in [0, 1) per row (the timestep draw) and the noise, so that rows tied to a pivot can
+be given the pivot's timestep and noise by the caller.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def ddpm_timesteps(u: torch.Tensor, num_train_timesteps: int) -> torch.Tensor:
+    """Integer timesteps ``floor(u * T)`` in 0..T-1."""
+    return (u * num_train_timesteps).long().clamp_(0, num_train_timesteps - 1)
+
+
+def ddpm_target(scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet must predict: the noise (epsilon), the velocity (v_prediction) or the clean sample."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    if kind == "sample":
+        return latents
+    raise ValueError(f"unsupported prediction_type {kind!r} in the scheduler config")
+
+
+def unet_loss(
+    adapter: Any,
+    unet: torch.nn.Module,
+    scheduler: Any,
+    latents: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    levels: Any,
+    pivot_ids: Optional[list[int]],
+    noise: torch.Tensor,
+    u: torch.Tensor,
+) -> torch.Tensor:
+    """Mean squared error of the adapted UNet's prediction on ``latents`` noised at ``u``."""
+    timesteps = ddpm_timesteps(u, scheduler.config.num_train_timesteps).to(latents.device)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    target = ddpm_target(scheduler, latents, noise, timesteps)
+    pred = adapter(unet, noisy, timesteps, encoder_hidden_states, bokeh=levels, pivot_ids=pivot_ids)
+    return F.mse_loss(pred.float(), target.float())
+
+
+def shifted_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
+    """Flow-matching noise levels ``shift * u / (1 + (shift - 1) * u)`` (the schedulers' time shift)."""
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """FLUX's 2x2 patch packing ``[B, C, H, W] -> [B, H/2 * W/2, 4C]`` (diffusers' FluxPipeline helper)."""
+    from diffusers import FluxPipeline
+
+    b, c, h, w = latents.shape
+    return FluxPipeline._pack_latents(latents, b, c, h, w)
+
+
+def latent_image_ids(latents: torch.Tensor) -> torch.Tensor:
+    """Position ids of the packed latent tokens (diffusers' FluxPipeline helper)."""
+    from diffusers import FluxPipeline
+
+    b, _, h, w = latents.shape
+    return FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, latents.device, latents.dtype)
+
+
+def flux_loss(
+    adapter: Any,
+    transformer: torch.nn.Module,
+    latents: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    pooled_prompt_embeds: torch.Tensor,
+    text_ids: torch.Tensor,
+    levels: Any,
+    pivot_ids: Optional[list[int]],
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    guidance: float = 3.5,
+) -> torch.Tensor:
+    """Flow matching: ``x_s = (1 - s) x0 + s * noise``, target velocity ``noise - x0``, on packed latents."""
+    s = sigmas.to(latents.device, latents.dtype).view(-1, 1, 1, 1)
+    noisy = (1 - s) * latents + s * noise
+    guidance_vec = None
+    if getattr(transformer.config, "guidance_embeds", False):
+        guidance_vec = torch.full((latents.shape[0],), float(guidance), device=latents.device, dtype=latents.dtype)
+    pred = adapter(
+        transformer, levels, pivot_ids,
+        hidden_states=pack_latents(noisy), timestep=sigmas.to(latents.device, latents.dtype), guidance=guidance_vec,
+        pooled_projections=pooled_prompt_embeds, encoder_hidden_states=prompt_embeds,
+        txt_ids=text_ids, img_ids=latent_image_ids(latents),
+    )
+    return F.mse_loss(pred.float(), pack_latents(noise - latents).float())

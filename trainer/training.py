@@ -1,0 +1,240 @@
+"""The training loop: accelerate (mixed precision, gradient accumulation, multi-GPU via
+``accelerate launch``), checkpoints with exact resume, JSONL / TensorBoard logs and validation grids.
+
+Determinism: micro-batch ``n`` (counted over all processes) takes its rows from ``BatchSampler.plan(n)``
+and its noise and timesteps from a generator seeded by ``(seed, n)``, so the data position is the step
+count and a resumed run repeats an uninterrupted one exactly (bit for bit on CPU).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from estimators.cli_util import UserError
+from trainer.backbones import DTYPES, UNetBackbone, load_backbone
+from trainer.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from trainer.config import TrainConfig
+from trainer.data import BatchPlan, BatchSampler, ImageLoader, load_rows
+
+
+class TrainStep(nn.Module):
+    """Holds what trains (adapter, and the base networks when they train) so accelerate / DDP wrap one
+    module; ``forward`` is the loss of one planned batch."""
+
+    def __init__(self, backbone: Any, adapter: nn.Module, trained: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.adapter = adapter
+        self.trained = nn.ModuleDict(trained)
+        self.text_trains = "text_encoder" in trained
+
+    def forward(self, pixels: torch.Tensor, plan: BatchPlan, generator: torch.Generator) -> torch.Tensor:
+        device = pixels.device
+        backbone = self.backbone
+        latents = backbone.encode_images(pixels)
+        if self.text_trains:
+            text = backbone.encode_text(plan.captions, device)
+        else:
+            with torch.no_grad():
+                text = backbone.encode_text(plan.captions, device)
+        noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
+        u = torch.rand(latents.shape[0], generator=generator, dtype=torch.float64)
+        for row, pivot in enumerate(plan.pivot_ids):
+            if pivot >= 0:  # tied rows share the pivot's noise and timestep
+                noise[row] = noise[pivot]
+                u[row] = u[pivot]
+        noise = noise.to(device, latents.dtype)
+        u = backbone.timestep_draw(u).to(device, torch.float32)
+        return backbone.loss(self.adapter, latents, text, plan.levels, plan.pivot_ids, noise, u)
+
+
+def micro_seed(seed: int, index: int) -> int:
+    """The noise seed of micro-batch ``index``."""
+    return int(np.random.SeedSequence([seed, index, 7]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def build_backbone(config: TrainConfig, output_dir: Path, rows: Any) -> tuple[Any, Optional[Path]]:
+    """The backbone and its local folder (tiny: built from scratch in OUTPUT/base on the first run)."""
+    model = config.model
+    if model.family == "tiny":
+        from trainer.tiny_model import build_tiny_model
+
+        base = output_dir / "base"
+        if not (base / "unet").is_dir():
+            build_tiny_model(base, rows.captions, config.data.resolution, seed=config.run.seed, **model.tiny)
+        return UNetBackbone.load(str(base)), base
+    dtype = DTYPES[model.weight_dtype]
+    backbone = load_backbone(model.family, model.base_model, dtype, model.guidance)
+    local = Path(model.base_model).expanduser()
+    return backbone, local if local.is_dir() else None
+
+
+def _trained_modules(config: TrainConfig, backbone: Any) -> dict[str, nn.Module]:
+    if config.model.family == "tiny":
+        return {"unet": backbone.unet, "text_encoder": backbone.text_encoder}
+    if config.model.train_base:
+        name = "transformer" if backbone.family == "flux" else "unet"
+        return {name: backbone.model}
+    return {}
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the log lines up to ``step`` (a resumed run rewrites what followed its checkpoint)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _tensorboard(log_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(log_dir))
+
+
+def validation_grid(backbone: Any, adapter: nn.Module, config: TrainConfig, device: torch.device) -> Any:
+    """A PIL image: one contact-sheet row per prompt, one column per K, same seed across K."""
+    from PIL import Image
+
+    from synth_blur.contact_sheet import contact_sheet
+
+    val = config.validation
+    resolution = val.resolution or config.data.resolution
+    channels, h, w = backbone.latent_shape(resolution)
+    rows = []
+    for i, prompt in enumerate(val.prompts):
+        g = torch.Generator().manual_seed(val.seed + i)
+        noise = torch.randn((1, channels, h, w), generator=g).expand(len(val.levels), -1, -1, -1).to(device)
+        images = backbone.sample(adapter, [prompt] * len(val.levels), val.levels, noise, val.steps, val.guidance_scale)
+        arrays = ((images.float().cpu().permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+        rows.append(contact_sheet(list(arrays), [f"K={k:g}" for k in val.levels], height=max(64, resolution)))
+    sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
+    y = 0
+    for row in rows:
+        sheet.paste(row, (0, y))
+        y += row.height
+    return sheet
+
+
+def train(config: TrainConfig, resume: Optional[str] = None) -> dict[str, Any]:
+    """Run (or continue) the training described by ``config``; returns the final step and last loss."""
+    from accelerate import Accelerator, PartialState
+    from diffusers.optimization import get_scheduler
+    from tqdm.auto import tqdm
+
+    run = config.run
+    if run.num_threads > 0:
+        torch.set_num_threads(run.num_threads)
+    state = PartialState()
+    output_dir = Path(run.output_dir)
+    checkpoint = resolve_resume(output_dir, resume) if resume else None
+    rows = load_rows(config.data.dataset, config.data.split)
+    d = config.data
+    sampler = BatchSampler(rows, d.batch_size, run.seed, d.contrastive_ratio, d.tie_probability, d.k_dropout,
+                           d.caption_dropout, d.real_rows, d.crop_min_fraction)
+    loader = ImageLoader(rows, d.resolution, cache=d.cache_images)
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with state.main_process_first():  # the main process builds the tiny model, the others read it
+        backbone, base_dir = build_backbone(config, output_dir, rows)
+    accelerator = Accelerator(mixed_precision=run.mixed_precision, gradient_accumulation_steps=run.gradient_accumulation_steps)
+    torch.manual_seed(run.seed)  # the adapter's initial weights depend on the seed only
+    try:
+        adapter = backbone.make_adapter(dict(config.adapter))
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"adapter settings do not fit the base model: {exc}") from exc
+    trained = _trained_modules(config, backbone)
+    params = adapter.set_trainable(backbone.model, train_base=bool(trained))
+    for name, module in backbone.modules().items():
+        module.to(accelerator.device)
+        if name not in trained:
+            module.requires_grad_(False)
+            module.eval()
+    if "text_encoder" in trained:
+        backbone.text_encoder.requires_grad_(True)
+        own = {id(p) for p in params}
+        params += [p for p in backbone.text_encoder.parameters() if id(p) not in own]
+    adapter.to(accelerator.device, torch.float32)
+    if config.model.gradient_checkpointing:
+        backbone.model.enable_gradient_checkpointing()
+    o = config.optim
+    optimizer = torch.optim.AdamW(params, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2),
+                                  weight_decay=o.weight_decay, eps=o.adam_epsilon)
+    # accelerate steps a prepared scheduler once per process at each optimizer step: count in those units.
+    procs = accelerator.num_processes
+    try:
+        lr_scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.warmup_steps * procs,
+                                     num_training_steps=run.max_steps * procs)
+    except ValueError as exc:
+        raise UserError(f"optim.lr_scheduler {o.lr_scheduler!r}: {exc}") from exc
+    step_module = TrainStep(backbone, adapter, trained).train()
+    step_module, optimizer, lr_scheduler = accelerator.prepare(step_module, optimizer, lr_scheduler)
+
+    step = 0
+    log_path = output_dir / "logs" / "train.jsonl"
+    if checkpoint is not None:
+        step = load_checkpoint(checkpoint, adapter, trained, optimizer, lr_scheduler)
+        if accelerator.is_main_process:
+            _truncate_log(log_path, step)
+    if accelerator.is_main_process:
+        import yaml
+
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+    writer = _tensorboard(output_dir / "logs") if accelerator.is_main_process else None
+
+    accum = run.gradient_accumulation_steps
+    bar = tqdm(total=run.max_steps, initial=step, desc="train", disable=not (run.progress and accelerator.is_main_process))
+    last_loss = float("nan")
+    started = time.time()
+    while step < run.max_steps:
+        losses = []
+        for micro in range(accum):
+            index = (step * accum + micro) * procs + accelerator.process_index
+            plan = sampler.plan(index)
+            pixels = loader.load(plan.rows, plan.crops).to(accelerator.device)
+            generator = torch.Generator().manual_seed(micro_seed(run.seed, index))
+            with accelerator.accumulate(step_module):
+                loss = step_module(pixels, plan, generator)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and o.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(params, o.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+        step += 1
+        last_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
+        lr = lr_scheduler.get_last_lr()[0]
+        bar.update(1)
+        bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}")
+        if accelerator.is_main_process and (step % run.log_every == 0 or step == run.max_steps):
+            record = {"step": step, "loss": last_loss, "lr": lr, "elapsed_s": round(time.time() - started, 3)}
+            with log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            if writer is not None:
+                writer.add_scalar("train/loss", last_loss, step)
+                writer.add_scalar("train/lr", lr, step)
+        if run.checkpoint_every and (step % run.checkpoint_every == 0 or step == run.max_steps):
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                save_checkpoint(output_dir, step, adapter, trained, optimizer, lr_scheduler, run.keep_last, base_dir)
+        val = config.validation
+        if accelerator.is_main_process and val.every and val.prompts and (step % val.every == 0 or step == run.max_steps):
+            step_module.eval()
+            grid = validation_grid(backbone, adapter, config, accelerator.device)
+            step_module.train()
+            (output_dir / "validation").mkdir(exist_ok=True)
+            grid.save(output_dir / "validation" / f"step-{step:07d}.png")
+    bar.close()
+    if writer is not None:
+        writer.close()
+    return {"step": step, "loss": last_loss}
