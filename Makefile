@@ -21,8 +21,16 @@ setup: $(BIN)/bokeh
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The main job on bundled data, fully offline: procedural scenes + the demo photos -> dataset -> report.
+DEMO_OUT ?= demo_out
 demo: setup
+	rm -rf $(DEMO_OUT)
 	$(BIN)/bokeh estimate demo/photos/*.jpg --depth sidecar --mask depth
+	$(BIN)/bokeh render demo/photos/street_8.jpg --sweep 0,5,10,20,30 -o $(DEMO_OUT)/render
+	$(BIN)/bokeh demo-data -o $(DEMO_OUT)/scenes --count 24
+	$(BIN)/bokeh build $(DEMO_OUT)/scenes demo/photos -o $(DEMO_OUT)/dataset --depth sidecar --mask depth --synthetic-levels 4
+	$(BIN)/bokeh report $(DEMO_OUT)/dataset -o $(DEMO_OUT)/report.html
+	@echo "demo done: open $(DEMO_OUT)/report.html and $(DEMO_OUT)/render/street_8_sweep.png"
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info $(DEMO_OUT)

@@ -5,6 +5,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from dataset_tools import build_cli
 from dataset_tools import cli as dataset_tools_cli
 from estimators import cli as estimators_cli
 from estimators.cli_util import UserError
@@ -21,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bokeh-controllable text-to-image models (K = 0 all sharp .. 30 very shallow depth of field).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for register in (estimators_cli.register, synth_blur_cli.register, dataset_tools_cli.register, trainer_cli.register):
+    for register in (estimators_cli.register, synth_blur_cli.register, dataset_tools_cli.register, build_cli.register, trainer_cli.register):
         register(sub)
     return parser
 

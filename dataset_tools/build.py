@@ -1,0 +1,161 @@
+"""``bokeh build`` driver: check OUT, shard the inputs, run the stages, write shards as they finish, summarise."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+from estimators.cli_util import UserError
+
+from .atomic import write_atomic
+from .build_config import BuildConfig
+from .build_stats import BuildStats
+from .input_shards import chunks_of, write_input_shards
+from .photo_state import PhotoState, one_line
+from .sources import InputError, iter_sources
+from .writer import OUTPUT_ENTRIES, Layout, ShardWriter, finish, remove_work
+
+
+class BuildFailed(RuntimeError):
+    """The distributed run itself broke (not one photo: the pipeline); the message is one line."""
+
+
+def prepare_out(layout: Layout, config: BuildConfig, resume: bool, overwrite: bool) -> bool:
+    """Make OUT ready; True when it already holds a finished build (``--resume``: nothing to do).
+
+    A non-empty OUT needs ``--resume`` (same settings) or ``--overwrite`` (removes only what a build writes).
+    """
+    out = layout.out
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a directory")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if overwrite:
+        for name in OUTPUT_ENTRIES:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    elif resume:
+        if layout.is_finished():
+            remove_work(layout)
+            return True
+        if layout.config.is_file():
+            stored = json.loads(layout.config.read_text())
+            changed = config.differences(stored)
+            if changed:
+                raise UserError(
+                    f"{out} was started with other settings ({', '.join(changed)}): resume with the same flags, "
+                    "or pass --overwrite to start again"
+                )
+        elif entries and entries != ["_work"]:
+            raise UserError(f"{out} holds no unfinished build to resume: choose an empty directory or pass --overwrite")
+    elif entries:
+        raise UserError(
+            f"{out} is not empty: pass --resume to continue an unfinished build there, --overwrite to replace it, "
+            "or choose another directory"
+        )
+    layout.work.mkdir(parents=True, exist_ok=True)
+    if not layout.config.is_file():
+        write_atomic(layout.config, json.dumps(config.to_dict(), indent=2))
+    return False
+
+
+def _shard_inputs(inputs: Sequence[str], layout: Layout, config: BuildConfig) -> list[int]:
+    items = iter_sources(inputs, image_column=config.image_column, caption_column=config.caption_column)
+    try:
+        counts = write_input_shards(items, layout.inputs, config.shard_size)
+    except InputError as exc:
+        shutil.rmtree(layout.inputs, ignore_errors=True)
+        raise UserError(str(exc)) from None
+    if not counts:
+        remove_work(layout)
+        raise UserError("no photos found in the inputs (folders are searched for image files, recursively)")
+    return counts
+
+
+def check_models(config: BuildConfig) -> None:
+    """Fail fast, in the driver, when a requested model is not available (reads its config only)."""
+    if config.depth != "depth-anything" and config.mask != "sam":
+        return
+    from transformers import AutoConfig
+
+    from estimators.depth_anything import DEFAULT_DEPTH_MODEL
+    from estimators.mask import DEFAULT_SAM_MODEL
+    from estimators.model_loading import load_pretrained
+
+    if config.depth == "depth-anything":
+        load_pretrained(AutoConfig.from_pretrained, config.depth_model or DEFAULT_DEPTH_MODEL,
+                        what="depth model", avoid="--depth sidecar")
+    if config.mask == "sam":
+        load_pretrained(AutoConfig.from_pretrained, config.sam_model or DEFAULT_SAM_MODEL,
+                        what="SAM model", avoid="--mask depth")
+
+
+def _states(config: BuildConfig, layout: Layout, chunks: list, ray_address: Optional[str],
+            workers: Optional[int]) -> Iterator[PhotoState]:
+    from .distribute import local_states, ray_session, ray_states
+
+    if workers == 0:
+        yield from local_states(config, str(layout.inputs), chunks)
+        return
+    with ray_session(ray_address, workers):
+        try:
+            yield from ray_states(config, str(layout.inputs.resolve()), chunks)
+        except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors; report one line
+            from estimators.model_loading import ModelUnavailableError
+
+            text = str(exc)
+            marker = f"{ModelUnavailableError.__name__}: "
+            if marker in text:
+                raise ModelUnavailableError(text.split(marker, 1)[1].splitlines()[0]) from None
+            raise BuildFailed(f"the Ray pipeline failed ({type(exc).__name__}: {one_line(exc)}); "
+                              "finished shards are kept: rerun with --resume") from None
+
+
+def build(
+    inputs: Sequence[str],
+    out: str | Path,
+    config: BuildConfig,
+    *,
+    ray_address: Optional[str] = None,
+    workers: Optional[int] = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> BuildStats:
+    """Build (or finish) the dataset in ``out`` and return its statistics."""
+    from tqdm import tqdm
+
+    check_models(config)
+    layout = Layout(out)
+    if prepare_out(layout, config, resume, overwrite):
+        print(f"{layout.out} already holds a finished build: nothing to do", file=sys.stderr)
+        return BuildStats.from_dict(json.loads(layout.stats.read_text()))
+    start = time.perf_counter()
+    counts = _shard_inputs(inputs, layout, config)
+    writer = ShardWriter(layout, counts)
+    pending = writer.pending()
+    chunks = [chunk for shard in pending for chunk in chunks_of(shard, counts[shard])]
+    if chunks:
+        todo = sum(counts[shard] for shard in pending)
+        print(f"building {layout.out}: {sum(counts)} photos in {len(counts)} shards, {todo} to process",
+              file=sys.stderr)
+        seen = BuildStats()
+        with tqdm(total=todo, unit="photo", desc="build", disable=None if progress else True, file=sys.stderr) as bar:
+            for state in _states(config, layout, chunks, ray_address, workers):
+                shard = writer.add(state.shard, state.rows, state.outcome, state.timings)
+                if shard is not None:  # one line per shard: the live record in logs where no bar is drawn
+                    bar.write(f"wrote {layout.data_file(state.shard, len(counts)).name}: {shard.photos} photos, "
+                              f"{shard.kept} kept, {shard.rows} rows", file=sys.stderr)
+                seen.add(state.rows, state.outcome, {})
+                bar.update(1)
+                bar.set_postfix(kept=seen.kept, filtered=sum(seen.filtered.values()),
+                                failed=sum(seen.failed.values()), refresh=False)
+        unfinished = writer.pending()
+        if unfinished:
+            raise BuildFailed(f"the pipeline ended with {len(unfinished)} shard(s) unfinished; rerun with --resume")
+    return finish(layout, counts, config.to_dict(), time.perf_counter() - start)

@@ -1,0 +1,116 @@
+"""``bokeh build``: photos in, a sharded hybrid bokeh dataset (real photos + synthetic renders) out, with Ray."""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from estimators.cli_util import UserError, non_negative_int, positive_int
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``bokeh build`` to the ``bokeh`` parser."""
+    from .build_config import DEFAULT_MIN_SHARPNESS
+
+    p = sub.add_parser(
+        "build",
+        help="build a sharded hybrid bokeh dataset (real photos + synthetic renders) from photos, with Ray",
+        description="Turn photos into a Hugging Face-style bokeh dataset: decode + EXIF, depth, subject mask, bokeh "
+        "level K, filter, synthetic renders of all-in-focus photos (contrastive groups), resize, encode. Stages run "
+        "on Ray Data (a local Ray by default, or a cluster). OUT gets data/train-*.parquet, README.md (dataset card), "
+        "errors.jsonl (one line per failed or filtered photo) and stats.json. Every photo ends up in exactly one of "
+        "data or errors.jsonl.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="folders (searched recursively), glob patterns, text files listing photo paths (.txt/.lst), "
+                   "Parquet files or folders, saved `datasets` folders, or hf://DATASET_ID; captions come from "
+                   "<stem>.txt sidecars or the caption column")
+    p.add_argument("-o", "--out", required=True, metavar="OUT",
+                   help="output directory (new or empty, unless --resume/--overwrite)")
+    p.add_argument("--synthetic-levels", type=non_negative_int, default=4, metavar="N",
+                   help="renders per all-in-focus photo, at K ~ U(1, 30) seeded from (--seed, photo id) "
+                   "(default 4; 0 = none)")
+    p.add_argument("--resolution", type=positive_int, default=512, metavar="PX",
+                   help="short side of the stored images in px; smaller photos are not enlarged (default 512). "
+                   "bokeh_level is always K at short side 512")
+    p.add_argument("--shard-size", type=positive_int, default=1000, metavar="N",
+                   help="source photos per shard: each becomes one data/train-*.parquet file, written atomically "
+                   "(default 1000)")
+    p.add_argument("--depth", choices=("depth-anything", "sidecar"), default="depth-anything",
+                   help="depth: Depth Anything (default) or <stem>.depth.npy / <stem>.disparity.png next to each photo")
+    p.add_argument("--depth-model", metavar="ID|PATH",
+                   help="Depth Anything model id or local directory (default depth-anything/Depth-Anything-V2-Small-hf)")
+    p.add_argument("--mask", choices=("depth", "sam", "sidecar"), default="depth",
+                   help="subject mask: nearest depth layer refined with GrabCut (depth, default, no weights), "
+                   "Segment Anything (sam) or <stem>.mask.png (sidecar)")
+    p.add_argument("--sam-model", metavar="ID|PATH", help="SAM model id or local directory (default facebook/sam-vit-base)")
+    p.add_argument("--min-sharpness", type=_non_negative_float, default=DEFAULT_MIN_SHARPNESS, metavar="X",
+                   help="keep photos whose subject's sharpness (variance of the Laplacian at short side 512) is at "
+                   f"least X; others are filtered with reason subject-not-sharp (default {DEFAULT_MIN_SHARPNESS:g}; "
+                   "0 = keep all)")
+    p.add_argument("--balance", action="store_true",
+                   help="draw each group's render levels one per equal stratum of [1, 30] (stratified) instead of "
+                   "independently, so every group spans the range and the synthetic K histogram is flat")
+    p.add_argument("--ray-address", metavar="auto|HOST:PORT",
+                   help="join this Ray cluster (auto = the one `ray start` runs on this machine); default: start a "
+                   "local Ray bound to 127.0.0.1. On several nodes, inputs and OUT must be on shared storage")
+    p.add_argument("--workers", type=non_negative_int, metavar="N",
+                   help="CPUs of the local Ray (default: all); 0 runs every stage in this process without Ray")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue an interrupted build in OUT with the same settings (finished shards are kept)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="delete a previous build's files in OUT (README.md, data/, errors.jsonl, stats.json, "
+                       "_work/) first; other files stay")
+    p.add_argument("--seed", type=non_negative_int, default=0, metavar="S",
+                   help="seed of the render levels; a photo's levels depend on (S, its id) only (default 0)")
+    p.add_argument("--image-column", default="image", metavar="NAME",
+                   help="image column of Parquet / dataset inputs (default image)")
+    p.add_argument("--caption-column", default="caption", metavar="NAME",
+                   help="caption column of Parquet / dataset inputs (default caption)")
+    p.set_defaults(func=run_build)
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def run_build(args: argparse.Namespace) -> int:
+    """Run the build and print the summary; exit 1 when the pipeline broke or no photo was kept."""
+    from .build import BuildFailed, build
+    from .build_config import BuildConfig
+
+    if args.ray_address is not None and args.workers is not None:
+        raise UserError("--workers sizes the local Ray; with --ray-address the cluster's resources are used")
+    config = BuildConfig(
+        synthetic_levels=args.synthetic_levels,
+        resolution=args.resolution,
+        shard_size=args.shard_size,
+        depth=args.depth,
+        depth_model=args.depth_model,
+        mask=args.mask,
+        sam_model=args.sam_model,
+        min_sharpness=args.min_sharpness,
+        balance=args.balance,
+        seed=args.seed,
+        image_column=args.image_column,
+        caption_column=args.caption_column,
+    )
+    try:
+        stats = build(args.inputs, Path(args.out), config, ray_address=args.ray_address, workers=args.workers,
+                      resume=args.resume, overwrite=args.overwrite)
+    except BuildFailed as exc:
+        print(f"bokeh build: error: {exc}", file=sys.stderr)
+        return 1
+    print(stats.summary())
+    if stats.kept == 0:
+        print(f"bokeh build: no photo was kept: see {Path(args.out) / 'errors.jsonl'}", file=sys.stderr)
+        return 1
+    return 0

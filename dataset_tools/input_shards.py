@@ -1,0 +1,151 @@
+"""Input shards: the stream of source photos cut into numbered Parquet files of ``shard_size`` photos.
+
+The driver streams :func:`dataset_tools.sources.iter_sources` into ``<work>/inputs/shard-NNNNN.parquet``
+(each published atomically, in row groups of :data:`CHUNK_ROWS` photos that workers read one at a
+time), then writes ``manifest.json``. A resumed build keeps the finished shards and continues the
+stream after the photos they hold, so input shard k, and hence output shard k, holds the same photos
+in every run. Paths stay paths (workers read the files); dataset rows carry their image bytes.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .atomic import publish, write_atomic
+from .sources import SourceItem
+
+#: Photos per row group of an input shard: the unit of work handed to a worker.
+CHUNK_ROWS = 8
+MANIFEST = "manifest.json"
+
+INPUT_SCHEMA = pa.schema(
+    [
+        ("seq", pa.int64()),  # position in the whole input stream
+        ("source", pa.string()),
+        ("path", pa.string()),
+        ("data", pa.binary()),
+        ("caption", pa.string()),
+        ("exif", pa.string()),  # JSON object of EXIF-like dataset columns
+        ("error", pa.string()),  # set when the listing already knows the item is unusable
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One unit of work: row group ``row_group`` of input shard ``shard``."""
+
+    shard: int
+    row_group: int
+
+
+def shard_path(inputs_dir: Path, shard: int) -> Path:
+    """The file of input shard ``shard``."""
+    return inputs_dir / f"shard-{shard:05d}.parquet"
+
+
+def _row(item: SourceItem, seq: int) -> dict[str, Any]:
+    return {
+        "seq": seq,
+        "source": item.source,
+        "path": item.path,
+        "data": item.data,
+        "caption": item.caption or "",
+        "exif": json.dumps(item.exif, default=str) if item.exif else None,
+        "error": item.error,
+    }
+
+
+def item_from_row(row: dict[str, Any]) -> SourceItem:
+    """The source item stored in an input-shard row."""
+    return SourceItem(
+        source=row["source"],
+        path=row["path"],
+        data=row["data"],
+        caption=row["caption"] or "",
+        exif=json.loads(row["exif"]) if row["exif"] else {},
+        error=row["error"],
+    )
+
+
+def _existing_counts(inputs_dir: Path) -> list[int]:
+    """Photo counts of the finished shards 0, 1, ... (stopping at the first missing one)."""
+    counts = []
+    for shard in itertools.count():
+        path = shard_path(inputs_dir, shard)
+        if not path.is_file():
+            return counts
+        counts.append(pq.ParquetFile(path).metadata.num_rows)
+
+
+class _ShardSink:
+    """Writes one input shard in row groups of CHUNK_ROWS rows to a temp file, then publishes it."""
+
+    def __init__(self, inputs_dir: Path, shard: int) -> None:
+        self.final = shard_path(inputs_dir, shard)
+        self.temp = self.final.with_name(f".{self.final.name}.tmp")
+        self.writer = pq.ParquetWriter(self.temp, INPUT_SCHEMA)
+        self.rows: list[dict[str, Any]] = []
+        self.count = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self.count += 1
+        if len(self.rows) == CHUNK_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.rows:
+            self.writer.write_table(pa.Table.from_pylist(self.rows, schema=INPUT_SCHEMA), row_group_size=CHUNK_ROWS)
+            self.rows = []
+
+    def close(self) -> None:
+        self._flush()
+        self.writer.close()
+        publish(self.temp, self.final)
+
+
+def write_input_shards(items: Iterable[SourceItem], inputs_dir: Path, shard_size: int) -> list[int]:
+    """Cut ``items`` into input shards (resuming after the finished ones) and return every shard's photo count.
+
+    When ``manifest.json`` exists the stream is not read at all.
+    """
+    manifest = inputs_dir / MANIFEST
+    if manifest.is_file():
+        return json.loads(manifest.read_text())["counts"]
+    inputs_dir.mkdir(parents=True, exist_ok=True)
+    counts = _existing_counts(inputs_dir)
+    seq = sum(counts)
+    sink: Optional[_ShardSink] = None
+    for item in itertools.islice(items, seq, None):
+        if sink is None:
+            sink = _ShardSink(inputs_dir, len(counts))
+        sink.add(_row(item, seq))
+        seq += 1
+        if sink.count == shard_size:
+            sink.close()
+            counts.append(sink.count)
+            sink = None
+    if sink is not None:
+        sink.close()
+        counts.append(sink.count)
+    write_atomic(manifest, json.dumps({"counts": counts, "photos": sum(counts)}))
+    return counts
+
+
+def chunks_of(shard: int, count: int) -> list[Chunk]:
+    """The chunks (row groups) of an input shard of ``count`` photos."""
+    return [Chunk(shard, g) for g in range(math.ceil(count / CHUNK_ROWS))]
+
+
+def read_chunk(inputs_dir: Path, chunk: Chunk) -> Iterator[dict[str, Any]]:
+    """The input rows of one chunk."""
+    table = pq.ParquetFile(shard_path(inputs_dir, chunk.shard)).read_row_group(chunk.row_group)
+    yield from table.to_pylist()

@@ -1,0 +1,76 @@
+"""`bokeh build --ray-address` against a Ray head this test starts on 127.0.0.1, stopped again by PID."""
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from test_build_helpers import REPO_ENV, assert_each_photo_once, cli, demo_scenes, kill_session, session_processes, wait_for
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def cluster_env():
+    """Environment of the head and the driver: loopback only, token auth with a token of this test's own."""
+    return {**REPO_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+
+
+@pytest.fixture
+def ray_head(tmp_path, cluster_env):
+    """A one-CPU Ray head (own temp dir, loopback only) in its own session; yields (address, temp dir)."""
+    port = _free_port()
+    temp_dir = Path(tempfile.mkdtemp(prefix="rayt", dir="/tmp"))  # short: Ray's socket paths are length-limited
+    log_path = tmp_path / "head.log"
+    with open(log_path, "wb") as log:
+        head = subprocess.Popen(
+            [str(Path(sys.executable).with_name("ray")), "start", "--head", "--node-ip-address=127.0.0.1",
+             f"--port={port}", "--num-cpus=1", "--disable-usage-stats", "--include-dashboard=false",
+             f"--temp-dir={temp_dir}", "--block"],
+            env=cluster_env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: head.poll() is not None or "Ray runtime started" in log_path.read_text(errors="replace"), 120,
+                 "the Ray head to start")
+        assert head.poll() is None, log_path.read_text(errors="replace")
+        yield f"127.0.0.1:{port}", temp_dir
+    finally:
+        kill_session(head.pid)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert session_processes(head.pid) == [], "a process of the test's Ray head survived"
+
+
+def test_build_on_a_ray_cluster(ray_head, cluster_env, relative_dir, tmp_path):
+    """One CPU, no GPU: Depth Anything runs in a CPU actor that must leave room for the tasks."""
+    address, temp_dir = ray_head
+    photos = demo_scenes(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    assert not list(temp_dir.glob("session_*/logs/python-core-driver-*"))
+    driver = subprocess.Popen(
+        cli("build", tmp_path / "in", "-o", out, "--ray-address", address, "--depth", "depth-anything",
+            "--depth-model", relative_dir, "--mask", "depth", "--min-sharpness", 0, "--synthetic-levels", 1,
+            "--resolution", 128, "--shard-size", 2),
+        env=cluster_env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        output, _ = driver.communicate(timeout=300)
+    finally:
+        kill_session(driver.pid)
+    assert driver.returncode == 0, output
+    rows, errors = assert_each_photo_once(out, {str(p) for p in photos})
+    assert all(e["status"] == "filtered" for e in errors)  # random weights may leave K unknown, never lose a photo
+    assert len(list((out / "data").glob("train-*-of-00002.parquet"))) == 2
+    # The driver joined the test's cluster (its log is in that cluster's session) instead of starting a Ray.
+    assert list(temp_dir.glob("session_*/logs/python-core-driver-*"))
+    assert "photos read   3" in output and json.loads((out / "stats.json").read_text())["stage_seconds"]["depth"] > 0

@@ -1,0 +1,77 @@
+"""`bokeh report` on a hand-made dataset folder in the build's layout (no Ray needed)."""
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from dataset_tools.build_stats import BuildStats
+from dataset_tools.report import collect_groups, write_report
+from dataset_tools.schema import OUTPUT_SCHEMA
+from pipelines.cli import main
+
+
+def jpeg(color):
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 32), color).save(buf, format="JPEG")
+    return {"bytes": buf.getvalue(), "path": None}
+
+
+def row(group, kind, k, caption="", color=(100, 100, 100)):
+    values = {name: None for name in OUTPUT_SCHEMA.names}
+    values.update(id=f"{group}-{k}", group_id=group, kind=kind, image=jpeg(color), width=48, height=32,
+                  caption=caption, bokeh_level=k, source=f"/photos/{group}.jpg")
+    return values
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    out = tmp_path / "out"
+    (out / "data").mkdir(parents=True)
+    shard0 = [row("g1", "real", 0.0, "a <b>red</b> ball"), row("g1", "synthetic", 25.0), row("g1", "synthetic", 7.5),
+              row("r1", "real", 12.0, "a real photo")]
+    shard1 = [row("g2", "real", 0.5), row("g2", "synthetic", 3.0), row("g3", "real", 0.0), row("g3", "synthetic", 9.0)]
+    for i, rows in enumerate((shard0, shard1)):
+        pq.write_table(pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA), out / "data" / f"train-0000{i}-of-00002.parquet")
+    stats = BuildStats(photos=6, kept=4, rows_real=4, rows_synthetic=4, groups=3)
+    stats.failed["decode"] = 2
+    stats.k_real[0], stats.k_real[12] = 3, 1
+    for k in (25, 7, 3, 9):
+        stats.k_synthetic[k] += 1
+    (out / "stats.json").write_text(json.dumps(stats.to_dict()))
+    (out / "errors.jsonl").write_text(
+        json.dumps({"source": "/photos/bad<1>.jpg", "stage": "decode", "status": "failed", "reason": "empty file (0 bytes)"}) + "\n"
+        + json.dumps({"source": "/photos/b2.jpg", "stage": "decode", "status": "failed", "reason": "not a recognised image format"}) + "\n"
+    )
+    return out
+
+
+def test_groups_are_pivot_and_renders_in_k_order_across_shards(dataset):
+    groups = collect_groups(sorted((dataset / "data").glob("*.parquet")), max_groups=5)
+    assert [[r["bokeh_level"] for r in g] for g in groups] == [[0.0, 7.5, 25.0], [0.5, 3.0], [0.0, 9.0]]
+    assert len(collect_groups(sorted((dataset / "data").glob("*.parquet")), max_groups=2)) == 2
+
+
+def test_report_page(dataset, tmp_path):
+    shown = write_report(dataset, tmp_path / "r.html", max_groups=2, max_errors=1)
+    page = (tmp_path / "r.html").read_text()
+    assert shown == {"groups": 2, "shards": 2}
+    assert "a &lt;b&gt;red&lt;/b&gt; ball" in page and "<b>red</b>" not in page  # captions are escaped
+    assert page.count('<img src="data:image/jpeg;base64,') == 2
+    assert page.count("<rect") == 2 * 31 + 2  # real + synthetic bar per bin, two legend swatches
+    assert "<td>6</td>" in page and "decode: 2" in page and "4 real, 4 synthetic" in page
+    assert "/photos/bad&lt;1&gt;.jpg" in page and "1 more in errors.jsonl" in page
+
+
+def test_report_cli(dataset, capsys):
+    assert main(["report", str(dataset)]) == 0
+    assert (dataset / "report.html").is_file()
+    assert "2 data shards, 3 groups shown" in capsys.readouterr().out
+
+
+def test_report_on_a_folder_that_is_not_a_dataset(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bokeh report: error:") and "not a finished bokeh dataset" in err and "\n" not in err
