@@ -109,9 +109,9 @@ def _register_estimate(sub: argparse._SubParsersAction) -> None:
         "Exit status 0 unless every file failed.",
     )
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="photo files (JPEG, PNG, HEIC, AVIF, ...)")
-    p.add_argument("--depth", choices=DEPTH_BACKENDS, default="sidecar",
-                   help="depth source: <stem>.depth.npy / <stem>.disparity.png next to the photo (sidecar, default), "
-                   "Depth Anything (depth-anything) or none")
+    p.add_argument("--depth", choices=DEPTH_BACKENDS, default="depth-anything",
+                   help="depth source: Depth Anything (depth-anything, default), <stem>.depth.npy / "
+                   "<stem>.disparity.png next to the photo (sidecar), or none")
     p.add_argument("--depth-model", metavar="ID|PATH", help="Depth Anything model id or local directory "
                    "(default depth-anything/Depth-Anything-V2-Small-hf; metric models give metric depth)")
     p.add_argument("--mask", choices=MASK_BACKENDS, default="depth",

@@ -18,7 +18,7 @@ class PhotoEstimator:
 
     def __init__(
         self,
-        depth: str = "sidecar",
+        depth: str = "depth-anything",
         mask: str = "depth",
         *,
         depth_model: Optional[str] = None,

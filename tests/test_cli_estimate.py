@@ -100,6 +100,6 @@ def test_missing_model_is_one_clear_line(capsys, flags, names):
 
 
 def test_human_readable_default(capsys):
-    assert main(["estimate", str(DEMO_PHOTOS / "new_11.jpg")]) == 0
+    assert main(["estimate", str(DEMO_PHOTOS / "new_11.jpg"), "--depth", "sidecar"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"{DEMO_PHOTOS / 'new_11.jpg'}: K=") and "image-only" in out
