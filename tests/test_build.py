@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 
 from conftest import DEMO_PHOTOS, TEST_PHOTOS
 from pipelines.cli import main
-from test_build_helpers import (
+from build_helpers import (
     REPO_ENV,
     assert_each_photo_once,
     cli,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from test_build_helpers import REPO_ENV, assert_each_photo_once, cli, demo_scenes, kill_session, session_processes, wait_for
+from build_helpers import REPO_ENV, assert_each_photo_once, cli, demo_scenes, kill_session, session_processes, wait_for
 
 
 def _free_port() -> int:

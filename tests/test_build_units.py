@@ -18,7 +18,7 @@ from dataset_tools.sources import SourceItem
 from dataset_tools.stages import balanced_levels, fit_short_side, group_seed, merge_dataset_exif
 from estimators.exif import ExifInfo
 from pipelines.cli import main
-from test_build_helpers import demo_scenes, read_errors, read_rows
+from build_helpers import demo_scenes, read_errors, read_rows
 
 
 def test_fit_short_side_by_hand():
