@@ -33,7 +33,7 @@ MIN_EDGES = 20
 EDGE_PERCENTILE = 75
 #: Scales (of the image at short side <= 512) at which edge blur is measured, and the smallest side used.
 PYRAMID_SCALES = (1.0, 0.5, 0.25, 0.125)
-MIN_PYRAMID_SIDE = 32
+MIN_PYRAMID_SIDE = 64
 
 
 @dataclass
@@ -122,7 +122,7 @@ def image_bokeh_level(
     75th percentile over edges is kept: sharp edges that are not background (the subject's outline,
     or the subject itself when there is no mask) are among the candidates. The re-blur ratio of a wide blur drowns in
     noise at full size, while a coarse scale hides a narrow one, so the image is measured at short
-    sides 512, 256, 128 and 64 (never enlarged) and the largest resolved estimate is kept.
+    sides 512, 256, 128 and 64 (never enlarged, never below 64) and the largest resolved estimate is kept.
     """
     gray, to_512 = downscale_to_reference(to_gray(image))
     best: tuple[Optional[float], int] = (None, 0)

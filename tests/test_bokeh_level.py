@@ -170,3 +170,13 @@ def test_image_only_estimate_tracks_renderer_k_on_a_real_photo():
     assert all(b > a for a, b in zip(estimates, estimates[1:]))
     for k, est in zip((5, 10, 20), estimates[1:]):
         assert est == pytest.approx(k, rel=0.35)
+
+
+def test_small_all_in_focus_scene_is_not_read_as_blurred():
+    """Regression: a 256 px procedural scene once read K ~40 from a 32 px pyramid level."""
+    from dataset_tools.demo_scenes import generate_scene, scene_seed
+
+    scene = generate_scene(scene_seed(0, 14), 256, 256)
+    depth = DepthMap(disparity_from_depth(scene.depth_m), depth_m=scene.depth_m)
+    rec = estimate_bokeh_level(scene.image, ExifInfo(), depth, scene.mask)
+    assert rec.provenance == "image-only" and rec.bokeh_level <= 1.0
