@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
-from estimators.cli_util import UserError, non_negative_int, positive_int
+from estimators.cli_util import UserError, non_negative_float, non_negative_int, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="subject mask: nearest depth layer refined with GrabCut (depth, default, no weights), "
                    "Segment Anything (sam) or <stem>.mask.png (sidecar)")
     p.add_argument("--sam-model", metavar="ID|PATH", help="SAM model id or local directory (default facebook/sam-vit-base)")
-    p.add_argument("--min-sharpness", type=_non_negative_float, default=DEFAULT_MIN_SHARPNESS, metavar="X",
+    p.add_argument("--min-sharpness", type=non_negative_float, default=DEFAULT_MIN_SHARPNESS, metavar="X",
                    help="keep photos whose subject's sharpness (variance of the Laplacian at short side 512) is at "
                    f"least X; others are filtered with reason subject-not-sharp (default {DEFAULT_MIN_SHARPNESS:g}; "
                    "0 = keep all)")
@@ -70,16 +69,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--caption-column", default="caption", metavar="NAME",
                    help="caption column of Parquet / dataset inputs (default caption)")
     p.set_defaults(func=run_build)
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
 
 
 def run_build(args: argparse.Namespace) -> int:

@@ -2,20 +2,33 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 
 class UserError(Exception):
     """A bad argument or impossible request: ``bokeh`` prints it as one line and exits 2."""
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a float > 0."""
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a float > 0."""
+    value = _number(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite float >= 0."""
+    value = _number(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
 
 

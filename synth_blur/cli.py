@@ -7,31 +7,21 @@ from typing import Any
 
 import numpy as np
 
-from estimators.cli_util import UserError, positive_float
+from estimators.cli_util import UserError, non_negative_float, positive_float
 
 #: Contact-sheet thumbnails are this many pixels high.
 SHEET_HEIGHT = 320
 
 
-def _level(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (np.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"bokeh level must be a finite number >= 0, got {text}")
-    return value
-
-
 def _levels(text: str) -> list[float]:
-    levels = [_level(part.strip()) for part in text.split(",") if part.strip()]
+    levels = [non_negative_float(part.strip()) for part in text.split(",") if part.strip()]
     if not levels:
         raise argparse.ArgumentTypeError("give at least one bokeh level, e.g. 0,5,10,20,30")
     return levels
 
 
 def _unit(text: str) -> float:
-    value = _level(text)
+    value = non_negative_float(text)
     if value > 1:
         raise argparse.ArgumentTypeError(f"focus disparity must be in [0, 1], got {text}")
     return value
@@ -66,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("photo", metavar="PHOTO", help="all-in-focus photo (JPEG, PNG, HEIC, ...)")
     level = p.add_mutually_exclusive_group(required=True)
-    level.add_argument("--bokeh", type=_level, metavar="K", help="bokeh level (0 = unchanged .. 30 = very shallow)")
+    level.add_argument("--bokeh", type=non_negative_float, metavar="K", help="bokeh level (0 = unchanged .. 30 = very shallow)")
     level.add_argument("--sweep", type=_levels, metavar="K1,K2,...",
                        help="several levels, e.g. 0,5,10,20,30: -o is then a folder")
     depth = p.add_mutually_exclusive_group()
@@ -84,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--aperture", type=_aperture, default="disc", metavar="disc|N",
                    help="aperture shape: disc (default) or a number of blades >= 3")
     p.add_argument("--gamma", type=positive_float, default=2.2, help="display gamma for linear-light blur (default 2.2)")
-    p.add_argument("--highlight-boost", type=_level, default=0.0, metavar="B",
+    p.add_argument("--highlight-boost", type=non_negative_float, default=0.0, metavar="B",
                    help="brighten clipped highlights out of focus by up to 1 + B in linear light (default 0)")
     p.add_argument("--device", metavar="DEV", help="torch device (default: cuda when present, else cpu)")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
