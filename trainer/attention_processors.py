@@ -90,27 +90,31 @@ def _no_mask_when_grounded(attention_mask: Optional[torch.Tensor]) -> None:
         raise ValueError("grounded attention does not support an attention mask")
 
 
-# --------------------------------------------------------------------------------------------- UNet
-
-
-class UNetAttnProcessor(nn.Module):
-    """Plain scaled-dot-product attention for ``diffusers`` ``Attention`` (same maths as AttnProcessor2_0)
-    that accepts and ignores the bokeh keyword arguments. Subclasses hook in adapters and grounding."""
+class _AdapterHooks(nn.Module):
+    """The three places an adapter hooks into attention; the plain processors leave all three alone."""
 
     def adapt_qk(self, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Projected q and k (``[B, S, inner]``) after the adapter; here unchanged."""
+        """Projected q and k (``[B, S, inner]``; FLUX: the ``hidden_states`` stream) after the adapter."""
         return query, key
 
     def ground_qkv(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         attention_mask: Optional[torch.Tensor], index: Optional[torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-head q, k, v (``[B, H, S, D]``) after grounding; here unchanged."""
+        """Per-head q, k, v after grounding (UNet ``[B, H, S, D]``, FLUX joint sequence ``[B, S, H, D]``)."""
         return query, key, value
 
     def bokeh_term(self, query: torch.Tensor, bokeh_embeds: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        """What is added to the attention output before ``to_out``; here nothing."""
+        """What is added to the attention output before the output projection(s)."""
         return None
+
+
+# --------------------------------------------------------------------------------------------- UNet
+
+
+class UNetAttnProcessor(_AdapterHooks):
+    """Plain scaled-dot-product attention for ``diffusers`` ``Attention`` (same maths as AttnProcessor2_0)
+    that accepts and ignores the bokeh keyword arguments. Subclasses hook in adapters and grounding."""
 
     def __call__(
         self,
@@ -232,24 +236,12 @@ def _flux_projections(attn: nn.Module, hidden_states: torch.Tensor, encoder_hidd
     return query, key, value, None, None, None
 
 
-class FluxJointAttnProcessor(nn.Module):
+class FluxJointAttnProcessor(_AdapterHooks):
     """FLUX double- / single-stream attention (same maths as diffusers' FluxAttnProcessor) that accepts
     and ignores the bokeh keyword arguments; used for blocks the adapter leaves alone."""
 
     _attention_backend = None
     _parallel_config = None
-
-    def adapt_qk(self, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Projected q and k of the ``hidden_states`` stream after the adapter; here unchanged."""
-        return query, key
-
-    def ground_qkv(self, query, key, value, attention_mask, index):
-        """Joint-sequence q, k, v (``[B, S, H, D]``) after grounding; here unchanged."""
-        return query, key, value
-
-    def bokeh_term(self, query: torch.Tensor, bokeh_embeds: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        """What is added to the joint attention output (before the output projections); here nothing."""
-        return None
 
     def __call__(
         self,
