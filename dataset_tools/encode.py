@@ -9,8 +9,6 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image
 
-from estimators.image_io import to_gray
-from estimators.sharpness import laplacian_variance, resize_to_reference
 
 from .photo_state import PhotoState, Render
 
@@ -35,13 +33,6 @@ def mask_png(mask: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.asarray(mask, dtype=bool).astype(np.uint8) * 255).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def sharpness_pair(rgb: np.ndarray, mask: np.ndarray) -> tuple[Optional[float], Optional[float]]:
-    """Variance of the Laplacian on and off the subject at short side 512, as the estimator measures it."""
-    gray = resize_to_reference(to_gray(rgb))
-    subject = resize_to_reference(np.asarray(mask, dtype=np.float32)) > 0.5
-    return laplacian_variance(gray, subject), laplacian_variance(gray, ~subject)
 
 
 def _number(value: Optional[float]) -> Optional[float]:

@@ -21,12 +21,13 @@ from estimators.backends import make_depth_model, make_masker
 from estimators.bokeh_level import estimate_bokeh_level
 from estimators.depth import DepthUnavailableError, load_depth_sidecar
 from estimators.exif import ExifInfo, read_exif
-from estimators.image_io import ImageLoadError, load_image, to_array
+from estimators.image_io import ImageLoadError, load_image, to_array, to_gray
 from estimators.lens import REFERENCE_SHORT_SIDE
 from estimators.mask import MaskUnavailableError, load_mask_sidecar
+from estimators.sharpness import subject_background_sharpness
 
 from .build_config import BuildConfig
-from .encode import real_row, sharpness_pair, synthetic_row
+from .encode import real_row, synthetic_row
 from .input_shards import Chunk, item_from_row, read_chunk
 from .photo_state import PhotoState, Render, StageFailure, one_line, pack, unpack
 
@@ -300,7 +301,7 @@ class GroupStage(Stage):
                            device=self.device, group_id=state.id)
         for member in group.renders:
             image = np.asarray(member.image)
-            subject, background = sharpness_pair(image, state.mask)
+            subject, background = subject_background_sharpness(to_gray(image), state.mask)
             state.renders.append(Render(image, float(member.bokeh_level), dict(member.params), subject, background))
 
 

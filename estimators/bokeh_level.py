@@ -17,8 +17,7 @@ from .sharpness import (
     defocus_at_edges,
     disc_radius_from_sigma,
     downscale_to_reference,
-    laplacian_variance,
-    resize_to_reference,
+    subject_background_sharpness,
 )
 
 #: A photo counts as all-in-focus when K <= this (DESIGN.md §1).
@@ -113,7 +112,7 @@ def _focus_distance(
 
 
 def image_bokeh_level(
-    image: np.ndarray, disparity: Optional[np.ndarray], focus_disparity: Optional[float], background: Optional[np.ndarray]
+    gray: np.ndarray, disparity: Optional[np.ndarray], focus_disparity: Optional[float], background: Optional[np.ndarray]
 ) -> tuple[Optional[float], int]:
     """Image-only K from Zhuo & Sim edge blur, in px at short side 512, and the number of edges used.
 
@@ -124,7 +123,7 @@ def image_bokeh_level(
     noise at full size, while a coarse scale hides a narrow one, so the image is measured at short
     sides 512, 256, 128 and 64 (never enlarged, never below 64) and the largest resolved estimate is kept.
     """
-    gray, to_512 = downscale_to_reference(to_gray(image))
+    gray, to_512 = downscale_to_reference(gray)
     best: tuple[Optional[float], int] = (None, 0)
     for scale in PYRAMID_SCALES:
         if scale < 1 and min(gray.shape) * scale < MIN_PYRAMID_SIDE:
@@ -246,19 +245,15 @@ def estimate_bokeh_level(
         rec.background_blur_px = lens.blur_radius_px(rec.k_metric, s, rec.z_far_m)
 
     # --- image measures: sharpness at short side 512, edge blur at (at most) 512 -----------
-    gray512 = resize_to_reference(to_gray(image))
+    gray = to_gray(image)
+    rec.sharpness_subject, rec.sharpness_background = subject_background_sharpness(gray, mask)
     background = None
     if mask is not None:
-        subject512 = resize_to_reference(np.asarray(mask, dtype=np.float32)) > 0.5
         rec.subject_fraction = float(np.asarray(mask, dtype=bool).mean())
-        rec.sharpness_subject = laplacian_variance(gray512, subject512)
-        rec.sharpness_background = laplacian_variance(gray512, ~subject512)
         background = ~np.asarray(mask, dtype=bool)
-    else:
-        rec.sharpness_background = laplacian_variance(gray512)
     focus_d = rec.focus_disparity if rec.focus_disparity is not None else (None if depth is None else 1.0)
     rec.image_bokeh_level, rec.image_edge_count = image_bokeh_level(
-        image, None if depth is None else depth.disparity, focus_d, background
+        gray, None if depth is None else depth.disparity, focus_d, background
     )
 
     # --- combine ------------------------------------------------------------------------

@@ -42,6 +42,18 @@ def laplacian_variance(gray: np.ndarray, mask: Optional[np.ndarray] = None) -> O
     return float(np.var(values, dtype=np.float64))
 
 
+def subject_background_sharpness(
+    gray: np.ndarray, mask: Optional[np.ndarray]
+) -> tuple[Optional[float], Optional[float]]:
+    """Variance of the Laplacian on and off the subject, measured at short side 512 so photos of any
+    size compare; without a mask, (None, whole image)."""
+    gray512 = resize_to_reference(np.asarray(gray, dtype=np.float32))
+    if mask is None:
+        return None, laplacian_variance(gray512)
+    subject = resize_to_reference(np.asarray(mask, dtype=np.float32)) > 0.5
+    return laplacian_variance(gray512, subject), laplacian_variance(gray512, ~subject)
+
+
 @dataclass
 class DefocusEdges:
     """Sparse defocus at edge pixels: Gaussian blur sigma (px) and where it was measured."""
