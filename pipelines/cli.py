@@ -10,6 +10,7 @@ from dataset_tools import cli as dataset_tools_cli
 from estimators import cli as estimators_cli
 from estimators.cli_util import UserError
 from estimators.model_loading import ModelUnavailableError
+from pipelines import sample_cli
 from synth_blur import cli as synth_blur_cli
 from trainer import cli as trainer_cli
 
@@ -22,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         "bokeh-controllable text-to-image models (K = 0 all sharp .. 30 very shallow depth of field).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for register in (estimators_cli.register, synth_blur_cli.register, dataset_tools_cli.register, build_cli.register, trainer_cli.register):
+    for register in (estimators_cli.register, synth_blur_cli.register, dataset_tools_cli.register, build_cli.register, trainer_cli.register,
+                     sample_cli.register):
         register(sub)
     return parser
 

@@ -1,0 +1,77 @@
+"""Command-line flags shared by ``bokeh sample`` and ``bokeh eval``: which model, and how to sample it."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from estimators.cli_util import UserError, non_negative_float, non_negative_int, positive_float, positive_int
+
+
+def bokeh_level(text: str) -> float:
+    """argparse type: a bokeh level K in 0..30."""
+    value = non_negative_float(text)
+    if value > 30:
+        raise argparse.ArgumentTypeError(f"bokeh level K must be in 0..30, got {text}")
+    return value
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--base / --adapter / --checkpoint / --family / --device / --dtype."""
+    g = p.add_argument_group("model")
+    g.add_argument("--base", metavar="ID|PATH",
+                   help="base model: a FLUX.1 or Stable Diffusion folder or hub id (e.g. black-forest-labs/FLUX.1-dev); "
+                   "the tiny model's folder is CHECKPOINT/model")
+    g.add_argument("--adapter", metavar="DIR|ID",
+                   help="bokeh adapter: a folder with config.json + model.safetensors or a hub id (atfortes/BokehDiffusion)")
+    g.add_argument("--checkpoint", metavar="DIR",
+                   help="a `bokeh train` checkpoint (or run folder: its latest checkpoint) giving the adapter, and the "
+                   "base when the checkpoint holds it (tiny model) or the run names it; --base / --adapter override")
+    g.add_argument("--family", choices=("auto", "flux", "unet"), default="auto",
+                   help="model family (default auto: from the base folder's layout or the adapter's config)")
+    g.add_argument("--device", metavar="DEV", help="torch device (default: cuda when present, else cpu)")
+    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                   help="weights dtype (default: bfloat16 for FLUX on CUDA, as released; float32 otherwise)")
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    """--pivot / --grounding-steps / --steps / --guidance-scale / --negative-prompt / --true-cfg / size."""
+    g = p.add_argument_group("sampling")
+    g.add_argument("--pivot", type=bokeh_level, metavar="K",
+                   help="grounded mode: a pivot image at this K anchors the scene (released FLUX: 10-20 recommended)")
+    g.add_argument("--grounding-steps", type=non_negative_int, default=24, metavar="N",
+                   help="grounded mode: steps that use the pivot's attention queries (default 24 of 30; 0 = unbounded)")
+    g.add_argument("--steps", type=positive_int, metavar="N", help="denoising steps (default 30)")
+    g.add_argument("--guidance-scale", type=non_negative_float, metavar="G",
+                   help="FLUX: distilled guidance (default 3.0); UNet: classifier-free guidance (default 7.5, "
+                   "pixel-space tiny model 2.0)")
+    g.add_argument("--negative-prompt", metavar="TEXT",
+                   help="negative prompt (UNet default empty; FLUX with --true-cfg: 'bad quality, low resolution')")
+    g.add_argument("--true-cfg", type=positive_float, default=1.0, metavar="S",
+                   help="FLUX only: true classifier-free guidance scale against the negative prompt (default 1 = off)")
+    g.add_argument("--height", type=positive_int, metavar="PX", help="image height (default: the model's resolution)")
+    g.add_argument("--width", type=positive_int, metavar="PX", help="image width (default: the model's resolution)")
+
+
+def pipeline_from_args(args: argparse.Namespace) -> Any:
+    """The pipeline the model flags name (one-line errors for missing or unfit models)."""
+    from pipelines.loading import load_pipeline
+
+    return load_pipeline(args.base, args.adapter, checkpoint=args.checkpoint, family=args.family,
+                         device=args.device, dtype=args.dtype)
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The pipeline call's keyword arguments from the sampling flags (unset flags: pipeline defaults)."""
+    return dict(
+        pivot=args.pivot, grounding_steps=args.grounding_steps, num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale, negative_prompt=args.negative_prompt, true_cfg=args.true_cfg,
+        height=args.height, width=args.width,
+    )
+
+
+def run_pipeline(pipe: Any, prompt: str, levels: list[float], seed: int, **kwargs: Any) -> list[Any]:
+    """``pipe(...)`` with its ValueErrors (bad K, size, steps) as one-line user errors."""
+    try:
+        return pipe(prompt, levels, seed=seed, **kwargs)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc

@@ -1,0 +1,144 @@
+"""What every Bokeh Diffusion sampling pipeline shares: the K list, unbounded vs grounded batches,
+the denoising loop and the final colour transfer. Backbone-specific work (text encoding, noise,
+timesteps, the guided prediction, decoding) lives in the subclasses."""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any, Optional, Sequence
+
+import torch
+from PIL import Image
+
+from pipelines.colour_transfer import lab_mean_transfer
+
+MAX_K = 30.0
+
+
+def checked_levels(bokeh: Sequence[float] | float, pivot: Optional[float]) -> list[float]:
+    """``bokeh`` as a list of floats, with one clear error for a value no model takes."""
+    levels = [float(bokeh)] if isinstance(bokeh, (int, float)) else [float(k) for k in bokeh]
+    if not levels:
+        raise ValueError("bokeh needs at least one level K")
+    for k in levels:
+        if not math.isfinite(k) or k > MAX_K:
+            raise ValueError(f"bokeh level K must be in 0..{MAX_K:g} (or negative for no condition), got {k:g}")
+    if pivot is not None and not (math.isfinite(pivot) and 0 <= pivot <= MAX_K):
+        raise ValueError(f"pivot K must be in 0..{MAX_K:g}, got {pivot:g}")
+    return levels
+
+
+class BokehPipeline(ABC):
+    """Text + K list -> one image per K from the same initial noise (see ``__call__``)."""
+
+    default_steps = 30
+    default_guidance = 3.0
+    default_seed = 0
+    default_negative_prompt = ""
+
+    def __init__(self, adapter: torch.nn.Module, device: torch.device) -> None:
+        self.adapter = adapter
+        self.device = torch.device(device)
+        self.progress = True
+
+    # ---------------------------------------------------------------- backbone-specific steps
+    @property
+    @abstractmethod
+    def default_resolution(self) -> int:
+        """The image side the model was trained at (used when height / width are not given)."""
+
+    @property
+    @abstractmethod
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this."""
+
+    @abstractmethod
+    def encode(self, prompt: str, negative_prompt: str, rows: int, guided: bool) -> dict[str, Any]:
+        """Text conditioning for ``rows`` copies of ``prompt`` (and of the negative prompt when guided)."""
+
+    @abstractmethod
+    def initial_latents(self, seed: int, rows: int, height: int, width: int) -> torch.Tensor:
+        """One noise draw from ``seed``, repeated for every row."""
+
+    @abstractmethod
+    def set_timesteps(self, steps: int, latents: torch.Tensor) -> torch.Tensor:
+        """Configure ``self.scheduler`` for ``steps`` steps; returns its timesteps."""
+
+    @abstractmethod
+    def predict(self, latents: torch.Tensor, t: torch.Tensor, text: dict[str, Any], levels: list[float],
+                pivot_ids: Optional[list[int]], guidance_scale: float, true_cfg: float) -> torch.Tensor:
+        """The (guided) model output for the batch at timestep ``t``."""
+
+    def step(self, prediction: torch.Tensor, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """One scheduler step (every backbone keeps its diffusers scheduler in ``self.scheduler``)."""
+        return self.scheduler.step(prediction, t, latents, return_dict=False)[0]
+
+    @abstractmethod
+    def decode(self, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
+        """The batch as PIL images."""
+
+    @abstractmethod
+    def uses_guidance_pass(self, guidance_scale: float, true_cfg: float) -> bool:
+        """Whether a negative (unconditional) pass runs at each step."""
+
+    # ---------------------------------------------------------------- the algorithm
+    def _size(self, height: Optional[int], width: Optional[int]) -> tuple[int, int]:
+        height = height or self.default_resolution
+        width = width or self.default_resolution
+        m = self.size_multiple
+        if height % m or width % m or height < m or width < m:
+            raise ValueError(f"height and width must be positive multiples of {m} for this model, got {height}x{width}")
+        return height, width
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str,
+        bokeh: Sequence[float] | float,
+        pivot: Optional[float] = None,
+        grounding_steps: int = 24,
+        seed: Optional[int] = None,
+        num_inference_steps: Optional[int] = None,
+        guidance_scale: Optional[float] = None,
+        negative_prompt: Optional[str] = None,
+        true_cfg: float = 1.0,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+    ) -> list[Image.Image]:
+        """One image per K in ``bokeh`` (K < 0: no bokeh condition), all from the noise of ``seed``.
+
+        Unbounded mode (``pivot`` None or ``grounding_steps`` 0): the K rows denoise independently.
+        Grounded mode: a pivot row at K = ``pivot`` joins the batch; for the first ``grounding_steps``
+        steps every row attends with the pivot's queries (grounded self-attention), and at the end each
+        image takes the pivot's LAB colour means.
+        """
+        levels = checked_levels(bokeh, pivot)
+        steps = self.default_steps if num_inference_steps is None else int(num_inference_steps)
+        if steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {steps}")
+        if grounding_steps < 0:
+            raise ValueError(f"grounding_steps must be >= 0, got {grounding_steps}")
+        guidance_scale = self.default_guidance if guidance_scale is None else float(guidance_scale)
+        negative_prompt = self.default_negative_prompt if negative_prompt is None else negative_prompt
+        seed = self.default_seed if seed is None else int(seed)
+        height, width = self._size(height, width)
+
+        grounded = pivot is not None and grounding_steps > 0
+        batch_levels = levels + [float(pivot)] if grounded else levels
+        rows = len(batch_levels)
+        pivot_ids = [rows - 1] * rows if grounded else None
+
+        text = self.encode(prompt, negative_prompt, rows, self.uses_guidance_pass(guidance_scale, true_cfg))
+        latents = self.initial_latents(seed, rows, height, width)
+        timesteps = self.set_timesteps(steps, latents)
+        from tqdm.auto import tqdm
+
+        for i, t in enumerate(tqdm(timesteps, desc="sample", leave=False, disable=not self.progress)):
+            grounding = pivot_ids if i < grounding_steps else None
+            prediction = self.predict(latents, t, text, batch_levels, grounding, guidance_scale, true_cfg)
+            latents = self.step(prediction, t, latents)
+        images = self.decode(latents, height, width)
+        if grounded:
+            pivot_image = images.pop()
+            images = [lab_mean_transfer(pivot_image, image) for image in images]
+        return images

@@ -1,0 +1,119 @@
+"""Bokeh Diffusion sampling on a UNet backbone: Stable Diffusion 1.5 style models (latent, with a VAE)
+and the tiny pixel-space model, with classifier-free guidance against the negative prompt and no K."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from PIL import Image
+
+from pipelines.pipeline_base import BokehPipeline
+from trainer.backbones import DTYPES, UNetBackbone
+
+#: Guidance for pixel-space (tiny) models, trained with low guidance; latent models use diffusers' 7.5.
+PIXEL_GUIDANCE = 2.0
+
+
+def sampling_scheduler(scheduler: Any) -> Any:
+    """The base's scheduler, except a DDPM training scheduler, which is swapped for DDIM (eta 0) on
+    the same noise schedule: DDPM needs hundreds of steps, DDIM samples well in 25-50."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    if type(scheduler) is DDPMScheduler:
+        return DDIMScheduler.from_config(scheduler.config)
+    return scheduler
+
+
+class BokehStableDiffusionPipeline(BokehPipeline):
+    """``pipe(prompt, bokeh=[0, 8, 16, 24], pivot=None|15, ...)`` on a UNet2DConditionModel with a
+    ``BokehUNetAdapter`` (see ``BokehPipeline.__call__``)."""
+
+    default_negative_prompt = ""
+
+    def __init__(self, backbone: UNetBackbone, adapter: torch.nn.Module, scheduler: Optional[Any] = None) -> None:
+        super().__init__(adapter, next(backbone.unet.parameters()).device)
+        self.backbone = backbone
+        self.unet = backbone.unet
+        self.scheduler = sampling_scheduler(scheduler or backbone.scheduler)
+        self.default_guidance = 7.5 if backbone.vae is not None else PIXEL_GUIDANCE
+        from diffusers.image_processor import VaeImageProcessor
+
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self._vae_factor)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        base: Union[str, Path],
+        adapter: Union[str, Path],
+        *,
+        device: Optional[Union[str, torch.device]] = None,
+        torch_dtype: Union[str, torch.dtype] = torch.float32,
+    ) -> "BokehStableDiffusionPipeline":
+        """The base (Stable Diffusion folder or hub id; a folder without vae/ is a pixel-space model) and
+        the adapter (``BokehUNetAdapter.from_pretrained`` folder or id), on ``device`` (CUDA when present)."""
+        from estimators.model_loading import resolve_device
+        from trainer.unet_adapter import BokehUNetAdapter
+
+        dtype = DTYPES[torch_dtype] if isinstance(torch_dtype, str) else torch_dtype
+        work = resolve_device(device)
+        backbone = UNetBackbone.load(str(base), dtype)
+        for module in backbone.modules().values():
+            module.to(work).eval()
+        loaded = BokehUNetAdapter.from_pretrained(adapter, backbone.unet, device=work, dtype=dtype)
+        return cls(backbone, loaded.eval())
+
+    @property
+    def _vae_factor(self) -> int:
+        vae = self.backbone.vae
+        return 1 if vae is None else 2 ** (len(vae.config.block_out_channels) - 1)
+
+    @property
+    def default_resolution(self) -> int:
+        size = self.unet.config.sample_size
+        return int(size if isinstance(size, int) else size[0]) * self._vae_factor
+
+    @property
+    def size_multiple(self) -> int:
+        return self._vae_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    def uses_guidance_pass(self, guidance_scale: float, true_cfg: float) -> bool:
+        if true_cfg != 1.0:
+            raise ValueError("true_cfg is a FLUX option; UNet models take guidance_scale (classifier-free guidance)")
+        return guidance_scale > 1.0
+
+    def encode(self, prompt: str, negative_prompt: str, rows: int, guided: bool) -> dict[str, Any]:
+        embeds = self.backbone.encode_text([prompt], self.device)["encoder_hidden_states"].expand(rows, -1, -1)
+        if not guided:
+            return {"embeds": embeds}
+        negative = self.backbone.encode_text([negative_prompt], self.device)["encoder_hidden_states"].expand(rows, -1, -1)
+        return {"embeds": torch.cat([negative, embeds])}
+
+    def initial_latents(self, seed: int, rows: int, height: int, width: int) -> torch.Tensor:
+        from diffusers.utils.torch_utils import randn_tensor
+
+        f = self._vae_factor
+        shape = (1, self.unet.config.in_channels, height // f, width // f)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        noise = randn_tensor(shape, generator=generator, device=self.device, dtype=self.unet.dtype)
+        return (noise * self.scheduler.init_noise_sigma).expand(rows, -1, -1, -1).contiguous()
+
+    def set_timesteps(self, steps: int, latents: torch.Tensor) -> torch.Tensor:
+        self.scheduler.set_timesteps(steps, device=self.device)
+        return self.scheduler.timesteps
+
+    def predict(self, latents, t, text, levels, pivot_ids, guidance_scale, true_cfg) -> torch.Tensor:
+        rows = latents.shape[0]
+        if text["embeds"].shape[0] == rows:
+            model_in = self.scheduler.scale_model_input(latents, t)
+            return self.adapter(self.unet, model_in, t, text["embeds"], bokeh=levels, pivot_ids=pivot_ids)
+        # negative rows first (no K, not grounded), as diffusers' Stable Diffusion pipeline orders them
+        model_in = self.scheduler.scale_model_input(torch.cat([latents, latents]), t)
+        both_pivots = None if pivot_ids is None else [-1] * rows + [rows + p for p in pivot_ids]
+        out = self.adapter(self.unet, model_in, t, text["embeds"], bokeh=[-1.0] * rows + levels, pivot_ids=both_pivots)
+        negative, positive = out.chunk(2)
+        return negative + guidance_scale * (positive - negative)
+
+    def decode(self, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
+        images = self.backbone.decode(latents)
+        return self.image_processor.postprocess(images.float(), output_type="pil")

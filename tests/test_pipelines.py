@@ -1,0 +1,205 @@
+"""Sampling pipelines: against diffusers' own pipelines (fresh adapter = base model), against a
+step-by-step transcription of the released FLUX inference loop (grounded, random adapter), and the
+properties the issue asks for (count, size, determinism, grounding_steps=0 == unbounded)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.tiny_diffusion import single_thread
+from tests.tiny_pipelines import build_tiny_flux, build_tiny_sd, randomise
+
+PROMPT = "a red ball in front of a green hedge"
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with single_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def sd_dir(tmp_path_factory):
+    from diffusers import UNet2DConditionModel
+
+    from trainer.unet_adapter import BokehUNetAdapter
+
+    root = tmp_path_factory.mktemp("sd")
+    build_tiny_sd(root / "base")
+    unet = UNet2DConditionModel.from_pretrained(root / "base", subfolder="unet")
+    BokehUNetAdapter(unet, lora_rank=4, bokeh_context_dim=32).save_pretrained(root / "fresh")
+    randomise(BokehUNetAdapter(unet, lora_rank=4, bokeh_context_dim=32), seed=3).save_pretrained(root / "random")
+    return root
+
+
+@pytest.fixture(scope="module")
+def flux_dir(tmp_path_factory):
+    from diffusers import FluxTransformer2DModel
+
+    from trainer.flux_adapter import BokehFluxAdapter
+
+    root = tmp_path_factory.mktemp("flux")
+    build_tiny_flux(root / "base")
+    transformer = FluxTransformer2DModel.from_pretrained(root / "base", subfolder="transformer")
+    BokehFluxAdapter(transformer, lora_rank=4, bokeh_context_dim=32).save_pretrained(root / "fresh")
+    randomise(BokehFluxAdapter(transformer, lora_rank=4, bokeh_context_dim=32), seed=4, std=0.2).save_pretrained(root / "random")
+    return root
+
+
+def load(root, adapter):
+    from pipelines.loading import load_pipeline
+
+    pipe = load_pipeline(str(root / "base"), str(root / adapter), device="cpu")
+    pipe.progress = False
+    return pipe
+
+
+def test_sd_with_fresh_adapter_is_diffusers_stable_diffusion(sd_dir):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = load(sd_dir, "fresh")
+    images = pipe(PROMPT, [0, 15, 30], seed=7, num_inference_steps=6, guidance_scale=5.0, negative_prompt="a white box")
+    reference = StableDiffusionPipeline.from_pretrained(sd_dir / "base")
+    reference.set_progress_bar_config(disable=True)
+    expected = reference(PROMPT, negative_prompt="a white box", num_inference_steps=6, guidance_scale=5.0,
+                         generator=torch.Generator().manual_seed(7), height=16, width=16).images[0]
+    assert len(images) == 3
+    for image in images:  # a fresh adapter adds nothing, whatever K
+        assert np.abs(pixels(image) - pixels(expected)).max() <= 1
+
+
+def test_flux_with_fresh_adapter_is_diffusers_flux(flux_dir):
+    from diffusers import FluxPipeline
+
+    pipe = load(flux_dir, "fresh")
+    images = pipe(PROMPT, [0, 30], seed=11, num_inference_steps=5, guidance_scale=3.5, height=16, width=24)
+    reference = FluxPipeline.from_pretrained(flux_dir / "base")
+    reference.set_progress_bar_config(disable=True)
+    expected = reference(PROMPT, num_inference_steps=5, guidance_scale=3.5, height=16, width=24,
+                         generator=torch.Generator().manual_seed(11)).images[0]
+    assert images[0].size == (24, 16)
+    for image in images:
+        assert np.abs(pixels(image) - pixels(expected)).max() <= 1
+
+
+def released_flux_image(pipe, prompt, seed, target, pivot, guidance, true_cfg, steps, size, grounding_steps):
+    """The released inference loop (inference_flux.py generate_image), transcribed for one target K:
+    a [target, pivot] batch, both rows swapped onto the pivot's queries for the first steps."""
+    from diffusers import FluxPipeline
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+    from diffusers.utils.torch_utils import randn_tensor
+
+    flux, adapter = pipe.flux, pipe.adapter
+    grounded = grounding_steps > 0 and pivot is not None
+    n = 2 if grounded else 1
+
+    def encode(text):
+        clip_ids = flux.tokenizer([text], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        pooled = flux.text_encoder(clip_ids, output_hidden_states=False).pooler_output.repeat(n, 1)
+        t5_ids = flux.tokenizer_2([text], padding="max_length", max_length=512, truncation=True, return_tensors="pt").input_ids
+        embeds = flux.text_encoder_2(t5_ids)[0].repeat(n, 1, 1)
+        return embeds, pooled
+
+    embeds, pooled = encode(prompt)
+    neg_embeds, neg_pooled = encode("bad quality, low resolution")
+    text_ids = torch.zeros(embeds.shape[1], 3)
+    levels = [target, pivot] if grounded else [target]
+    generator = torch.Generator("cpu").manual_seed(seed)
+    channels = flux.transformer.config.in_channels // 4
+    h = w = 2 * (size // (flux.vae_scale_factor * 2))
+    latents = randn_tensor((1, channels, h, w), generator=generator, dtype=flux.vae.dtype).expand(n, -1, -1, -1)
+    latents = FluxPipeline._pack_latents(latents, n, channels, h, w)
+    img_ids = FluxPipeline._prepare_latent_image_ids(n, h // 2, w // 2, "cpu", embeds.dtype)
+    mu = calculate_shift(latents.shape[1], 256, 4096, 0.5, 1.15)
+    timesteps, _ = retrieve_timesteps(flux.scheduler, steps, "cpu", sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
+    guidance_vec = torch.full([1], guidance, dtype=torch.float32).expand(n)
+    for i, t in enumerate(timesteps):
+        timestep = t.expand(n).to(latents.dtype) / 1000
+        swap = [1, 1] if grounded and i < grounding_steps else None
+        pred = adapter(flux.transformer, levels, swap, hidden_states=latents, timestep=timestep, guidance=guidance_vec,
+                       pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=text_ids, img_ids=img_ids)
+        if true_cfg > 1:
+            neg = adapter(flux.transformer, [-1.0] * n, None, hidden_states=latents, timestep=timestep,
+                          guidance=torch.ones_like(guidance_vec), pooled_projections=neg_pooled,
+                          encoder_hidden_states=neg_embeds, txt_ids=text_ids, img_ids=img_ids)
+            pred = neg + true_cfg * (pred - neg)
+        latents = flux.scheduler.step(pred, t, latents, return_dict=False)[0]
+    latents = FluxPipeline._unpack_latents(latents, size, size, flux.vae_scale_factor)
+    latents = latents / flux.vae.config.scaling_factor + flux.vae.config.shift_factor
+    images = flux.image_processor.postprocess(flux.vae.decode(latents, return_dict=False)[0], output_type="pil")
+    if not grounded:
+        return images[0]
+    from pipelines.colour_transfer import lab_mean_transfer
+
+    return lab_mean_transfer(images[1], images[0])
+
+
+@pytest.mark.parametrize("true_cfg", [1.0, 2.0])
+def test_flux_grounded_matches_the_released_loop(flux_dir, true_cfg):
+    pipe = load(flux_dir, "random")
+    targets, pivot = [0.0, 12.0, 30.0], 18.0
+    images = pipe(PROMPT, targets, pivot=pivot, grounding_steps=3, seed=5, num_inference_steps=5, guidance_scale=3.0,
+                  true_cfg=true_cfg, height=16, width=16)
+    with torch.no_grad():
+        expected = [released_flux_image(pipe, PROMPT, 5, k, pivot, 3.0, true_cfg, 5, 16, 3) for k in targets]
+    assert not np.array_equal(pixels(images[0]), pixels(images[2]))  # the adapter makes K matter
+    for got, want in zip(images, expected):
+        assert np.abs(pixels(got) - pixels(want)).max() <= 1
+
+
+@pytest.mark.parametrize("root_name", ["sd_dir", "flux_dir"])
+def test_zero_grounding_steps_is_unbounded_and_batching_changes_nothing(root_name, request):
+    root = request.getfixturevalue(root_name)
+    pipe = load(root, "random")
+    common = dict(seed=2, num_inference_steps=4, height=16, width=16)
+    unbounded = pipe(PROMPT, [0, 20], **common)
+    assert [pixels(i).tolist() for i in pipe(PROMPT, [0, 20], pivot=15, grounding_steps=0, **common)] == \
+        [pixels(i).tolist() for i in unbounded]
+    alone = pipe(PROMPT, [20], **common)[0]
+    assert np.abs(pixels(alone) - pixels(unbounded[1])).max() <= 1
+    grounded = pipe(PROMPT, [0, 20], pivot=15, grounding_steps=2, **common)
+    grounded_alone = pipe(PROMPT, [20], pivot=15, grounding_steps=2, **common)[0]
+    assert np.abs(pixels(grounded_alone) - pixels(grounded[1])).max() <= 1
+    assert not np.array_equal(pixels(grounded[1]), pixels(unbounded[1]))
+
+
+def test_tiny_pixel_model_counts_sizes_and_seeds(tmp_path):
+    from pipelines.pipeline_sd import PIXEL_GUIDANCE, BokehStableDiffusionPipeline
+    from trainer.tiny_model import build_tiny_model
+    from trainer.unet_adapter import BokehUNetAdapter
+    from diffusers import UNet2DConditionModel
+
+    build_tiny_model(tmp_path / "base", [PROMPT], resolution=32, block_out_channels=[16, 32], attention_levels=1,
+                     text_width=32)
+    unet = UNet2DConditionModel.from_pretrained(tmp_path / "base", subfolder="unet")
+    randomise(BokehUNetAdapter(unet, bokeh_context_dim=32, lora_rank=4), seed=1, std=0.1).save_pretrained(tmp_path / "adapter")
+    pipe = BokehStableDiffusionPipeline.from_pretrained(tmp_path / "base", tmp_path / "adapter", device="cpu")
+    pipe.progress = False
+    assert pipe.default_resolution == 32 and pipe.default_guidance == PIXEL_GUIDANCE
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"  # the DDPM training scheduler is swapped
+    first = pipe(PROMPT, [0, 10, 20, 30], seed=3, num_inference_steps=4)
+    assert [im.size for im in first] == [(32, 32)] * 4
+    again = pipe(PROMPT, [0, 10, 20, 30], seed=3, num_inference_steps=4)
+    assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(first, again))
+    other = pipe(PROMPT, [0, 10, 20, 30], seed=4, num_inference_steps=4)
+    assert not np.array_equal(pixels(first[0]), pixels(other[0]))
+    assert not np.array_equal(pixels(first[0]), pixels(first[3]))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(bokeh=[31.0]), "0..30"),
+    (dict(bokeh=[]), "at least one"),
+    (dict(bokeh=[5.0], pivot=40.0), "pivot"),
+    (dict(bokeh=[5.0], height=18), "multiples of 4"),
+    (dict(bokeh=[5.0], true_cfg=2.0), "FLUX option"),
+])
+def test_bad_requests_are_one_line_errors(sd_dir, kwargs, message):
+    pipe = load(sd_dir, "fresh")
+    with pytest.raises(ValueError, match=message):
+        pipe(PROMPT, num_inference_steps=2, **kwargs)
