@@ -146,18 +146,19 @@ def train(config: TrainConfig, resume: Optional[str] = None) -> dict[str, Any]:
     with state.main_process_first():  # the main process builds the tiny model, the others read it
         backbone, base_dir = build_backbone(config, output_dir, rows)
     accelerator = Accelerator(mixed_precision=run.mixed_precision, gradient_accumulation_steps=run.gradient_accumulation_steps)
-    torch.manual_seed(run.seed)  # the adapter's initial weights depend on the seed only
-    try:
-        adapter = backbone.make_adapter(dict(config.adapter))
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"adapter settings do not fit the base model: {exc}") from exc
     trained = _trained_modules(config, backbone)
-    params = adapter.set_trainable(backbone.model, train_base=bool(trained))
+    # freeze first: the adapter's processors become submodules of the base model when installed
     for name, module in backbone.modules().items():
         module.to(accelerator.device)
         if name not in trained:
             module.requires_grad_(False)
             module.eval()
+    torch.manual_seed(run.seed)  # the adapter's initial weights depend on the seed only
+    try:
+        adapter = backbone.make_adapter(dict(config.adapter))
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"adapter settings do not fit the base model: {exc}") from exc
+    params = adapter.set_trainable(backbone.model, train_base=bool(trained))
     if "text_encoder" in trained:
         backbone.text_encoder.requires_grad_(True)
         own = {id(p) for p in params}
