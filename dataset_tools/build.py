@@ -1,20 +1,24 @@
-"""``bokeh build`` driver: check OUT, shard the inputs, run the stages, write shards as they finish, summarise."""
+"""``bokeh build`` driver: check OUT, start or join Ray, shard the inputs, find repeated inputs, run the stages,
+write shards as they finish, summarise."""
 from __future__ import annotations
 
 import json
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from estimators.cli_util import UserError
 
 from .atomic import write_atomic
 from .build_config import BuildConfig
 from .build_stats import BuildStats
-from .input_shards import chunks_of, write_input_shards
+from .dedup import by_chunk, ensure_duplicates
+from .input_shards import Chunk, chunks_of, write_input_shards
 from .photo_state import PhotoState, one_line
+from .ray_join import DEFAULT_RAY_TIMEOUT
 from .sources import InputError, iter_sources
 from .writer import OUTPUT_ENTRIES, Layout, ShardWriter, finish, remove_work
 
@@ -23,8 +27,8 @@ class BuildFailed(RuntimeError):
     """The distributed run itself broke (not one photo: the pipeline); the message is one line."""
 
 
-def prepare_out(layout: Layout, config: BuildConfig, resume: bool, overwrite: bool) -> bool:
-    """Make OUT ready; True when it already holds a finished build (``--resume``: nothing to do).
+def check_out(layout: Layout, config: BuildConfig, resume: bool, overwrite: bool) -> bool:
+    """Check that OUT may be used, writing nothing; True when ``--resume`` finds a finished build (nothing to do).
 
     A non-empty OUT needs ``--resume`` (same settings) or ``--overwrite`` (removes only what a build writes).
     """
@@ -33,15 +37,9 @@ def prepare_out(layout: Layout, config: BuildConfig, resume: bool, overwrite: bo
         raise UserError(f"{out} exists and is not a directory")
     entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if overwrite:
-        for name in OUTPUT_ENTRIES:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    elif resume:
+        return False
+    if resume:
         if layout.is_finished():
-            remove_work(layout)
             return True
         if layout.config.is_file():
             stored = json.loads(layout.config.read_text())
@@ -58,10 +56,21 @@ def prepare_out(layout: Layout, config: BuildConfig, resume: bool, overwrite: bo
             f"{out} is not empty: pass --resume to continue an unfinished build there, --overwrite to replace it, "
             "or choose another directory"
         )
+    return False
+
+
+def make_out(layout: Layout, config: BuildConfig, overwrite: bool) -> None:
+    """Make a checked OUT ready: with ``--overwrite`` remove a previous build's files first; store the settings."""
+    if overwrite:
+        for name in OUTPUT_ENTRIES:
+            target = layout.out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
     layout.work.mkdir(parents=True, exist_ok=True)
     if not layout.config.is_file():
         write_atomic(layout.config, json.dumps(config.to_dict(), indent=2))
-    return False
 
 
 def _shard_inputs(inputs: Sequence[str], layout: Layout, config: BuildConfig) -> list[int]:
@@ -95,25 +104,75 @@ def check_models(config: BuildConfig) -> None:
                         what="SAM model", avoid="--mask depth")
 
 
-def _states(config: BuildConfig, layout: Layout, chunks: list, ray_address: Optional[str],
-            workers: Optional[int]) -> Iterator[PhotoState]:
-    from .distribute import local_states, ray_session, ray_states
+def _ray_failures(items: Iterator[Any]) -> Iterator[Any]:
+    """``items`` of a Ray Data pipeline, with a failure of the pipeline (Ray wraps worker errors) as one line."""
+    try:
+        yield from items
+    except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors; report one line
+        from estimators.model_loading import ModelUnavailableError
 
+        text = str(exc)
+        marker = f"{ModelUnavailableError.__name__}: "
+        if marker in text:
+            raise ModelUnavailableError(text.split(marker, 1)[1].splitlines()[0]) from None
+        raise BuildFailed(f"the Ray pipeline failed ({type(exc).__name__}: {one_line(exc)}); "
+                          "finished shards are kept: rerun with --resume") from None
+
+
+@contextmanager
+def _session(ray_address: Optional[str], workers: Optional[int], ray_timeout: float) -> Iterator[None]:
+    """The Ray session of the build (none for ``--workers 0``)."""
     if workers == 0:
-        yield from local_states(config, str(layout.inputs), chunks)
+        yield
         return
-    with ray_session(ray_address, workers):
-        try:
-            yield from ray_states(config, str(layout.inputs.resolve()), chunks)
-        except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors; report one line
-            from estimators.model_loading import ModelUnavailableError
+    from .distribute import ray_session
 
-            text = str(exc)
-            marker = f"{ModelUnavailableError.__name__}: "
-            if marker in text:
-                raise ModelUnavailableError(text.split(marker, 1)[1].splitlines()[0]) from None
-            raise BuildFailed(f"the Ray pipeline failed ({type(exc).__name__}: {one_line(exc)}); "
-                              "finished shards are kept: rerun with --resume") from None
+    with ray_session(ray_address, workers, ray_timeout):
+        yield
+
+
+def _states(config: BuildConfig, layout: Layout, counts: list[int], chunks: list[Chunk],
+            workers: Optional[int]) -> Iterator[PhotoState]:
+    """Finished photo states of ``chunks``, after deciding (or reloading) which inputs are later copies."""
+    from .distribute import local_ids, local_states, ray_ids, ray_states
+
+    on_ray = workers != 0
+    ids, states = (ray_ids, ray_states) if on_ray else (local_ids, local_states)
+    guard = _ray_failures if on_ray else iter
+    inputs = str(layout.inputs.resolve())
+    every = [chunk for shard, count in enumerate(counts) for chunk in chunks_of(shard, count)]
+    duplicates = ensure_duplicates(layout.inputs, counts, lambda: guard(ids(inputs, every)))
+    if duplicates:
+        print(f"{len(duplicates)} input(s) repeat the bytes of an earlier one: each goes to errors.jsonl "
+              "(stage dedup)", file=sys.stderr)
+    yield from guard(states(config, inputs, chunks, by_chunk(duplicates, counts)))
+
+
+def _process(config: BuildConfig, layout: Layout, counts: list[int], workers: Optional[int], progress: bool) -> None:
+    """Run the photos of every shard without a data file, publishing each output shard when it completes."""
+    from tqdm import tqdm
+
+    writer = ShardWriter(layout, counts)
+    pending = writer.pending()
+    chunks = [chunk for shard in pending for chunk in chunks_of(shard, counts[shard])]
+    if not chunks:
+        return
+    todo = sum(counts[shard] for shard in pending)
+    print(f"building {layout.out}: {sum(counts)} photos in {len(counts)} shards, {todo} to process", file=sys.stderr)
+    seen = BuildStats()
+    with tqdm(total=todo, unit="photo", desc="build", disable=None if progress else True, file=sys.stderr) as bar:
+        for state in _states(config, layout, counts, chunks, workers):
+            shard = writer.add(state.shard, state.rows, state.outcome, state.timings)
+            if shard is not None:  # one line per shard: the live record in logs where no bar is drawn
+                bar.write(f"wrote {layout.data_file(state.shard, len(counts)).name}: {shard.photos} photos, "
+                          f"{shard.kept} kept, {shard.rows} rows", file=sys.stderr)
+            seen.add(state.rows, state.outcome, {})
+            bar.update(1)
+            bar.set_postfix(kept=seen.kept, filtered=sum(seen.filtered.values()),
+                            failed=sum(seen.failed.values()), refresh=False)
+    unfinished = writer.pending()
+    if unfinished:
+        raise BuildFailed(f"the pipeline ended with {len(unfinished)} shard(s) unfinished; rerun with --resume")
 
 
 def build(
@@ -123,39 +182,24 @@ def build(
     *,
     ray_address: Optional[str] = None,
     workers: Optional[int] = None,
+    ray_timeout: float = DEFAULT_RAY_TIMEOUT,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
 ) -> BuildStats:
-    """Build (or finish) the dataset in ``out`` and return its statistics."""
-    from tqdm import tqdm
+    """Build (or finish) the dataset in ``out`` and return its statistics.
 
+    Ray is joined (or started) before OUT is written, so a cluster that cannot be reached leaves OUT as it was.
+    """
     check_models(config)
     layout = Layout(out)
-    if prepare_out(layout, config, resume, overwrite):
+    if check_out(layout, config, resume, overwrite):
+        remove_work(layout)
         print(f"{layout.out} already holds a finished build: nothing to do", file=sys.stderr)
         return BuildStats.from_dict(json.loads(layout.stats.read_text()))
     start = time.perf_counter()
-    counts = _shard_inputs(inputs, layout, config)
-    writer = ShardWriter(layout, counts)
-    pending = writer.pending()
-    chunks = [chunk for shard in pending for chunk in chunks_of(shard, counts[shard])]
-    if chunks:
-        todo = sum(counts[shard] for shard in pending)
-        print(f"building {layout.out}: {sum(counts)} photos in {len(counts)} shards, {todo} to process",
-              file=sys.stderr)
-        seen = BuildStats()
-        with tqdm(total=todo, unit="photo", desc="build", disable=None if progress else True, file=sys.stderr) as bar:
-            for state in _states(config, layout, chunks, ray_address, workers):
-                shard = writer.add(state.shard, state.rows, state.outcome, state.timings)
-                if shard is not None:  # one line per shard: the live record in logs where no bar is drawn
-                    bar.write(f"wrote {layout.data_file(state.shard, len(counts)).name}: {shard.photos} photos, "
-                              f"{shard.kept} kept, {shard.rows} rows", file=sys.stderr)
-                seen.add(state.rows, state.outcome, {})
-                bar.update(1)
-                bar.set_postfix(kept=seen.kept, filtered=sum(seen.filtered.values()),
-                                failed=sum(seen.failed.values()), refresh=False)
-        unfinished = writer.pending()
-        if unfinished:
-            raise BuildFailed(f"the pipeline ended with {len(unfinished)} shard(s) unfinished; rerun with --resume")
+    with _session(ray_address, workers, ray_timeout):
+        make_out(layout, config, overwrite)
+        counts = _shard_inputs(inputs, layout, config)
+        _process(config, layout, counts, workers, progress)
     return finish(layout, counts, config.to_dict(), time.perf_counter() - start)

@@ -8,9 +8,18 @@ from pathlib import Path
 from estimators.cli_util import UserError, non_negative_float, non_negative_int, positive_int
 
 
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be > 0, got 0")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``bokeh build`` to the ``bokeh`` parser."""
     from .build_config import DEFAULT_MIN_SHARPNESS
+    from .ray_join import DEFAULT_RAY_TIMEOUT
 
     p = sub.add_parser(
         "build",
@@ -19,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "level K, filter, synthetic renders of all-in-focus photos (contrastive groups), resize, encode. Stages run "
         "on Ray Data (a local Ray by default, or a cluster). OUT gets data/train-*.parquet, README.md (dataset card), "
         "errors.jsonl (one line per failed or filtered photo) and stats.json. Every photo ends up in exactly one of "
-        "data or errors.jsonl.",
+        "data or errors.jsonl; an input with the same bytes as an earlier one is a duplicate (errors.jsonl, stage "
+        "dedup). On a cluster with GPUs the models and the renders run on them.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="folders (searched recursively), glob patterns, text files listing photo paths (.txt/.lst), "
@@ -54,6 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray-address", metavar="auto|HOST:PORT",
                    help="join this Ray cluster (auto = the one `ray start` runs on this machine); default: start a "
                    "local Ray bound to 127.0.0.1. On several nodes, inputs and OUT must be on shared storage")
+    p.add_argument("--ray-timeout", type=_seconds, metavar="SECONDS",
+                   help=f"with --ray-address: give up joining the cluster after about this long, with a one-line error "
+                   f"(default {DEFAULT_RAY_TIMEOUT:g})")
     p.add_argument("--workers", type=non_negative_int, metavar="N",
                    help="CPUs of the local Ray (default: all); 0 runs every stage in this process without Ray")
     again = p.add_mutually_exclusive_group()
@@ -75,9 +88,12 @@ def run_build(args: argparse.Namespace) -> int:
     """Run the build and print the summary; exit 1 when the pipeline broke or no photo was kept."""
     from .build import BuildFailed, build
     from .build_config import BuildConfig
+    from .ray_join import DEFAULT_RAY_TIMEOUT
 
     if args.ray_address is not None and args.workers is not None:
         raise UserError("--workers sizes the local Ray; with --ray-address the cluster's resources are used")
+    if args.ray_timeout is not None and args.ray_address is None:
+        raise UserError("--ray-timeout limits joining a cluster: give it with --ray-address")
     config = BuildConfig(
         synthetic_levels=args.synthetic_levels,
         resolution=args.resolution,
@@ -94,7 +110,7 @@ def run_build(args: argparse.Namespace) -> int:
     )
     try:
         stats = build(args.inputs, Path(args.out), config, ray_address=args.ray_address, workers=args.workers,
-                      resume=args.resume, overwrite=args.overwrite)
+                      ray_timeout=args.ray_timeout or DEFAULT_RAY_TIMEOUT, resume=args.resume, overwrite=args.overwrite)
     except BuildFailed as exc:
         print(f"bokeh build: error: {exc}", file=sys.stderr)
         return 1

@@ -8,12 +8,13 @@ in every run. Paths stay paths (workers read the files); dataset rows carry thei
 """
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -149,3 +150,28 @@ def read_chunk(inputs_dir: Path, chunk: Chunk) -> Iterator[dict[str, Any]]:
     """The input rows of one chunk."""
     table = pq.ParquetFile(shard_path(inputs_dir, chunk.shard)).read_row_group(chunk.row_group)
     yield from table.to_pylist()
+
+
+def chunks_of_seqs(seqs: Iterable[int], counts: Sequence[int]) -> dict[int, Chunk]:
+    """The chunk holding each stream position in ``seqs`` (input shard k holds seqs sum(counts[:k]) onwards)."""
+    starts = list(itertools.accumulate(counts, initial=0))
+    found = {}
+    for seq in seqs:
+        shard = bisect.bisect_right(starts, seq) - 1
+        if not 0 <= shard < len(counts):
+            raise ValueError(f"stream position {seq} is outside the {starts[-1]} input photos")
+        found[seq] = Chunk(shard, (seq - starts[shard]) // CHUNK_ROWS)
+    return found
+
+
+def read_sources(inputs_dir: Path, counts: Sequence[int], seqs: Iterable[int]) -> dict[int, str]:
+    """The ``source`` of each stream position in ``seqs``, reading only the row groups (and column) that hold them."""
+    wanted = chunks_of_seqs(seqs, counts)
+    sources: dict[int, str] = {}
+    for chunk in set(wanted.values()):
+        table = pq.ParquetFile(shard_path(inputs_dir, chunk.shard)).read_row_group(chunk.row_group,
+                                                                                   columns=["seq", "source"])
+        for seq, source in zip(table["seq"].to_pylist(), table["source"].to_pylist()):
+            if seq in wanted:
+                sources[seq] = source
+    return sources

@@ -7,11 +7,10 @@ Model stages (Depth Anything, SAM) load their model once per instance, so one ac
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import cv2
 import numpy as np
@@ -27,6 +26,7 @@ from estimators.mask import MaskUnavailableError, load_mask_sidecar
 from estimators.sharpness import subject_background_sharpness
 
 from .build_config import BuildConfig
+from .dedup import Duplicate, decode, photo_id
 from .encode import real_row, synthetic_row
 from .input_shards import Chunk, item_from_row, read_chunk
 from .photo_state import PhotoState, Render, StageFailure, one_line, pack, unpack
@@ -120,7 +120,8 @@ def merge_dataset_exif(exif: ExifInfo, columns: dict[str, Any]) -> ExifInfo:
 class ReadStage:
     """Chunks of input shards in, photo states out: bytes, id (sha1), decode + orientation, EXIF, resize to the
     working size: short side max(--resolution, 512), never enlarged, so K, sharpness and renders are measured
-    alike whatever the stored size; the encode stage brings everything down to --resolution."""
+    alike whatever the stored size; the encode stage brings everything down to --resolution. Later copies of
+    an input (:mod:`dataset_tools.dedup`) stop here with stage ``dedup``, unread."""
 
     name = "read"
 
@@ -129,19 +130,24 @@ class ReadStage:
         self.inputs_dir = Path(inputs_dir)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        """Ray Data entry point: a batch of chunk descriptors (shard, row_group) in, pickled states out."""
+        """Ray Data entry point: chunk descriptors (shard, row_group, duplicates as JSON) in, pickled states out."""
         states: list[PhotoState] = []
-        for shard, group in zip(batch["shard"], batch["row_group"]):
-            states.extend(self.read(Chunk(int(shard), int(group))))
+        for shard, group, duplicates in zip(batch["shard"], batch["row_group"], batch["duplicates"]):
+            states.extend(self.read(Chunk(int(shard), int(group)), decode(duplicates)))
         return pack(states)
 
-    def read(self, chunk: Chunk) -> list[PhotoState]:
-        """The decoded photos of one chunk (failed ones carry their outcome)."""
+    def read(self, chunk: Chunk, duplicates: Optional[Mapping[int, Duplicate]] = None) -> list[PhotoState]:
+        """The decoded photos of one chunk (failed ones and the later copies in ``duplicates`` carry their outcome)."""
         states = []
         for row in read_chunk(self.inputs_dir, chunk):
             item = item_from_row(row)
             state = PhotoState(chunk.shard, int(row["seq"]), item.source, item.path, item.caption, item.exif)
-            if item.error:
+            duplicate = (duplicates or {}).get(state.seq)
+            if duplicate is not None:
+                state.id = duplicate.id
+                state.stop("dedup", StageFailure("duplicate", f"duplicate of {duplicate.first_source}",
+                                                 status="filtered"))
+            elif item.error:
                 state.stop("read", StageFailure("unreadable", item.error))
             else:
                 guarded("read", state, self._load, state, item)
@@ -154,7 +160,7 @@ class ReadStage:
                 data = item.read_bytes()
             except OSError as exc:
                 raise StageFailure("unreadable", f"cannot read {item.source}: {exc.strerror or one_line(exc)}") from None
-            state.id = hashlib.sha1(data).hexdigest()
+            state.id = photo_id(data)
         with state.timed("decode"):
             try:
                 image = load_image(data, max_pixels=self.config.max_pixels)

@@ -14,14 +14,16 @@ Layout of OUT (the contract ``bokeh report`` and the trainer read)::
     OUT/_work/                                only while a build is unfinished (removed at the end):
         config.json                           the settings, checked on --resume
         inputs/shard-NNNNN.parquet, manifest.json   input shards (dataset_tools.input_shards)
+        inputs/duplicates.json                later copies of inputs (dataset_tools.dedup)
         shards/shard-NNNNN.json               errors and stats of each finished output shard
         tmp/                                  output shards being written
 
 Every source photo is in exactly one place: a row of a data shard (with its renders) or a line of
-errors.jsonl. Output shard k is complete exactly when ``data/train-k-of-NN.parquet`` exists: its
-rows spill to ``_work/tmp`` as row groups while they come, its errors and stats are written to
-``_work/shards`` first, and the data file is renamed into place last, so a build killed at any
-moment and resumed redoes only the shards without a data file.
+errors.jsonl (so is a later copy of an earlier input's bytes: stage dedup, code duplicate). Output
+shard k is complete exactly when ``data/train-k-of-NN.parquet`` exists: its rows spill to ``_work/tmp``
+as row groups while they come, its errors and stats are written to ``_work/shards`` first, and the
+data file is renamed into place last, so a build killed at any moment and resumed redoes only the
+shards without a data file.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """`bokeh build` on a real local Ray: demo scenes, the demo photos and every kind of bad input end to end,
-model stages in actor pools, and a build killed with SIGKILL mid-run then resumed. One local Ray serves
-the whole module."""
+model stages in actor pools, duplicate inputs (also across a resume), and a build killed with SIGKILL mid-run
+then resumed. One local Ray serves the whole module; it declares a GPU, so renders take the GPU actor path."""
 from __future__ import annotations
 
 import io
@@ -20,6 +20,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from conftest import DEMO_PHOTOS, TEST_PHOTOS
+from dataset_tools.build import ShardWriter
+from dataset_tools.dedup import DUPLICATES
 from pipelines.cli import main
 from build_helpers import (
     REPO_ENV,
@@ -334,3 +336,75 @@ def test_missing_model_is_one_line_exit_2(tmp_path, capsys):
     assert code == 2 and len(err.splitlines()) == 1
     assert "cannot load depth model" in err and "--depth sidecar" in err
     assert not out.exists()  # refused before OUT was touched
+
+
+# ----------------------------------------------------------------------------- duplicate inputs
+DEDUP_FLAGS = ["--depth", "sidecar", "--mask", "sidecar", "--synthetic-levels", "1", "--resolution", "96",
+               "--shard-size", "2", "--min-sharpness", "0"]
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _StopAfterFirstShard(ShardWriter):
+    """A writer that breaks the build right after it published its first output shard."""
+
+    def add(self, *args, **kwargs):
+        done = super().add(*args, **kwargs)
+        if done is not None:
+            raise _Interrupted
+        return done
+
+
+def _copy_photo(photo: Path, folder: Path) -> Path:
+    """Copy a demo scene with its sidecars into ``folder``."""
+    folder.mkdir(exist_ok=True)
+    for path in photo.parent.glob(f"{photo.stem}.*"):
+        shutil.copy(path, folder / path.name)
+    return folder / photo.name
+
+
+def _outcomes(out: Path) -> tuple[set, dict]:
+    rows = {(r["id"], r["group_id"], r["kind"], round(r["bokeh_level"], 4), r["source"]) for r in read_rows(out)}
+    return rows, {e["source"]: (e["stage"], e["code"], e["reason"], e["id"]) for e in read_errors(out)}
+
+
+def test_duplicate_inputs_become_dedup_lines_across_shards_and_resume(local_ray, tmp_path, capsys):  # noqa: F811
+    """a/ holds four scenes, b/ copies of two of them, c/ a third copy of one: with shards of two photos the
+    copies sit in other shards than their first copy. Every later copy is one dedup line naming the first
+    copy, never a row; the same holds for a build interrupted after its first shard and resumed."""
+    import hashlib
+
+    scenes = demo_scenes(tmp_path / "in" / "a", 4, size=96)
+    copies = {_copy_photo(scenes[1], tmp_path / "in" / "b"): scenes[1],
+              _copy_photo(scenes[3], tmp_path / "in" / "b"): scenes[3],
+              _copy_photo(scenes[1], tmp_path / "in" / "c"): scenes[1]}
+    everything = {str(p) for p in [*scenes, *copies]}
+
+    out = tmp_path / "out"
+    assert main(["build", str(tmp_path / "in"), "-o", str(out), *DEDUP_FLAGS]) == 0
+    summary = capsys.readouterr().out
+    rows, errors = assert_each_photo_once(out, everything)
+    assert {r["source"] for r in rows if r["kind"] == "real"} == {str(p) for p in scenes}
+    assert {e["source"]: (e["stage"], e["status"], e["code"], e["reason"]) for e in errors} == {
+        str(copy): ("dedup", "filtered", "duplicate", f"duplicate of {first}") for copy, first in copies.items()}
+    for e in errors:
+        assert e["id"] == hashlib.sha1(Path(e["source"]).read_bytes()).hexdigest()
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["filtered_by_reason"] == {"duplicate": 3} and stats["kept"] == 4 and stats["photos_read"] == 7
+    assert "filtered      3  (duplicate 3)" in summary
+
+    # Interrupted after its first output shard (in-process, shard 0 = a/0 and a/1 comes first), then resumed
+    # on Ray: b/ and c/ copies of a/1 (finished) and a/3 with its copy (pending) are decided the same way.
+    resumed = tmp_path / "resumed"
+    args = ["build", str(tmp_path / "in"), "-o", str(resumed), *DEDUP_FLAGS]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("dataset_tools.build.ShardWriter", _StopAfterFirstShard)
+        with pytest.raises(_Interrupted):
+            main([*args, "--workers", "0"])
+    assert [p.name for p in (resumed / "data").iterdir()] == ["train-00000-of-00004.parquet"]
+    assert (resumed / "_work" / "inputs" / DUPLICATES).is_file()  # decided before any photo was processed
+    assert main([*args, "--resume"]) == 0
+    assert_each_photo_once(resumed, everything)
+    assert _outcomes(resumed) == _outcomes(out)

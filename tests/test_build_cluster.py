@@ -1,4 +1,5 @@
-"""`bokeh build --ray-address` against a Ray head this test starts on 127.0.0.1, stopped again by PID."""
+"""`bokeh build --ray-address` against a Ray head this test starts on 127.0.0.1, stopped again by PID, and
+against addresses where no cluster answers (a closed port, a port that accepts but never speaks)."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,37 @@ def test_build_on_a_ray_cluster(ray_head, cluster_env, relative_dir, tmp_path):
     # The driver joined the test's cluster (its log is in that cluster's session) instead of starting a Ray.
     assert list(temp_dir.glob("session_*/logs/python-core-driver-*"))
     assert "photos read   3" in output and json.loads((out / "stats.json").read_text())["stage_seconds"]["depth"] > 0
+
+
+@pytest.mark.parametrize("listener", ["closed", "silent"])
+def test_unreachable_cluster_fails_within_the_timeout(listener, tmp_path):
+    """Nothing listens (Ray alone retries for over ten minutes), or a socket accepts and never answers (a wrong
+    port): one line naming the address and what to check, exit 2, within --ray-timeout + 20 s, OUT untouched."""
+    demo_scenes(tmp_path / "in", 1, size=64)
+    out = tmp_path / "out"
+    timeout = 3
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        if listener == "silent":
+            sock.listen(8)
+        address = f"127.0.0.1:{sock.getsockname()[1]}"  # unbound listener: the port is closed
+        start = time.monotonic()
+        driver = subprocess.Popen(
+            cli("build", tmp_path / "in", "-o", out, "--depth", "sidecar", "--ray-address", address,
+                "--ray-timeout", timeout),
+            env=REPO_ENV, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            stdout, stderr = driver.communicate(timeout=timeout + 60)
+        finally:
+            kill_session(driver.pid)
+        elapsed = time.monotonic() - start
+    assert driver.returncode == 2, stderr
+    assert elapsed < timeout + 20
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bokeh build: error: cannot ") and stdout == "", stderr
+    message = lines[0]
+    assert address in message and "`ray start --head`" in message and "port" in message and "firewall" in message
+    expected = "connection refused" if listener == "closed" else "no Ray GCS answered"
+    assert expected in message
+    assert not out.exists()

@@ -1,4 +1,5 @@
-"""The build's pieces without Ray: sizes, levels, EXIF columns, input shards, stats, schema, and the in-process path."""
+"""The build's pieces without Ray: sizes, levels, EXIF columns, input shards, duplicates, the stage plan for
+fake clusters, stats, schema, and the in-process path."""
 from __future__ import annotations
 
 import io
@@ -11,11 +12,16 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from dataset_tools.build_config import BuildConfig
 from dataset_tools.build_stats import BuildStats
-from dataset_tools.input_shards import CHUNK_ROWS, MANIFEST, read_chunk, shard_path, write_input_shards, chunks_of
+from dataset_tools.dedup import Duplicate, by_chunk, decode, encode, later_copies
+from dataset_tools.distribute import stage_plan
+from dataset_tools.input_shards import (CHUNK_ROWS, MANIFEST, Chunk, chunks_of, chunks_of_seqs, read_chunk,
+                                        read_sources, shard_path, write_input_shards)
 from dataset_tools.schema import COLUMN_NAMES, OUTPUT_SCHEMA, hf_features
 from dataset_tools.sources import SourceItem
-from dataset_tools.stages import balanced_levels, fit_short_side, group_seed, merge_dataset_exif
+from dataset_tools.stages import (DepthStage, EncodeStage, EstimateStage, GroupStage, MaskStage, balanced_levels,
+                                  fit_short_side, group_seed, merge_dataset_exif)
 from estimators.exif import ExifInfo
 from pipelines.cli import main
 from build_helpers import demo_scenes, read_errors, read_rows
@@ -83,6 +89,61 @@ def test_input_shards_resume_after_a_kill(tmp_path):
     assert write_input_shards(_items(21), killed, shard_size=10) == [10, 10, 1]
 
 
+def test_stream_positions_map_to_chunks_and_sources(tmp_path):
+    counts = write_input_shards(_items(21), tmp_path, shard_size=10)  # shards hold seqs 0-9, 10-19, 20
+    assert counts == [10, 10, 1] and CHUNK_ROWS == 8
+    assert chunks_of_seqs([0, 7, 8, 10, 19, 20], counts) == {
+        0: Chunk(0, 0), 7: Chunk(0, 0), 8: Chunk(0, 1), 10: Chunk(1, 0), 19: Chunk(1, 1), 20: Chunk(2, 0)}
+    assert read_sources(tmp_path, counts, [20, 3, 17]) == {20: "photo20.jpg", 3: "photo3.jpg", 17: "photo17.jpg"}
+    with pytest.raises(ValueError, match="outside the 21 input photos"):
+        chunks_of_seqs([21], counts)
+
+
+def test_later_copies_keep_the_lowest_seq_whatever_the_order():
+    a, b, c = "aa" * 20, "bb" * 20, "cc" * 20
+    # Workers report in any order: the copy at seq 2 is the first one even though seq 5 came in first.
+    pairs = [(5, a), (9, b), (2, a), (7, a), (1, b), (3, c)]
+    assert later_copies(pairs) == {5: (a, 2), 7: (a, 2), 9: (b, 1)}
+    assert later_copies(sorted(pairs)) == later_copies(pairs)
+    found = {5: Duplicate(a, 2, "x/a.jpg"), 9: Duplicate(b, 1, "y/b.jpg")}
+    assert decode(encode(found)) == found and decode(encode({})) == {}
+    assert by_chunk(found, [10]) == {Chunk(0, 0): {5: found[5]}, Chunk(0, 1): {9: found[9]}}
+
+
+def _plan(config, resources):
+    task_cpus, plans = stage_plan(config, resources)
+    return task_cpus, {p.stage: (p.num_cpus, p.num_gpus, p.actors) for p in plans}, {p.stage: p for p in plans}
+
+
+def test_stage_plan_puts_renders_on_gpus_only_when_there_are_gpus():
+    sidecar = BuildConfig(depth="sidecar", mask="depth", synthetic_levels=4)
+    # CPU only (as before): every stage a task of one CPU, the render on the CPU.
+    task_cpus, plan, plans = _plan(sidecar, {"CPU": 2.0})
+    assert task_cpus == 1.0 and plan == {cls: (1.0, 0.0, 0) for cls in
+                                         (DepthStage, MaskStage, EstimateStage, GroupStage, EncodeStage)}
+    assert plans[GroupStage].kwargs(sidecar) == {"config": sidecar}  # GroupStage's default device: cpu
+    # One CPU and a model: half a CPU for the tasks, the other half for the depth actor (one actor).
+    model = BuildConfig(depth="depth-anything", mask="depth", synthetic_levels=4)
+    task_cpus, plan, _ = _plan(model, {"CPU": 1.0})
+    assert task_cpus == 0.5 and plan[DepthStage] == (0.5, 0.0, 1) and plan[GroupStage] == (0.5, 0.0, 0)
+    # Two GPUs: the render stage becomes a pool of one actor per GPU holding a whole GPU, rendering there.
+    task_cpus, plan, plans = _plan(sidecar, {"CPU": 16.0, "GPU": 2.0})
+    assert task_cpus == 1.0 and plan[GroupStage] == (1.0, 1.0, 2) and plan[DepthStage] == (1.0, 0.0, 0)
+    assert plans[GroupStage].kwargs(sidecar) == {"config": sidecar, "device": None}
+    # Depth Anything, SAM and the renders share each GPU in thirds; one CPU each, 16 CPUs leave plenty.
+    both = BuildConfig(depth="depth-anything", mask="sam", synthetic_levels=2)
+    _, plan, _ = _plan(both, {"CPU": 16.0, "GPU": 2.0})
+    for cls in (DepthStage, MaskStage, GroupStage):
+        assert plan[cls] == (1.0, pytest.approx(1 / 3), 2)
+    assert plan[EstimateStage] == plan[EncodeStage] == (1.0, 0.0, 0)
+    # Two CPUs and a GPU with three GPU stages: the tasks keep one CPU, the actors share the other.
+    _, plan, _ = _plan(both, {"CPU": 2.0, "GPU": 1.0})
+    assert plan[GroupStage] == (pytest.approx(1 / 3), pytest.approx(1 / 3), 1)
+    # No renders asked for: the render stage stays a task even with GPUs.
+    _, plan, plans = _plan(BuildConfig(depth="sidecar", synthetic_levels=0), {"CPU": 8.0, "GPU": 1.0})
+    assert plan[GroupStage] == (1.0, 0.0, 0) and "device" not in plans[GroupStage].kwargs(sidecar)
+
+
 def test_stats_round_trip_and_summary():
     stats = BuildStats()
     stats.add([{"kind": "real", "bokeh_level": 0.4}, {"kind": "synthetic", "bokeh_level": 12.5},
@@ -113,11 +174,12 @@ def test_schema_matches_datasets_own_conversion():
 def test_parquet_dataset_input_with_exif_columns(tmp_path, relative_dir):
     """Rows of a Parquet input (image bytes, caption and EXIF columns), in-process, with a tiny Depth Anything."""
     scene = demo_scenes(tmp_path / "scene", 1)[0]
-    table = pa.table({
-        "image": [{"bytes": scene.read_bytes(), "path": None}, {"bytes": b"broken", "path": None}],
-        "caption": ["a test scene", None],
-        "f_number": [2.0, 2.0], "focal_length_mm": [50.0, 50.0], "focal_length_35mm": [50.0, 50.0],
-        "focus_distance_m": [2.5, 2.5],
+    same = {"bytes": scene.read_bytes(), "path": None}
+    table = pa.table({  # row 2 repeats row 0's bytes: a duplicate, whatever its caption
+        "image": [same, {"bytes": b"broken", "path": None}, same],
+        "caption": ["a test scene", None, "again"],
+        "f_number": [2.0] * 3, "focal_length_mm": [50.0] * 3, "focal_length_35mm": [50.0] * 3,
+        "focus_distance_m": [2.5] * 3,
     })
     pq.write_table(table, tmp_path / "photos.parquet")
     out = tmp_path / "out"
@@ -126,8 +188,10 @@ def test_parquet_dataset_input_with_exif_columns(tmp_path, relative_dir):
     assert code == 0
     (row,) = read_rows(out, columns=("source", "caption", "bokeh_level", "k_metric", "bokeh_source", "f_number",
                                       "focus_distance_m", "width", "height"))
-    (error,) = read_errors(out)
+    error, duplicate = read_errors(out)
     assert error["source"].endswith("photos.parquet#1") and error["code"] == "not-an-image"
+    assert duplicate["source"].endswith("photos.parquet#2") and duplicate["stage"] == "dedup"
+    assert duplicate["reason"] == f"duplicate of {tmp_path / 'photos.parquet'}#0"
     assert row["source"].endswith("photos.parquet#0") and row["caption"] == "a test scene"
     assert row["bokeh_source"] == "exif-only" and row["f_number"] == 2.0 and row["focus_distance_m"] == 2.5
     # Thin lens by hand (DESIGN.md section 1): full frame (f35 = f), 256x256 px, relative depth -> K = k_metric / s.
@@ -155,6 +219,8 @@ def test_overwrite_replaces_only_build_files(tmp_path, capsys):
         main([*args, "--resume", "--overwrite"])
     assert main([*args[:-2], "--ray-address", "auto", "--overwrite"]) == 2
     assert "--workers sizes the local Ray" in capsys.readouterr().err
+    assert main([*args, "--ray-timeout", "5", "--overwrite"]) == 2
+    assert "--ray-timeout limits joining a cluster" in capsys.readouterr().err
 
 
 def test_stored_images_and_balanced_levels(tmp_path):
@@ -177,7 +243,7 @@ def test_stored_images_and_balanced_levels(tmp_path):
 
 
 def test_join_failure_names_the_token_fix():
-    from dataset_tools.distribute import _join_failure
+    from dataset_tools.ray_join import join_failure
 
     try:
         try:
@@ -185,7 +251,7 @@ def test_join_failure_names_the_token_fix():
         except RuntimeError as inner:
             raise ConnectionError("Failed to connect to Ray cluster at 127.0.0.1:1\nmore") from inner
     except ConnectionError as exc:
-        text = _join_failure(exc)
+        text = join_failure(exc)
     assert "\n" not in text and text.startswith("Failed to connect to Ray cluster at 127.0.0.1:1")
     assert "RAY_AUTH_MODE=token" in text
-    assert "RAY_AUTH_MODE" not in _join_failure(ConnectionError("refused"))
+    assert "RAY_AUTH_MODE" not in join_failure(ConnectionError("refused"))
