@@ -16,7 +16,7 @@ from synth_blur.contact_sheet import contact_sheet
 
 #: Columns read from the data shards (never the depth / mask images).
 _COLUMNS = ["id", "group_id", "kind", "image", "bokeh_level", "caption", "source", "bokeh_source"]
-_CSS = """
+PAGE_CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}
 th{background:#f3f3f3}img{max-width:100%;border:1px solid #ddd}.caption{color:#555;margin:0.2em 0 1.5em}
@@ -60,7 +60,8 @@ def collect_groups(files: list[Path], max_groups: int) -> list[list[dict[str, An
     return groups
 
 
-def _data_uri(image: Image.Image, fmt: str = "JPEG") -> str:
+def data_uri(image: Image.Image, fmt: str = "JPEG") -> str:
+    """``image`` encoded as a data: URI, for self-contained HTML pages."""
     buf = io.BytesIO()
     image.save(buf, format=fmt, quality=88)
     return f"data:image/{fmt.lower()};base64,{base64.b64encode(buf.getvalue()).decode()}"
@@ -144,10 +145,10 @@ def write_report(out: str | Path, report: str | Path, *, max_groups: int = 6, ma
         )
         caption = html.escape(rows[0].get("caption") or "(no caption)")
         source = html.escape(rows[0].get("source") or "")
-        sections.append(f'<img src="{_data_uri(sheet)}" alt="group"><p class="caption">{caption}<br><small>{source}</small></p>')
+        sections.append(f'<img src="{data_uri(sheet)}" alt="group"><p class="caption">{caption}<br><small>{source}</small></p>')
     settings = html.escape(json.dumps(stats.get("settings", {}), indent=1))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Bokeh dataset report: {html.escape(out.name)}</title>
-<style>{_CSS}</style></head><body>
+<style>{PAGE_CSS}</style></head><body>
 <h1>Bokeh dataset: {html.escape(str(out))}</h1>
 <h2>Summary</h2>{_summary_table(stats)}
 <h2>Bokeh level histogram</h2>{histogram_svg(stats["k_histogram"])}
