@@ -93,6 +93,20 @@ def to_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
+def as_rgb_array(image: Union[Image.Image, np.ndarray]) -> np.ndarray:
+    """HxWx3 uint8 from a PIL image or a uint8 array (gray, RGB or RGBA: alpha dropped)."""
+    if isinstance(image, Image.Image):
+        return to_array(image)
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise ValueError(f"image array must be uint8 0..255, got {array.dtype}")
+    if array.ndim == 2:
+        return np.repeat(array[..., None], 3, axis=2)
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        return np.ascontiguousarray(array[..., :3])
+    raise ValueError(f"image array must be HxW or HxWx3/4, got shape {array.shape}")
+
+
 def to_gray(rgb: np.ndarray) -> np.ndarray:
     """Luma (Rec. 601) of an HxWx3 uint8 or float image, as float32 in the input's value range."""
     rgb = np.asarray(rgb, dtype=np.float32)

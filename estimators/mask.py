@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from estimators.depth import normalize_disparity
-from estimators.image_io import to_array
+from estimators.image_io import as_rgb_array
 
 if TYPE_CHECKING:  # torch is imported only when a SamMasker is built
     import torch
@@ -202,20 +202,6 @@ def depth_prompt(disparity: np.ndarray, n_points: int = 3) -> DepthPrompt:
 # ---------------------------------------------------------------- helpers shared by the maskers
 
 
-def _as_rgb(image: ImageLike) -> np.ndarray:
-    """HxWx3 uint8 from a PIL image or a uint8 array (gray, RGB or RGBA)."""
-    if isinstance(image, Image.Image):
-        return to_array(image)
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8:
-        raise TypeError(f"image array must be uint8, got {arr.dtype}")
-    if arr.ndim == 2:
-        return np.repeat(arr[..., None], 3, axis=2)
-    if arr.ndim == 3 and arr.shape[2] in (3, 4):
-        return np.ascontiguousarray(arr[..., :3])
-    raise ValueError(f"image array must be HxW or HxWx3/4, got shape {arr.shape}")
-
-
 def _checked_disparity(disparity: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     disp = np.asarray(disparity, dtype=np.float32)
     if disp.shape != shape:
@@ -258,7 +244,7 @@ class DepthMasker:
 
     def __call__(self, image: ImageLike, disparity: np.ndarray) -> SubjectMask:
         """Subject mask of ``image`` (PIL or uint8 array) given its disparity (HxW, larger = nearer)."""
-        rgb = _as_rgb(image)
+        rgb = as_rgb_array(image)
         height, width = rgb.shape[:2]
         disp = _checked_disparity(disparity, (height, width))
         scale = _working_scale(height, width)
@@ -329,7 +315,7 @@ class SamMasker:
         """Subject mask of ``image`` (PIL or uint8 array) given its disparity (HxW, larger = nearer)."""
         import torch
 
-        rgb = _as_rgb(image)
+        rgb = as_rgb_array(image)
         height, width = rgb.shape[:2]
         disp = _checked_disparity(disparity, (height, width))
         scale = _working_scale(height, width)

@@ -18,8 +18,8 @@ from PIL import Image
 
 from estimators.cli_util import UserError
 from estimators.depth import normalize_disparity, read_disparity_png
-from estimators.image_io import ImageLoadError, load_image
-from pipelines.metrics import as_rgb_array, background_sharpness
+from estimators.image_io import ImageLoadError, as_rgb_array, load_image
+from pipelines.metrics import background_sharpness
 
 #: Dataset rows count for a level when their K lies within half the gap to the neighbouring level,
 #: and never further than this.

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from estimators.image_io import to_array, to_gray
+from estimators.image_io import as_rgb_array, to_gray
 from estimators.sharpness import laplacian_variance
 
 ImageLike = Union[Image.Image, np.ndarray]
@@ -28,20 +28,6 @@ MASK_MARGIN_FRACTION = 0.01
 #: SSIM constants of Wang et al. (2004) on 0..255 luma: Gaussian window sigma and size, K1, K2.
 SSIM_SIGMA, SSIM_WINDOW, SSIM_K1, SSIM_K2 = 1.5, 11, 0.01, 0.03
 _PEAK = 255.0
-
-
-def as_rgb_array(image: ImageLike) -> np.ndarray:
-    """HxWx3 uint8 of a PIL image or a uint8 array (gray or RGB)."""
-    if isinstance(image, Image.Image):
-        return to_array(image)
-    array = np.asarray(image)
-    if array.dtype != np.uint8:
-        raise ValueError(f"image arrays must be uint8 0..255, got {array.dtype}")
-    if array.ndim == 2:
-        return np.repeat(array[..., None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"image must be HxW or HxWx3, got shape {array.shape}")
-    return array
 
 
 def _luma(image: ImageLike) -> np.ndarray:

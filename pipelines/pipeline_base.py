@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Optional, Sequence
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from PIL import Image
@@ -35,6 +36,32 @@ class BokehPipeline(ABC):
     default_guidance = 3.0
     default_seed = 0
     default_negative_prompt = ""
+
+    #: Weights dtype when ``from_pretrained`` is not given one.
+    default_dtype = torch.float32
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        base: Union[str, Path],
+        adapter: Union[str, Path],
+        *,
+        device: Optional[Union[str, torch.device]] = None,
+        torch_dtype: Optional[Union[str, torch.dtype]] = None,
+    ) -> "BokehPipeline":
+        """The base model (folder or hub id) with the adapter (folder or hub id) installed, both in
+        ``torch_dtype`` (name or dtype; default ``default_dtype``) on ``device`` (CUDA when present).
+        Unavailable or unfit models raise ModelUnavailableError (one line)."""
+        from estimators.model_loading import resolve_device
+        from trainer.backbones import DTYPES
+
+        dtype = DTYPES[torch_dtype] if isinstance(torch_dtype, str) else (torch_dtype or cls.default_dtype)
+        return cls._load(str(base), str(adapter), resolve_device(device), dtype)
+
+    @classmethod
+    @abstractmethod
+    def _load(cls, base: str, adapter: str, device: torch.device, dtype: torch.dtype) -> "BokehPipeline":
+        """Build the pipeline from checked arguments."""
 
     def __init__(self, adapter: torch.nn.Module, device: torch.device) -> None:
         self.adapter = adapter

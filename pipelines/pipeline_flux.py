@@ -4,15 +4,14 @@ with the resolution-dependent shift ``mu``, distilled guidance embedded in the t
 true classifier-free guidance against a negative prompt with no K (guidance 1, not grounded)."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from pipelines.pipeline_base import BokehPipeline
-from trainer.backbones import DTYPES, FluxBackbone
+from trainer.backbones import FluxBackbone
 
 #: The released code's defaults (inference_flux.py).
 RELEASED_SEED = 65578
@@ -29,6 +28,7 @@ class BokehFluxPipeline(BokehPipeline):
     default_seed = RELEASED_SEED
     default_negative_prompt = RELEASED_NEGATIVE_PROMPT
     default_resolution = 512
+    default_dtype = torch.bfloat16
     max_sequence_length = 512
 
     def __init__(self, flux: Any, adapter: torch.nn.Module) -> None:
@@ -38,23 +38,13 @@ class BokehFluxPipeline(BokehPipeline):
         self.scheduler = flux.scheduler
 
     @classmethod
-    def from_pretrained(
-        cls,
-        base: Union[str, Path],
-        adapter: Union[str, Path],
-        *,
-        device: Optional[Union[str, torch.device]] = None,
-        torch_dtype: Union[str, torch.dtype] = torch.bfloat16,
-    ) -> "BokehFluxPipeline":
-        """The FLUX.1 base (folder or hub id) and the adapter (folder or id, e.g. ``atfortes/BokehDiffusion``),
-        both in ``torch_dtype`` (the released code runs both in bfloat16) on ``device`` (CUDA when present)."""
-        from estimators.model_loading import resolve_device
+    def _load(cls, base: str, adapter: str, device: torch.device, dtype: torch.dtype) -> "BokehFluxPipeline":
+        """A FLUX.1 folder or hub id and a ``BokehFluxAdapter`` folder or id (e.g. ``atfortes/BokehDiffusion``),
+        in one dtype (the released code runs both in bfloat16)."""
         from trainer.flux_adapter import BokehFluxAdapter
 
-        dtype = DTYPES[torch_dtype] if isinstance(torch_dtype, str) else torch_dtype
-        work = resolve_device(device)
-        flux = FluxBackbone.load(str(base), dtype).pipe.to(work)
-        loaded = BokehFluxAdapter.from_pretrained(adapter, flux.transformer, device=work, dtype=dtype)
+        flux = FluxBackbone.load(base, dtype).pipe.to(device)
+        loaded = BokehFluxAdapter.from_pretrained(adapter, flux.transformer, device=device, dtype=dtype)
         return cls(flux, loaded.eval())
 
     @property

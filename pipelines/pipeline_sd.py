@@ -2,14 +2,13 @@
 and the tiny pixel-space model, with classifier-free guidance against the negative prompt and no K."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import torch
 from PIL import Image
 
 from pipelines.pipeline_base import BokehPipeline
-from trainer.backbones import DTYPES, UNetBackbone
+from trainer.backbones import UNetBackbone
 
 #: Guidance for pixel-space (tiny) models, trained with low guidance; latent models use diffusers' 7.5.
 PIXEL_GUIDANCE = 2.0
@@ -42,25 +41,15 @@ class BokehStableDiffusionPipeline(BokehPipeline):
         self.image_processor = VaeImageProcessor(vae_scale_factor=self._vae_factor)
 
     @classmethod
-    def from_pretrained(
-        cls,
-        base: Union[str, Path],
-        adapter: Union[str, Path],
-        *,
-        device: Optional[Union[str, torch.device]] = None,
-        torch_dtype: Union[str, torch.dtype] = torch.float32,
-    ) -> "BokehStableDiffusionPipeline":
-        """The base (Stable Diffusion folder or hub id; a folder without vae/ is a pixel-space model) and
-        the adapter (``BokehUNetAdapter.from_pretrained`` folder or id), on ``device`` (CUDA when present)."""
-        from estimators.model_loading import resolve_device
+    def _load(cls, base: str, adapter: str, device: torch.device, dtype: torch.dtype) -> "BokehStableDiffusionPipeline":
+        """A Stable Diffusion folder or hub id (a folder without vae/ is a pixel-space model) and a
+        ``BokehUNetAdapter`` folder or id."""
         from trainer.unet_adapter import BokehUNetAdapter
 
-        dtype = DTYPES[torch_dtype] if isinstance(torch_dtype, str) else torch_dtype
-        work = resolve_device(device)
-        backbone = UNetBackbone.load(str(base), dtype)
+        backbone = UNetBackbone.load(base, dtype)
         for module in backbone.modules().values():
-            module.to(work).eval()
-        loaded = BokehUNetAdapter.from_pretrained(adapter, backbone.unet, device=work, dtype=dtype)
+            module.to(device).eval()
+        loaded = BokehUNetAdapter.from_pretrained(adapter, backbone.unet, device=device, dtype=dtype)
         return cls(backbone, loaded.eval())
 
     @property
