@@ -55,6 +55,8 @@ class BokehPipeline(ABC):
         from estimators.model_loading import resolve_device
         from trainer.backbones import DTYPES
 
+        if isinstance(torch_dtype, str) and torch_dtype not in DTYPES:
+            raise ValueError(f"torch_dtype must be one of {sorted(DTYPES)}, got {torch_dtype!r}")
         dtype = DTYPES[torch_dtype] if isinstance(torch_dtype, str) else (torch_dtype or cls.default_dtype)
         return cls._load(str(base), str(adapter), resolve_device(device), dtype)
 
