@@ -149,6 +149,24 @@ def test_scale_zero_and_fresh_adapter_reproduce_the_base_exactly():
         assert torch.equal(unet(**inputs, return_dict=False)[0], plain)
 
 
+def test_unet_with_class_input_takes_the_bokeh_condition_there():
+    from diffusers import UNet2DConditionModel
+
+    from tiny_diffusion import TINY_UNET_CONFIG
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**TINY_UNET_CONFIG, class_embed_type="projection", projection_class_embeddings_input_dim=1).eval()
+    _randomize(unet.class_embedding)
+    inputs = unet_batch()
+    adapter = BokehUNetAdapter(unet, **TINY)
+    with torch.no_grad():
+        out = adapter(unet, **inputs, bokeh=[6.0, -1.0])  # fresh adapter: the bokeh branch adds nothing yet
+        # K / 30 for a level, -1 for "no condition", as class labels
+        expected = unet(**inputs, class_labels=torch.tensor([[0.2], [-1.0]]), return_dict=False)[0]
+        assert torch.equal(out, expected)
+        assert (adapter(unet, **inputs, bokeh=[24.0, 24.0]) - out).abs().max() > 1e-4
+
+
 def test_save_load_round_trip(tmp_path):
     unet = tiny_unet()
     twin = copy.deepcopy(unet)

@@ -11,11 +11,11 @@ from estimators.model_loading import ModelUnavailableError
 from test_train_data import write_dataset
 from tiny_diffusion import TINY_FLUX_CONFIG, single_thread, tiny_flux
 from trainer.config import config_from_dict, load_config
-from trainer.objectives import ddpm_target, flux_loss, shifted_sigmas
+from trainer.objectives import ddpm_target, flux_loss, min_snr_weights, shifted_sigmas, unet_loss
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_SIZES = dict(block_out_channels=[8, 16], attention_levels=1, text_width=16, text_heads=2, text_layers=1,
-                  max_tokens=12, attention_head_dim=4)
+                  max_tokens=12, attention_head_dim=4, bokeh_time_embedding=True, resnet_time_scale_shift="scale_shift")
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +107,37 @@ def test_objectives_by_hand():
     assert shifted_sigmas(torch.tensor([0.0, 0.5, 1.0]), 3.0).tolist() == [0.0, 0.75, 1.0]
 
 
+def test_min_snr_weights_by_hand():
+    from diffusers import DDPMScheduler
+
+    betas = [0.1, 0.2, 0.5, 0.9]
+    # alpha-bar by hand: 0.9, 0.72, 0.36, 0.036 -> SNR 9, 2.5714, 0.5625, 0.037344
+    snr = [9.0, 0.72 / 0.28, 0.36 / 0.64, 0.036 / 0.964]
+    t = torch.arange(4)
+    for kind, expected in (
+        ("sample", [5.0, snr[1], snr[2], snr[3]]),
+        ("epsilon", [5.0 / 9.0, 1.0, 1.0, 1.0]),
+        ("v_prediction", [5.0 / 10.0, snr[1] / (snr[1] + 1), snr[2] / (snr[2] + 1), snr[3] / (snr[3] + 1)]),
+    ):
+        scheduler = DDPMScheduler(num_train_timesteps=4, trained_betas=betas, prediction_type=kind)
+        assert min_snr_weights(scheduler, t, 5.0).tolist() == pytest.approx(expected, rel=1e-5), kind
+
+
+def test_unet_loss_weights_rows_by_min_snr():
+    from diffusers import DDPMScheduler
+
+    class Constant:  # an "adapter" whose prediction is always zero: the loss is the target's mean square
+        def __call__(self, unet, noisy, timesteps, states, bokeh, pivot_ids):
+            return torch.zeros_like(noisy)
+
+    scheduler = DDPMScheduler(num_train_timesteps=4, trained_betas=[0.1, 0.2, 0.5, 0.9], prediction_type="sample")
+    x0 = torch.stack([torch.full((1, 2, 2), 1.0), torch.full((1, 2, 2), 2.0)])  # row mean squares 1 and 4
+    u = torch.tensor([0.0, 0.5])  # timesteps 0 (SNR 9 -> weight 5) and 2 (SNR 0.5625)
+    args = (Constant(), None, scheduler, x0, None, [0.0, 0.0], None, torch.zeros_like(x0), u)
+    assert unet_loss(*args).item() == pytest.approx(2.5)
+    assert unet_loss(*args, snr_gamma=5.0).item() == pytest.approx((5.0 * 1 + 0.5625 * 4) / 2, rel=1e-5)
+
+
 def test_resume_continues_bit_for_bit_and_checkpoints(dataset, tmp_path):
     from trainer.checkpoint import checkpoint_dirs
     from trainer.training import train
@@ -183,6 +214,10 @@ def test_config_overrides_and_errors(tmp_path):
             load_config(ROOT / "configs" / "tiny.yaml", [bad])
     for name in ("sd15", "flux"):
         assert load_config(ROOT / "configs" / f"{name}.yaml").model.base_model
+    with pytest.raises(UserError, match="snr_gamma"):
+        load_config(ROOT / "configs" / "flux.yaml", ["optim.snr_gamma=5"])
+    with pytest.raises(UserError, match="snr_gamma"):
+        load_config(ROOT / "configs" / "tiny.yaml", ["optim.snr_gamma=0"])
 
 
 @pytest.mark.parametrize("name,model_id", [("sd15", "stable-diffusion-v1-5"), ("flux", "FLUX.1-dev")])

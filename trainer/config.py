@@ -47,7 +47,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW and a diffusers learning-rate schedule."""
+    """AdamW, a diffusers learning-rate schedule and (UNet objectives) min-SNR-gamma loss weighting."""
 
     learning_rate: float = 1e-4
     weight_decay: float = 1e-2
@@ -57,6 +57,7 @@ class OptimConfig:
     max_grad_norm: float = 1.0
     lr_scheduler: str = "constant"
     warmup_steps: int = 0
+    snr_gamma: Optional[float] = None
 
 
 @dataclass
@@ -113,6 +114,8 @@ class TrainConfig:
             raise UserError(f"run.mixed_precision must be one of {PRECISIONS}, got {self.run.mixed_precision!r}")
         if self.model.weight_dtype not in ("float32", "float16", "bfloat16"):
             raise UserError(f"model.weight_dtype must be float32, float16 or bfloat16, got {self.model.weight_dtype!r}")
+        if self.optim.snr_gamma is not None and (self.model.family == "flux" or self.optim.snr_gamma <= 0):
+            raise UserError("optim.snr_gamma must be a positive number and applies to the UNet families (tiny, unet), not flux")
         if not self.data.dataset:
             raise UserError("data.dataset is required (a `bokeh build` output folder or an HF dataset id)")
         for name in ("max_steps", "gradient_accumulation_steps", "keep_last", "log_every"):

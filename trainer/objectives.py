@@ -29,6 +29,20 @@ def ddpm_target(scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, time
     raise ValueError(f"unsupported prediction_type {kind!r} in the scheduler config")
 
 
+def min_snr_weights(scheduler: Any, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023) for the scheduler's prediction type: the loss in x0
+    terms weighted by ``min(SNR, gamma)``, i.e. ``min(SNR, gamma) / SNR`` for epsilon, ``/ (SNR + 1)`` for v."""
+    alphas = scheduler.alphas_cumprod.to(timesteps.device, torch.float64)[timesteps]
+    snr = alphas / (1 - alphas)
+    weights = snr.clamp(max=gamma)
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        weights = weights / snr
+    elif kind == "v_prediction":
+        weights = weights / (snr + 1)
+    return weights.float()
+
+
 def unet_loss(
     adapter: Any,
     unet: torch.nn.Module,
@@ -39,13 +53,18 @@ def unet_loss(
     pivot_ids: Optional[list[int]],
     noise: torch.Tensor,
     u: torch.Tensor,
+    snr_gamma: Optional[float] = None,
 ) -> torch.Tensor:
-    """Mean squared error of the adapted UNet's prediction on ``latents`` noised at ``u``."""
+    """Mean squared error of the adapted UNet's prediction on ``latents`` noised at ``u``, per row
+    weighted by ``min_snr_weights`` when ``snr_gamma`` is set."""
     timesteps = ddpm_timesteps(u, scheduler.config.num_train_timesteps).to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     target = ddpm_target(scheduler, latents, noise, timesteps)
     pred = adapter(unet, noisy, timesteps, encoder_hidden_states, bokeh=levels, pivot_ids=pivot_ids)
-    return F.mse_loss(pred.float(), target.float())
+    if snr_gamma is None:
+        return F.mse_loss(pred.float(), target.float())
+    per_row = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
+    return (per_row * min_snr_weights(scheduler, timesteps, snr_gamma)).mean()
 
 
 def shifted_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:

@@ -1,6 +1,11 @@
 """The tiny model: a pixel-space UNet2DConditionModel, a small CLIP text encoder and a word-level
 tokenizer built offline from the training captions, in the Stable Diffusion folder layout
-(unet/, text_encoder/, tokenizer/, scheduler/; no vae/: it denoises pixels). Trained from scratch."""
+(unet/, text_encoder/, tokenizer/, scheduler/; no vae/: it denoises pixels). Trained from scratch.
+
+With ``bokeh_time_embedding`` the UNet also takes the bokeh condition as a class label added to its
+timestep embedding (``BokehUNetAdapter`` passes it), so K reaches every ResNet block at every scale, as a
+class label does in class-conditional diffusion; with ``resnet_time_scale_shift="scale_shift"`` that
+embedding scales and shifts the normalised features (FiLM) instead of being added to them."""
 from __future__ import annotations
 
 import re
@@ -22,6 +27,8 @@ TINY_DEFAULTS: dict[str, Any] = dict(
     num_train_timesteps=1000,
     beta_schedule="squaredcos_cap_v2",
     prediction_type="epsilon",
+    bokeh_time_embedding=False,
+    resnet_time_scale_shift="default",
 )
 
 
@@ -87,6 +94,8 @@ def build_tiny_model(directory: str | Path, captions: Iterable[str], resolution:
         cross_attention_dim=cfg["text_width"],
         attention_head_dim=cfg["attention_head_dim"],
         norm_num_groups=min(8, channels[0]),
+        resnet_time_scale_shift=cfg["resnet_time_scale_shift"],
+        **(dict(class_embed_type="projection", projection_class_embeddings_input_dim=1) if cfg["bokeh_time_embedding"] else {}),
     )
     scheduler = DDPMScheduler(
         num_train_timesteps=cfg["num_train_timesteps"], beta_schedule=cfg["beta_schedule"],

@@ -23,7 +23,15 @@ from trainer.attention_processors import (
     UNetAttnProcessor,
     pivot_index,
 )
-from trainer.bokeh_embedding import BokehLevels
+from trainer.bokeh_embedding import BokehLevels, bokeh_condition
+
+
+def takes_bokeh_class_label(unet: nn.Module) -> bool:
+    """Whether ``unet`` adds a projection of a 1-number class label to its timestep embedding (the tiny
+    model's ``bokeh_time_embedding``): the bokeh condition (K/30, -1 = none) then conditions every ResNet block."""
+    config = getattr(unet, "config", None)
+    return (getattr(config, "class_embed_type", None) == "projection"
+            and getattr(config, "projection_class_embeddings_input_dim", None) == 1)
 
 
 def _under(name: str, prefix: str) -> bool:
@@ -129,12 +137,15 @@ class BokehUNetAdapter(BokehAdapter):
         **unet_kwargs: Any,
     ) -> torch.Tensor:
         """The UNet's prediction for ``sample`` at bokeh levels K (one per row or one for all;
-        negative = no condition); ``pivot_ids`` as in ``pivot_index``; other UNet arguments pass through."""
+        negative = no condition); ``pivot_ids`` as in ``pivot_index``; other UNet arguments pass through.
+        A UNet that takes the bokeh condition as its class label (``takes_bokeh_class_label``) gets it there too."""
         self.check_installed(unet)
         batch = sample.shape[0]
         kwargs = dict(unet_kwargs.pop("cross_attention_kwargs", None) or {})
         kwargs["bokeh_embeds"] = self.bokeh_tokens(bokeh, batch)
         kwargs["pivot_index"] = pivot_index(pivot_ids, batch, sample.device)
+        if takes_bokeh_class_label(unet) and "class_labels" not in unet_kwargs:
+            unet_kwargs["class_labels"] = bokeh_condition(bokeh, batch, sample.device, sample.dtype)
         return unet(
             sample, timestep, encoder_hidden_states, cross_attention_kwargs=kwargs, return_dict=False, **unet_kwargs
         )[0]
