@@ -26,7 +26,7 @@ test: setup
 # Calibration against renders of each K = 0 sample: the dataset's per-K medians mix textures ~10x apart
 # in sharpness (even an exact render of street_8 is 8.7x off them), too coarse a yardstick for 8 scenes.
 DEMO_OUT ?= demo_out
-# Few scenes: the tiny model has ~20 CPU minutes to learn them (it draws 8 recognisably after 1000 steps, 24 not yet).
+# Few scenes: the tiny model has ~20 CPU minutes to learn them (README: what it learns in that time).
 DEMO_SCENES ?= 8
 demo: setup
 	rm -rf $(DEMO_OUT)
