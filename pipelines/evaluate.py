@@ -133,10 +133,15 @@ def render_sweep(levels: Sequence[float], image: Image.Image, scene: Scene, devi
     return [Image.fromarray(render(rgb, disparity, k, focus, device=device)) for k in levels]
 
 
-def render_reference(levels: Sequence[float], image: Image.Image, scene: Scene, device: Optional[str] = None) -> list[Optional[float]]:
-    """Background sharpness of the K = 0 sample ``image`` re-rendered at each level (:func:`render_sweep`)."""
+def check_render_levels(levels: Sequence[float]) -> None:
+    """Raise ValueError unless the sweep starts at K = 0 (the sample the render reference re-renders)."""
     if levels[0] != 0:
         raise ValueError(f"the render reference re-renders the K = 0 sample: the lowest level must be 0, got {levels[0]:g}")
+
+
+def render_reference(levels: Sequence[float], image: Image.Image, scene: Scene, device: Optional[str] = None) -> list[Optional[float]]:
+    """Background sharpness of the K = 0 sample ``image`` re-rendered at each level (:func:`render_sweep`)."""
+    check_render_levels(levels)
     return [metrics.background_sharpness(im, scene.mask) for im in render_sweep(levels, image, scene, device)]
 
 
@@ -229,10 +234,10 @@ class Evaluator:
             raise ValueError(f"unknown reference {reference!r}; choose from {', '.join(REFERENCES)}")
         if reference == "dataset" and dataset is None:
             raise ValueError("the dataset reference needs a dataset")
-        if reference == "render" and settings.levels[0] != 0:
-            raise ValueError(f"the render reference re-renders the K = 0 sample: the lowest level must be 0, got {settings.levels[0]:g}")
-        if reference == "render" and scenes is None:
-            raise ValueError("the render reference needs subject masks and depth (a mask source other than none)")
+        if reference == "render":
+            check_render_levels(settings.levels)
+            if scenes is None:
+                raise ValueError("the render reference needs subject masks and depth (a mask source other than none)")
         self.pipe, self.settings, self.scenes = pipe, settings, scenes
         self.reference, self.dataset, self.device = reference, dataset, device
         self.progress = progress
