@@ -113,7 +113,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from pipelines.eval_report import summary_lines, write_evaluation
     from pipelines.eval_sources import DatasetSource
-    from pipelines.evaluate import EvalSettings, Evaluator
+    from pipelines.evaluate import EvalSettings, Evaluator, check_reference
 
     prompts = read_prompts(args.prompts)
     try:
@@ -135,13 +135,14 @@ def run_eval(args: argparse.Namespace) -> int:
             raise UserError(f"reference photo not found: {photo}")
     dataset: Optional[DatasetSource] = DatasetSource(args.dataset) if args.dataset else None
     scenes, depth_model, masker = _scene_source(args, mask, dataset, prompts)
+    try:
+        check_reference(reference, settings.levels, scenes, dataset)  # before the (slow) model load
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
     pipe = pipeline_from_args(args)
     pipe.progress = False  # one bar over the grid instead of one per sweep
-    try:
-        evaluator = Evaluator(pipe, settings, scenes, reference, dataset, args.device)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    evaluator = Evaluator(pipe, settings, scenes, reference, dataset, args.device)
     with tqdm(total=evaluator.calls(prompts), desc="generate", unit="sweep") as bar:
         evaluator.progress = bar.update
         try:

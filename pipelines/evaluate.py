@@ -217,6 +217,20 @@ def targets(overall: dict[str, dict[str, Any]], levels: Sequence[float], has_ref
 # ---------------------------------------------------------------- the grid
 
 
+def check_reference(reference: str, levels: Sequence[float], scenes: Optional[SceneSource],
+                    dataset: Optional[DatasetSource]) -> None:
+    """Raise ValueError when the blur calibration ``reference`` cannot be had with these levels, scene source
+    and dataset (callers check before loading a model, so a bad combination fails at once)."""
+    if reference not in REFERENCES:
+        raise ValueError(f"unknown reference {reference!r}; choose from {', '.join(REFERENCES)}")
+    if reference == "dataset" and dataset is None:
+        raise ValueError("the dataset reference needs a dataset")
+    if reference == "render":
+        check_render_levels(levels)
+        if scenes is None:
+            raise ValueError("the render reference needs subject masks and depth (a mask source other than none)")
+
+
 class Evaluator:
     """Runs the grid with a pipeline (anything with the ``BokehPipeline.__call__`` signature)."""
 
@@ -230,14 +244,7 @@ class Evaluator:
         device: Optional[str] = None,
         progress: Optional[Callable[[], None]] = None,
     ) -> None:
-        if reference not in REFERENCES:
-            raise ValueError(f"unknown reference {reference!r}; choose from {', '.join(REFERENCES)}")
-        if reference == "dataset" and dataset is None:
-            raise ValueError("the dataset reference needs a dataset")
-        if reference == "render":
-            check_render_levels(settings.levels)
-            if scenes is None:
-                raise ValueError("the render reference needs subject masks and depth (a mask source other than none)")
+        check_reference(reference, settings.levels, scenes, dataset)
         self.pipe, self.settings, self.scenes = pipe, settings, scenes
         self.reference, self.dataset, self.device = reference, dataset, device
         self.progress = progress

@@ -315,6 +315,16 @@ def test_cli_bad_input_is_one_line_user_error(prompts_file, tmp_path, flags, mes
         eval_cli.run_eval(parse(*argv))
 
 
+def test_cli_checks_the_reference_before_loading_the_model(tmp_path):
+    dataset = write_dataset(tmp_path / "ds", GROUPS)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red ball\n")
+    argv = ["--prompts", str(prompts), "--dataset", str(dataset), "--reference", "render", "--levels", "6,12",
+            "--base", str(tmp_path / "no_such_model"), "-o", str(tmp_path / "o")]
+    with pytest.raises(UserError, match="lowest level must be 0"):  # not the missing base model
+        eval_cli.run_eval(parse(*argv))
+
+
 def test_cli_prompt_without_caption_match(tmp_path):
     dataset = write_dataset(tmp_path / "ds", GROUPS)
     prompts = tmp_path / "p.txt"
