@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import Any, Callable
 
 
 class UserError(Exception):
@@ -30,6 +31,18 @@ def non_negative_float(text: str) -> float:
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
+
+
+def comma_list(item: Callable[[str], Any], example: str) -> Callable[[str], list[Any]]:
+    """argparse type: a non-empty comma-separated list, each value checked by the type ``item``."""
+
+    def parse(text: str) -> list[Any]:
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"give at least one comma-separated value, e.g. {example}")
+        return [item(part) for part in parts]
+
+    return parse
 
 
 def _integer(text: str, minimum: int) -> int:

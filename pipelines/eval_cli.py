@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Optional
 
-from estimators.cli_util import UserError, non_negative_float, positive_int
+from estimators.cli_util import UserError, comma_list, non_negative_float, non_negative_int, positive_int
 from pipelines.model_args import add_model_arguments, bokeh_level, pipeline_from_args
 
 DEFAULT_LEVELS = "0,6,12,18,24,30"
@@ -31,9 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     grid = parser.add_argument_group("grid")
     grid.add_argument("--prompts", required=True, metavar="FILE", help="text file, one prompt per line; blank lines and lines starting with '#' are skipped")
-    grid.add_argument("--levels", default=DEFAULT_LEVELS, metavar="K,K,...",
+    grid.add_argument("--levels", type=comma_list(non_negative_float, DEFAULT_LEVELS), default=DEFAULT_LEVELS, metavar="K,K,...",
                       help=f"ascending bokeh levels in 0..30, at least two; the lowest is the consistency reference (default: {DEFAULT_LEVELS})")
-    grid.add_argument("--seeds", default=DEFAULT_SEEDS, metavar="S,S,...", help=f"seeds; each gives one sweep per mode (default: {DEFAULT_SEEDS})")
+    grid.add_argument("--seeds", type=comma_list(non_negative_int, DEFAULT_SEEDS), default=DEFAULT_SEEDS, metavar="S,S,...", help=f"seeds; each gives one sweep per mode (default: {DEFAULT_SEEDS})")
     grid.add_argument("--grounded", action="store_true", help="also sample in grounded mode (pivot row and grounded self-attention)")
     grid.add_argument("--pivot", type=bokeh_level, default=15.0, help="K of the pivot row in grounded mode (default: 15)")
     grid.add_argument("--grounding-steps", type=positive_int, default=24, help="denoising steps with grounded self-attention (default: 24)")
@@ -81,17 +81,6 @@ def read_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
-def parse_list(text: str, kind: type, what: str) -> list[Any]:
-    """A comma-separated list of ``kind`` (float or int); UserError when empty or malformed."""
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise UserError(f"--{what} is empty: give comma-separated values, e.g. {DEFAULT_LEVELS if what == 'levels' else DEFAULT_SEEDS}")
-    try:
-        return [kind(t) for t in items]
-    except ValueError:
-        raise UserError(f"--{what} {text!r}: not a comma-separated list of {'numbers' if kind is float else 'integers'}") from None
-
-
 def _scene_source(args: argparse.Namespace, mask: str, dataset: Any, prompts: list[str]) -> tuple[Any, Any, Any]:
     """(scene source, depth model, masker) for the chosen mask; models load here."""
     from estimators.backends import make_depth_model, make_masker
@@ -118,7 +107,7 @@ def run_eval(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts)
     try:
         settings = EvalSettings(
-            levels=parse_list(args.levels, float, "levels"), seeds=parse_list(args.seeds, int, "seeds"),
+            levels=args.levels, seeds=args.seeds,
             grounded=args.grounded, pivot=args.pivot, grounding_steps=args.grounding_steps, steps=args.steps,
             guidance=args.guidance_scale, baseline=args.baseline,
         )

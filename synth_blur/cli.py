@@ -7,17 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from estimators.cli_util import UserError, non_negative_float, positive_float
+from estimators.cli_util import UserError, comma_list, non_negative_float, positive_float
 
 #: Contact-sheet thumbnails are this many pixels high.
 SHEET_HEIGHT = 320
-
-
-def _levels(text: str) -> list[float]:
-    levels = [non_negative_float(part.strip()) for part in text.split(",") if part.strip()]
-    if not levels:
-        raise argparse.ArgumentTypeError("give at least one bokeh level, e.g. 0,5,10,20,30")
-    return levels
 
 
 def _unit(text: str) -> float:
@@ -57,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("photo", metavar="PHOTO", help="all-in-focus photo (JPEG, PNG, HEIC, ...)")
     level = p.add_mutually_exclusive_group(required=True)
     level.add_argument("--bokeh", type=non_negative_float, metavar="K", help="bokeh level (0 = unchanged .. 30 = very shallow)")
-    level.add_argument("--sweep", type=_levels, metavar="K1,K2,...",
+    level.add_argument("--sweep", type=comma_list(non_negative_float, "0,5,10,20,30"), metavar="K1,K2,...",
                        help="several levels, e.g. 0,5,10,20,30: -o is then a folder")
     depth = p.add_mutually_exclusive_group()
     depth.add_argument("--disparity", metavar="FILE",

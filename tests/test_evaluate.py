@@ -301,10 +301,7 @@ def test_prompts_file_skips_comments_and_blank_lines(prompts_file):
 
 @pytest.mark.parametrize("flags, message", [
     (["--prompts", "missing.txt"], "prompts file not found"),
-    (["--levels", " , "], "--levels is empty"),
-    (["--levels", "0,x"], "not a comma-separated list of numbers"),
     (["--levels", "0"], "at least two levels"),
-    (["--seeds", "1.5"], "not a comma-separated list of integers"),
     (["--mask", "dataset"], "--mask dataset needs --dataset"),
     (["--mask", "none"], "--reference render needs a subject mask"),
     (["--mask", "none", "--reference", "none", "--reference-photos", "nowhere.jpg"], "reference photo not found"),
@@ -313,6 +310,18 @@ def test_cli_bad_input_is_one_line_user_error(prompts_file, tmp_path, flags, mes
     argv = ["--prompts", str(prompts_file), "-o", str(tmp_path / "out"), *flags]
     with pytest.raises(UserError, match=message):
         eval_cli.run_eval(parse(*argv))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--levels", " , "], "give at least one comma-separated value, e.g. 0,6,12,18,24,30"),
+    (["--levels", "0,x"], "not a number: 'x'"),
+    (["--levels", "0,-6"], "must be a finite number >= 0, got -6"),
+    (["--seeds", "1.5"], "not an integer: '1.5'"),
+])
+def test_cli_bad_lists_are_argparse_errors(prompts_file, tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit):
+        parse("--prompts", str(prompts_file), "-o", str(tmp_path / "out"), *flags)
+    assert message in capsys.readouterr().err
 
 
 def test_cli_checks_the_reference_before_loading_the_model(tmp_path):
