@@ -176,9 +176,10 @@ def test_tiny_pixel_model_counts_sizes_and_seeds(tmp_path):
     from diffusers import UNet2DConditionModel
 
     build_tiny_model(tmp_path / "base", [PROMPT], resolution=32, block_out_channels=[16, 32], attention_levels=1,
-                     text_width=32, bokeh_time_embedding=True, resnet_time_scale_shift="scale_shift")
+                     text_width=32, bokeh_time_embedding=True, text_time_embedding=True, resnet_time_scale_shift="scale_shift")
     unet = UNet2DConditionModel.from_pretrained(tmp_path / "base", subfolder="unet")
     assert unet.config.class_embed_type == "projection" and unet.config.projection_class_embeddings_input_dim == 1
+    assert unet.config.addition_embed_type == "text" and unet.config.addition_embed_type_num_heads == 2  # text_heads
     randomise(BokehUNetAdapter(unet, bokeh_context_dim=32, lora_rank=4), seed=1, std=0.1).save_pretrained(tmp_path / "adapter")
     pipe = BokehStableDiffusionPipeline.from_pretrained(tmp_path / "base", tmp_path / "adapter", device="cpu")
     pipe.progress = False

@@ -11,11 +11,12 @@ from estimators.model_loading import ModelUnavailableError
 from test_train_data import write_dataset
 from tiny_diffusion import TINY_FLUX_CONFIG, single_thread, tiny_flux
 from trainer.config import config_from_dict, load_config
-from trainer.objectives import ddpm_target, flux_loss, min_snr_weights, shifted_sigmas, unet_loss
+from trainer.objectives import ddpm_target, flux_loss, shifted_sigmas, snr_weights, unet_loss
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_SIZES = dict(block_out_channels=[8, 16], attention_levels=1, text_width=16, text_heads=2, text_layers=1,
-                  max_tokens=12, attention_head_dim=4, bokeh_time_embedding=True, resnet_time_scale_shift="scale_shift")
+                  max_tokens=12, attention_head_dim=4, bokeh_time_embedding=True, text_time_embedding=True,
+                  resnet_time_scale_shift="scale_shift")
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,7 @@ def test_objectives_by_hand():
     assert shifted_sigmas(torch.tensor([0.0, 0.5, 1.0]), 3.0).tolist() == [0.0, 0.75, 1.0]
 
 
-def test_min_snr_weights_by_hand():
+def test_snr_weights_by_hand():
     from diffusers import DDPMScheduler
 
     betas = [0.1, 0.2, 0.5, 0.9]
@@ -120,10 +121,20 @@ def test_min_snr_weights_by_hand():
         ("v_prediction", [5.0 / 10.0, snr[1] / (snr[1] + 1), snr[2] / (snr[2] + 1), snr[3] / (snr[3] + 1)]),
     ):
         scheduler = DDPMScheduler(num_train_timesteps=4, trained_betas=betas, prediction_type=kind)
-        assert min_snr_weights(scheduler, t, 5.0).tolist() == pytest.approx(expected, rel=1e-5), kind
+        assert snr_weights(scheduler, t, 5.0).tolist() == pytest.approx(expected, rel=1e-5), kind
+    # with a floor of 1 (x0 terms): SNR 0.5625 and 0.0373 rise to 1, i.e. 1 / SNR for epsilon, 1 / (SNR + 1) for v
+    for kind, expected in (
+        ("sample", [5.0, snr[1], 1.0, 1.0]),
+        ("epsilon", [5.0 / 9.0, 1.0, 1.0 / snr[2], 1.0 / snr[3]]),
+        ("v_prediction", [5.0 / 10.0, snr[1] / (snr[1] + 1), 1.0 / (snr[2] + 1), 1.0 / (snr[3] + 1)]),
+    ):
+        scheduler = DDPMScheduler(num_train_timesteps=4, trained_betas=betas, prediction_type=kind)
+        assert snr_weights(scheduler, t, 5.0, 1.0).tolist() == pytest.approx(expected, rel=1e-5), kind
+    scheduler = DDPMScheduler(num_train_timesteps=4, trained_betas=betas, prediction_type="sample")
+    assert snr_weights(scheduler, t, None, 1.0).tolist() == pytest.approx([9.0, snr[1], 1.0, 1.0], rel=1e-5)
 
 
-def test_unet_loss_weights_rows_by_min_snr():
+def test_unet_loss_weights_rows_by_clamped_snr():
     from diffusers import DDPMScheduler
 
     class Constant:  # an "adapter" whose prediction is always zero: the loss is the target's mean square
@@ -136,6 +147,7 @@ def test_unet_loss_weights_rows_by_min_snr():
     args = (Constant(), None, scheduler, x0, None, [0.0, 0.0], None, torch.zeros_like(x0), u)
     assert unet_loss(*args).item() == pytest.approx(2.5)
     assert unet_loss(*args, snr_gamma=5.0).item() == pytest.approx((5.0 * 1 + 0.5625 * 4) / 2, rel=1e-5)
+    assert unet_loss(*args, snr_gamma=5.0, snr_floor=1.0).item() == pytest.approx((5.0 * 1 + 1.0 * 4) / 2, rel=1e-5)
 
 
 def test_resume_continues_bit_for_bit_and_checkpoints(dataset, tmp_path):
@@ -218,6 +230,8 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(ROOT / "configs" / "flux.yaml", ["optim.snr_gamma=5"])
     with pytest.raises(UserError, match="snr_gamma"):
         load_config(ROOT / "configs" / "tiny.yaml", ["optim.snr_gamma=0"])
+    with pytest.raises(UserError, match="snr_floor"):
+        load_config(ROOT / "configs" / "tiny.yaml", ["optim.snr_gamma=2", "optim.snr_floor=3"])
 
 
 @pytest.mark.parametrize("name,model_id", [("sd15", "stable-diffusion-v1-5"), ("flux", "FLUX.1-dev")])

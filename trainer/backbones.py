@@ -30,8 +30,9 @@ class UNetBackbone:
 
     def __init__(self, unet: nn.Module, text_encoder: nn.Module, tokenizer: Any, scheduler: Any, vae: Optional[nn.Module] = None) -> None:
         self.unet, self.text_encoder, self.tokenizer, self.scheduler, self.vae = unet, text_encoder, tokenizer, scheduler, vae
-        #: min-SNR-gamma loss weighting (``optim.snr_gamma``); None = plain mean squared error
+        #: SNR clamp of the loss weights (``optim.snr_gamma`` / ``optim.snr_floor``); None = no bound
         self.snr_gamma: Optional[float] = None
+        self.snr_floor: Optional[float] = None
 
     @classmethod
     def load(cls, base: str, dtype: torch.dtype = torch.float32) -> "UNetBackbone":
@@ -91,7 +92,7 @@ class UNetBackbone:
     def loss(self, adapter: nn.Module, latents: torch.Tensor, text: dict, levels: Any, pivot_ids: Any,
              noise: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         return unet_loss(adapter, self.unet, self.scheduler, latents, text["encoder_hidden_states"], levels, pivot_ids, noise, u,
-                         self.snr_gamma)
+                         self.snr_gamma, self.snr_floor)
 
     def latent_shape(self, resolution: int) -> tuple[int, int, int]:
         if self.vae is None:

@@ -47,7 +47,8 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW, a diffusers learning-rate schedule and (UNet objectives) min-SNR-gamma loss weighting."""
+    """AdamW, a diffusers learning-rate schedule and (UNet objectives) loss weights with the SNR clamped to
+    [snr_floor, snr_gamma] in x0 terms (min-SNR-gamma; truncated SNR with a floor of 1)."""
 
     learning_rate: float = 1e-4
     weight_decay: float = 1e-2
@@ -58,6 +59,7 @@ class OptimConfig:
     lr_scheduler: str = "constant"
     warmup_steps: int = 0
     snr_gamma: Optional[float] = None
+    snr_floor: Optional[float] = None
 
 
 @dataclass
@@ -114,8 +116,13 @@ class TrainConfig:
             raise UserError(f"run.mixed_precision must be one of {PRECISIONS}, got {self.run.mixed_precision!r}")
         if self.model.weight_dtype not in ("float32", "float16", "bfloat16"):
             raise UserError(f"model.weight_dtype must be float32, float16 or bfloat16, got {self.model.weight_dtype!r}")
-        if self.optim.snr_gamma is not None and (self.model.family == "flux" or self.optim.snr_gamma <= 0):
-            raise UserError("optim.snr_gamma must be a positive number and applies to the UNet families (tiny, unet), not flux")
+        for name in ("snr_gamma", "snr_floor"):
+            value = getattr(self.optim, name)
+            if value is not None and (self.model.family == "flux" or not value > 0):
+                raise UserError(f"optim.{name} must be a positive number and applies to the UNet families (tiny, unet), not flux")
+        gamma, floor = self.optim.snr_gamma, self.optim.snr_floor
+        if gamma is not None and floor is not None and floor > gamma:
+            raise UserError(f"optim.snr_floor ({floor:g}) must not exceed optim.snr_gamma ({gamma:g})")
         if not self.data.dataset:
             raise UserError("data.dataset is required (a `bokeh build` output folder or an HF dataset id)")
         for name in ("max_steps", "gradient_accumulation_steps", "keep_last", "log_every"):

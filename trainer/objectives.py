@@ -29,12 +29,14 @@ def ddpm_target(scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, time
     raise ValueError(f"unsupported prediction_type {kind!r} in the scheduler config")
 
 
-def min_snr_weights(scheduler: Any, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma loss weights (Hang et al. 2023) for the scheduler's prediction type: the loss in x0
-    terms weighted by ``min(SNR, gamma)``, i.e. ``min(SNR, gamma) / SNR`` for epsilon, ``/ (SNR + 1)`` for v."""
+def snr_weights(scheduler: Any, timesteps: torch.Tensor, gamma: Optional[float], floor: Optional[float] = None) -> torch.Tensor:
+    """Loss weights that clamp the SNR: in x0 terms ``min(SNR, gamma)`` (min-SNR-gamma, Hang et al. 2023),
+    raised to at least ``floor`` (``max(SNR, 1)`` is Salimans & Ho's truncated-SNR weighting, which keeps
+    the high-noise steps that lay out the scene from getting ~0 weight); converted to the scheduler's
+    prediction type: divided by SNR for epsilon, by SNR + 1 for v."""
     alphas = scheduler.alphas_cumprod.to(timesteps.device, torch.float64)[timesteps]
     snr = alphas / (1 - alphas)
-    weights = snr.clamp(max=gamma)
+    weights = snr.clamp(min=floor, max=gamma)
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
         weights = weights / snr
@@ -54,17 +56,18 @@ def unet_loss(
     noise: torch.Tensor,
     u: torch.Tensor,
     snr_gamma: Optional[float] = None,
+    snr_floor: Optional[float] = None,
 ) -> torch.Tensor:
     """Mean squared error of the adapted UNet's prediction on ``latents`` noised at ``u``, per row
-    weighted by ``min_snr_weights`` when ``snr_gamma`` is set."""
+    weighted by ``snr_weights`` when ``snr_gamma`` or ``snr_floor`` is set."""
     timesteps = ddpm_timesteps(u, scheduler.config.num_train_timesteps).to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     target = ddpm_target(scheduler, latents, noise, timesteps)
     pred = adapter(unet, noisy, timesteps, encoder_hidden_states, bokeh=levels, pivot_ids=pivot_ids)
-    if snr_gamma is None:
+    if snr_gamma is None and snr_floor is None:
         return F.mse_loss(pred.float(), target.float())
     per_row = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
-    return (per_row * min_snr_weights(scheduler, timesteps, snr_gamma)).mean()
+    return (per_row * snr_weights(scheduler, timesteps, snr_gamma, snr_floor)).mean()
 
 
 def shifted_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:

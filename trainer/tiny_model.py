@@ -5,7 +5,10 @@ tokenizer built offline from the training captions, in the Stable Diffusion fold
 With ``bokeh_time_embedding`` the UNet also takes the bokeh condition as a class label added to its
 timestep embedding (``BokehUNetAdapter`` passes it), so K reaches every ResNet block at every scale, as a
 class label does in class-conditional diffusion; with ``resnet_time_scale_shift="scale_shift"`` that
-embedding scales and shifts the normalised features (FiLM) instead of being added to them."""
+embedding scales and shifts the normalised features (FiLM) instead of being added to them. With
+``text_time_embedding`` the caption joins that embedding too (diffusers' ``addition_embed_type="text"``:
+the text encoder's tokens attention-pooled into one vector), so the caption reaches every ResNet block
+and not only the cross-attention of the low-resolution levels."""
 from __future__ import annotations
 
 import re
@@ -28,6 +31,7 @@ TINY_DEFAULTS: dict[str, Any] = dict(
     beta_schedule="squaredcos_cap_v2",
     prediction_type="epsilon",
     bokeh_time_embedding=False,
+    text_time_embedding=False,
     resnet_time_scale_shift="default",
 )
 
@@ -96,6 +100,7 @@ def build_tiny_model(directory: str | Path, captions: Iterable[str], resolution:
         norm_num_groups=min(8, channels[0]),
         resnet_time_scale_shift=cfg["resnet_time_scale_shift"],
         **(dict(class_embed_type="projection", projection_class_embeddings_input_dim=1) if cfg["bokeh_time_embedding"] else {}),
+        **(dict(addition_embed_type="text", addition_embed_type_num_heads=cfg["text_heads"]) if cfg["text_time_embedding"] else {}),
     )
     scheduler = DDPMScheduler(
         num_train_timesteps=cfg["num_train_timesteps"], beta_schedule=cfg["beta_schedule"],

@@ -145,8 +145,8 @@ def train(config: TrainConfig, resume: Optional[str] = None) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     with state.main_process_first():  # the main process builds the tiny model, the others read it
         backbone, base_dir = build_backbone(config, output_dir, rows)
-    if config.optim.snr_gamma is not None:
-        backbone.snr_gamma = config.optim.snr_gamma
+    if config.model.family != "flux":
+        backbone.snr_gamma, backbone.snr_floor = config.optim.snr_gamma, config.optim.snr_floor
     accelerator = Accelerator(mixed_precision=run.mixed_precision, gradient_accumulation_steps=run.gradient_accumulation_steps)
     trained = _trained_modules(config, backbone)
     # freeze first: the adapter's processors become submodules of the base model when installed
