@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from estimators.cli_util import UserError, comma_list, non_negative_float, non_negative_int, positive_int
-from pipelines.model_args import add_model_arguments, bokeh_level, pipeline_from_args
+from pipelines.model_args import add_bokeh_guidance_argument, add_model_arguments, bokeh_level, pipeline_from_args
 
 DEFAULT_LEVELS = "0,6,12,18,24,30"
 DEFAULT_SEEDS = "0,1,2"
@@ -40,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     grid.add_argument("--steps", type=positive_int, help="denoising steps (default: the pipeline's)")
     grid.add_argument("--guidance-scale", type=non_negative_float, metavar="G",
                       help="FLUX: distilled guidance; UNet: classifier-free guidance (default: the pipeline's)")
+    add_bokeh_guidance_argument(grid)
     grid.add_argument("--no-baseline", dest="baseline", action="store_false",
                       help="skip the prompt-only baseline (every K replaced by 'no condition'), the floor of the scores")
 
@@ -109,7 +110,7 @@ def run_eval(args: argparse.Namespace) -> int:
         settings = EvalSettings(
             levels=args.levels, seeds=args.seeds,
             grounded=args.grounded, pivot=args.pivot, grounding_steps=args.grounding_steps, steps=args.steps,
-            guidance=args.guidance_scale, baseline=args.baseline,
+            guidance=args.guidance_scale, bokeh_guidance=args.bokeh_guidance, baseline=args.baseline,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from None

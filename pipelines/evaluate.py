@@ -42,6 +42,7 @@ class EvalSettings:
     grounding_steps: int = 24
     steps: Optional[int] = None
     guidance: Optional[float] = None
+    bokeh_guidance: Optional[float] = None
     baseline: bool = True
 
     def __post_init__(self) -> None:
@@ -263,7 +264,8 @@ class Evaluator:
         s = self.settings
         bokeh = [-1.0] * len(s.levels) if mode == "baseline" else list(s.levels)
         extra = {"pivot": s.pivot, "grounding_steps": s.grounding_steps} if mode == "grounded" else {"pivot": None}
-        images = self.pipe(prompt, bokeh=bokeh, seed=seed, num_inference_steps=s.steps, guidance_scale=s.guidance, **extra)
+        images = self.pipe(prompt, bokeh=bokeh, seed=seed, num_inference_steps=s.steps, guidance_scale=s.guidance,
+                           bokeh_guidance=None if mode == "baseline" else s.bokeh_guidance, **extra)
         if self.progress is not None:
             self.progress()
         if len(images) != len(s.levels) or len({im.size for im in images}) != 1:
@@ -327,7 +329,7 @@ class Evaluator:
             "settings": {
                 "levels": s.levels, "seeds": list(s.seeds), "modes": modes, "pivot": s.pivot if s.grounded else None,
                 "grounding_steps": s.grounding_steps if s.grounded else None, "steps": s.steps, "guidance": s.guidance,
-                "reference": self.reference, "consistency_metric": CONSISTENCY_METRIC,
+                "bokeh_guidance": s.bokeh_guidance, "reference": self.reference, "consistency_metric": CONSISTENCY_METRIC,
             },
             "notes": list(self.notes),
             "overall": overall,

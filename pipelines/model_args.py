@@ -33,8 +33,17 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="weights dtype (default: bfloat16 for FLUX on CUDA, as released; float32 otherwise)")
 
 
+def add_bokeh_guidance_argument(group: Any) -> None:
+    """--bokeh-guidance (shared by sample and eval)."""
+    group.add_argument("--bokeh-guidance", type=non_negative_float, metavar="B",
+                       help="guidance scale for K alone, on top of the prompt's: each step adds B x (prediction with K "
+                       "- prediction without K), one more model pass per step. Above the prompt's scale it strengthens "
+                       "the blur K asks for (default: K is guided with the prompt, no extra pass)")
+
+
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
-    """--pivot / --grounding-steps / --steps / --guidance-scale / --negative-prompt / --true-cfg / size."""
+    """--pivot / --grounding-steps / --steps / --guidance-scale / --bokeh-guidance / --negative-prompt /
+    --true-cfg / size."""
     g = p.add_argument_group("sampling")
     g.add_argument("--pivot", type=bokeh_level, metavar="K",
                    help="grounded mode: a pivot image at this K anchors the scene (released FLUX: 10-20 recommended)")
@@ -44,6 +53,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--guidance-scale", type=non_negative_float, metavar="G",
                    help="FLUX: distilled guidance (default 3.0); UNet: classifier-free guidance (default 7.5, "
                    "pixel-space tiny model 2.0)")
+    add_bokeh_guidance_argument(g)
     g.add_argument("--negative-prompt", metavar="TEXT",
                    help="negative prompt (UNet default empty; FLUX with --true-cfg: 'bad quality, low resolution')")
     g.add_argument("--true-cfg", type=positive_float, default=1.0, metavar="S",
@@ -65,7 +75,7 @@ def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return dict(
         pivot=args.pivot, grounding_steps=args.grounding_steps, num_inference_steps=args.steps,
         guidance_scale=args.guidance_scale, negative_prompt=args.negative_prompt, true_cfg=args.true_cfg,
-        height=args.height, width=args.width,
+        bokeh_guidance=args.bokeh_guidance, height=args.height, width=args.width,
     )
 
 

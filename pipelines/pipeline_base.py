@@ -29,6 +29,20 @@ def checked_levels(bokeh: Sequence[float] | float, pivot: Optional[float]) -> li
     return levels
 
 
+def guided(positive: torch.Tensor, negative: Optional[torch.Tensor], scale: float,
+           no_bokeh: Optional[torch.Tensor] = None, bokeh_scale: Optional[float] = None) -> torch.Tensor:
+    """Classifier-free guidance, optionally with its own scale for K (as InstructPix2Pix separates its
+    two conditions): ``negative + scale * (no_bokeh - negative) + bokeh_scale * (positive - no_bokeh)``,
+    where ``positive`` has the prompt and K, ``no_bokeh`` the prompt and no K, ``negative`` neither.
+    Without ``no_bokeh`` K is guided like the prompt: ``negative + scale * (positive - negative)``;
+    without ``negative`` the prompt is not guided."""
+    conditioned = positive if no_bokeh is None else no_bokeh
+    out = conditioned if negative is None else negative + scale * (conditioned - negative)
+    if no_bokeh is not None:
+        out = out + bokeh_scale * (positive - no_bokeh)
+    return out
+
+
 class BokehPipeline(ABC):
     """Text + K list -> one image per K from the same initial noise (see ``__call__``)."""
 
@@ -95,8 +109,9 @@ class BokehPipeline(ABC):
 
     @abstractmethod
     def predict(self, latents: torch.Tensor, t: torch.Tensor, text: dict[str, Any], levels: list[float],
-                pivot_ids: Optional[list[int]], guidance_scale: float, true_cfg: float) -> torch.Tensor:
-        """The (guided) model output for the batch at timestep ``t``."""
+                pivot_ids: Optional[list[int]], guidance_scale: float, true_cfg: float,
+                bokeh_guidance: Optional[float]) -> torch.Tensor:
+        """The (guided, see :func:`guided`) model output for the batch at timestep ``t``."""
 
     def step(self, prediction: torch.Tensor, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """One scheduler step (every backbone keeps its diffusers scheduler in ``self.scheduler``)."""
@@ -131,6 +146,7 @@ class BokehPipeline(ABC):
         guidance_scale: Optional[float] = None,
         negative_prompt: Optional[str] = None,
         true_cfg: float = 1.0,
+        bokeh_guidance: Optional[float] = None,
         height: Optional[int] = None,
         width: Optional[int] = None,
     ) -> list[Image.Image]:
@@ -140,6 +156,9 @@ class BokehPipeline(ABC):
         Grounded mode: a pivot row at K = ``pivot`` joins the batch; for the first ``grounding_steps``
         steps every row attends with the pivot's queries (grounded self-attention), and at the end each
         image takes the pivot's LAB colour means.
+
+        ``bokeh_guidance`` guides K on its own (one more model pass per step, see :func:`guided`): values
+        above the prompt's guidance scale strengthen the blur K asks for. None: K is guided with the prompt.
         """
         levels = checked_levels(bokeh, pivot)
         steps = self.default_steps if num_inference_steps is None else int(num_inference_steps)
@@ -150,6 +169,8 @@ class BokehPipeline(ABC):
         guidance_scale = self.default_guidance if guidance_scale is None else float(guidance_scale)
         negative_prompt = self.default_negative_prompt if negative_prompt is None else negative_prompt
         seed = self.default_seed if seed is None else int(seed)
+        if bokeh_guidance is not None and not (math.isfinite(bokeh_guidance) and bokeh_guidance >= 0):
+            raise ValueError(f"bokeh_guidance must be >= 0, got {bokeh_guidance:g}")
         height, width = self._size(height, width)
 
         grounded = pivot is not None and grounding_steps > 0
@@ -164,7 +185,7 @@ class BokehPipeline(ABC):
 
         for i, t in enumerate(tqdm(timesteps, desc="sample", leave=False, disable=not self.progress)):
             grounding = pivot_ids if i < grounding_steps else None
-            prediction = self.predict(latents, t, text, batch_levels, grounding, guidance_scale, true_cfg)
+            prediction = self.predict(latents, t, text, batch_levels, grounding, guidance_scale, true_cfg, bokeh_guidance)
             latents = self.step(prediction, t, latents)
         images = self.decode(latents, height, width)
         if grounded:

@@ -1,7 +1,8 @@
 """Bokeh Diffusion sampling on FLUX.1 with the released adapter, following the released inference
 code step for step: one CPU noise draw from the seed shared by all rows, sigmas ``linspace(1, 1/N, N)``
 with the resolution-dependent shift ``mu``, distilled guidance embedded in the transformer, and optional
-true classifier-free guidance against a negative prompt with no K (guidance 1, not grounded)."""
+true classifier-free guidance against a negative prompt with no K (guidance 1, not grounded). Our
+addition: ``bokeh_guidance`` (a pass with the prompt and no K, see ``pipeline_base.guided``)."""
 from __future__ import annotations
 
 from typing import Any
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipelines.pipeline_base import BokehPipeline
+from pipelines.pipeline_base import BokehPipeline, guided
 from trainer.backbones import FluxBackbone
 
 #: The released code's defaults (inference_flux.py).
@@ -100,19 +101,22 @@ class BokehFluxPipeline(BokehPipeline):
             pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=text_ids, img_ids=self._image_ids,
         )
 
-    def predict(self, latents, t, text, levels, pivot_ids, guidance_scale, true_cfg) -> torch.Tensor:
+    def predict(self, latents, t, text, levels, pivot_ids, guidance_scale, true_cfg, bokeh_guidance) -> torch.Tensor:
         rows = latents.shape[0]
         guidance = None
         if self.transformer.config.guidance_embeds:
             guidance = torch.full([1], guidance_scale, device=self.device, dtype=torch.float32).expand(rows)
         out = self._transformer(latents, t, text["embeds"], text["pooled"], text["text_ids"], levels, pivot_ids, guidance)
-        if true_cfg <= 1.0:
-            return out
-        negative = self._transformer(
-            latents, t, text["negative_embeds"], text["negative_pooled"], text["text_ids"], [-1.0] * rows, None,
-            None if guidance is None else torch.ones_like(guidance),
-        )
-        return negative + true_cfg * (out - negative)
+        no_bokeh = None
+        if bokeh_guidance is not None:
+            no_bokeh = self._transformer(latents, t, text["embeds"], text["pooled"], text["text_ids"], [-1.0] * rows, pivot_ids, guidance)
+        negative = None
+        if true_cfg > 1.0:
+            negative = self._transformer(
+                latents, t, text["negative_embeds"], text["negative_pooled"], text["text_ids"], [-1.0] * rows, None,
+                None if guidance is None else torch.ones_like(guidance),
+            )
+        return guided(out, negative, true_cfg, no_bokeh, bokeh_guidance)
 
     def decode(self, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
         from diffusers import FluxPipeline

@@ -7,7 +7,7 @@ from typing import Any, Optional
 import torch
 from PIL import Image
 
-from pipelines.pipeline_base import BokehPipeline
+from pipelines.pipeline_base import BokehPipeline, guided
 from trainer.backbones import UNetBackbone
 
 #: Guidance for pixel-space (tiny) models, trained with low guidance; latent models use diffusers' 7.5.
@@ -38,7 +38,7 @@ class BokehStableDiffusionPipeline(BokehPipeline):
         self.default_guidance = 7.5 if backbone.vae is not None else PIXEL_GUIDANCE
         from diffusers.image_processor import VaeImageProcessor
 
-        self.image_processor = VaeImageProcessor(vae_scale_factor=self._vae_factor)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.backbone.latent_factor)
 
     @classmethod
     def _load(cls, base: str, adapter: str, device: torch.device, dtype: torch.dtype) -> "BokehStableDiffusionPipeline":
@@ -53,18 +53,13 @@ class BokehStableDiffusionPipeline(BokehPipeline):
         return cls(backbone, loaded.eval())
 
     @property
-    def _vae_factor(self) -> int:
-        vae = self.backbone.vae
-        return 1 if vae is None else 2 ** (len(vae.config.block_out_channels) - 1)
-
-    @property
     def default_resolution(self) -> int:
         size = self.unet.config.sample_size
-        return int(size if isinstance(size, int) else size[0]) * self._vae_factor
+        return int(size if isinstance(size, int) else size[0]) * self.backbone.latent_factor
 
     @property
     def size_multiple(self) -> int:
-        return self._vae_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        return self.backbone.latent_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
 
     def uses_guidance_pass(self, guidance_scale: float, true_cfg: float) -> bool:
         if true_cfg != 1.0:
@@ -72,16 +67,15 @@ class BokehStableDiffusionPipeline(BokehPipeline):
         return guidance_scale > 1.0
 
     def encode(self, prompt: str, negative_prompt: str, rows: int, guided: bool) -> dict[str, Any]:
-        embeds = self.backbone.encode_text([prompt], self.device)["encoder_hidden_states"].expand(rows, -1, -1)
-        if not guided:
-            return {"embeds": embeds}
-        negative = self.backbone.encode_text([negative_prompt], self.device)["encoder_hidden_states"].expand(rows, -1, -1)
-        return {"embeds": torch.cat([negative, embeds])}
+        text = {"embeds": self.backbone.encode_text([prompt], self.device)["encoder_hidden_states"].expand(rows, -1, -1)}
+        if guided:
+            text["negative"] = self.backbone.encode_text([negative_prompt], self.device)["encoder_hidden_states"].expand(rows, -1, -1)
+        return text
 
     def initial_latents(self, seed: int, rows: int, height: int, width: int) -> torch.Tensor:
         from diffusers.utils.torch_utils import randn_tensor
 
-        f = self._vae_factor
+        f = self.backbone.latent_factor
         shape = (1, self.unet.config.in_channels, height // f, width // f)
         generator = torch.Generator("cpu").manual_seed(seed)
         noise = randn_tensor(shape, generator=generator, device=self.device, dtype=self.unet.dtype)
@@ -91,17 +85,28 @@ class BokehStableDiffusionPipeline(BokehPipeline):
         self.scheduler.set_timesteps(steps, device=self.device)
         return self.scheduler.timesteps
 
-    def predict(self, latents, t, text, levels, pivot_ids, guidance_scale, true_cfg) -> torch.Tensor:
+    def predict(self, latents, t, text, levels, pivot_ids, guidance_scale, true_cfg, bokeh_guidance) -> torch.Tensor:
+        # one UNet pass over up to three chunks of the batch: prompt + K, prompt without K (for
+        # bokeh_guidance), negative prompt without K (not grounded); grounded rows use their chunk's pivot
         rows = latents.shape[0]
-        if text["embeds"].shape[0] == rows:
-            model_in = self.scheduler.scale_model_input(latents, t)
-            return self.adapter(self.unet, model_in, t, text["embeds"], bokeh=levels, pivot_ids=pivot_ids)
-        # negative rows first (no K, not grounded), as diffusers' Stable Diffusion pipeline orders them
-        model_in = self.scheduler.scale_model_input(torch.cat([latents, latents]), t)
-        both_pivots = None if pivot_ids is None else [-1] * rows + [rows + p for p in pivot_ids]
-        out = self.adapter(self.unet, model_in, t, text["embeds"], bokeh=[-1.0] * rows + levels, pivot_ids=both_pivots)
-        negative, positive = out.chunk(2)
-        return negative + guidance_scale * (positive - negative)
+        no_k = [-1.0] * rows
+        chunks = [(text["embeds"], levels, pivot_ids)]
+        if bokeh_guidance is not None:
+            chunks.append((text["embeds"], no_k, pivot_ids))
+        if "negative" in text:
+            chunks.append((text["negative"], no_k, None))
+        embeds, bokeh, pivots = [], [], []
+        for i, (chunk_embeds, chunk_levels, chunk_pivots) in enumerate(chunks):
+            embeds.append(chunk_embeds)
+            bokeh += chunk_levels
+            pivots += [-1] * rows if chunk_pivots is None else [i * rows + p for p in chunk_pivots]
+        n = len(chunks)
+        model_in = self.scheduler.scale_model_input(latents.repeat(n, 1, 1, 1), t)
+        out = self.adapter(self.unet, model_in, t, torch.cat(embeds), bokeh=bokeh,
+                           pivot_ids=None if pivot_ids is None else pivots).chunk(n)
+        negative = out[-1] if "negative" in text else None
+        no_bokeh = out[1] if bokeh_guidance is not None else None
+        return guided(out[0], negative, guidance_scale, no_bokeh, bokeh_guidance)
 
     def decode(self, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
         images = self.backbone.decode(latents)

@@ -169,14 +169,46 @@ def test_zero_grounding_steps_is_unbounded_and_batching_changes_nothing(root_nam
     assert not np.array_equal(pixels(grounded[1]), pixels(unbounded[1]))
 
 
-def test_tiny_pixel_model_counts_sizes_and_seeds(tmp_path):
+def test_guided_formula_by_hand():
+    from pipelines.pipeline_base import guided
+
+    positive, no_bokeh, negative = torch.tensor([3.0]), torch.tensor([2.0]), torch.tensor([1.0])
+    assert guided(positive, negative, 2.0).item() == 1 + 2 * (3 - 1)  # classic CFG
+    assert guided(positive, None, 2.0).item() == 3  # nothing to guide against
+    assert guided(positive, negative, 2.0, no_bokeh, 5.0).item() == 1 + 2 * (2 - 1) + 5 * (3 - 2)  # 8
+    assert guided(positive, None, 2.0, no_bokeh, 5.0).item() == 2 + 5 * (3 - 2)  # 7
+
+
+@pytest.mark.parametrize("root_name, scale", [("sd_dir", dict(guidance_scale=3.0)), ("flux_dir", dict(true_cfg=2.0))])
+def test_bokeh_guidance_identities(root_name, scale, request):
+    """Guiding K with the prompt's own scale is plain guidance (extra pass cancels); bokeh_guidance 0
+    removes K; other values change the images."""
+    pipe = load(request.getfixturevalue(root_name), "random")
+    common = dict(seed=2, num_inference_steps=4, height=16, width=16, **scale)
+    same = next(iter(scale.values()))
+
+    def close(a, b):
+        return all(np.abs(pixels(x) - pixels(y)).max() <= 1 for x, y in zip(a, b))
+
+    for mode in (dict(), dict(pivot=15, grounding_steps=2)):
+        assert close(pipe(PROMPT, [0, 30], bokeh_guidance=same, **mode, **common), pipe(PROMPT, [0, 30], **mode, **common))
+    no_k = pipe(PROMPT, [-1, -1], **common)
+    assert close(pipe(PROMPT, [0, 30], bokeh_guidance=0.0, **common), no_k)
+    stronger = pipe(PROMPT, [0, 30], bokeh_guidance=3 * same, **common)
+    assert not close(stronger, pipe(PROMPT, [0, 30], **common))
+    with pytest.raises(ValueError, match="bokeh_guidance must be >= 0"):
+        pipe(PROMPT, [0], bokeh_guidance=-1.0, **common)
+
+
+@pytest.mark.parametrize("patch_size", [1, 2])
+def test_tiny_pixel_model_counts_sizes_and_seeds(tmp_path, patch_size):
     from pipelines.pipeline_sd import PIXEL_GUIDANCE, BokehStableDiffusionPipeline
     from trainer.tiny_model import build_tiny_model
     from trainer.unet_adapter import BokehUNetAdapter
     from diffusers import UNet2DConditionModel
 
     build_tiny_model(tmp_path / "base", [PROMPT], resolution=32, block_out_channels=[16, 32], attention_levels=1,
-                     text_width=32, bokeh_time_embedding=True, text_time_embedding=True, resnet_time_scale_shift="scale_shift")
+                     patch_size=patch_size, text_width=32, bokeh_time_embedding=True, text_time_embedding=True, resnet_time_scale_shift="scale_shift")
     unet = UNet2DConditionModel.from_pretrained(tmp_path / "base", subfolder="unet")
     assert unet.config.class_embed_type == "projection" and unet.config.projection_class_embeddings_input_dim == 1
     assert unet.config.addition_embed_type == "text" and unet.config.addition_embed_type_num_heads == 2  # text_heads
@@ -184,6 +216,7 @@ def test_tiny_pixel_model_counts_sizes_and_seeds(tmp_path):
     pipe = BokehStableDiffusionPipeline.from_pretrained(tmp_path / "base", tmp_path / "adapter", device="cpu")
     pipe.progress = False
     assert pipe.default_resolution == 32 and pipe.default_guidance == PIXEL_GUIDANCE
+    assert pipe.size_multiple == 2 * patch_size
     assert type(pipe.scheduler).__name__ == "DDIMScheduler"  # the DDPM training scheduler is swapped
     first = pipe(PROMPT, [0, 10, 20, 30], seed=3, num_inference_steps=4)
     assert [im.size for im in first] == [(32, 32)] * 4

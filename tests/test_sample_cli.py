@@ -39,7 +39,8 @@ def test_sample_writes_one_image_per_level_and_a_sheet(run_dir, tmp_path, capsys
     out = tmp_path / "out"
     with single_thread():
         code = main(["sample", "--checkpoint", str(run_dir), "--prompt", PROMPT, "--bokeh", "0", "15", "30",
-                     "--seed", "4", "--steps", "3", "--pivot", "10", "--grounding-steps", "2", "-o", str(out)])
+                     "--seed", "4", "--steps", "3", "--pivot", "10", "--grounding-steps", "2", "--bokeh-guidance", "3",
+                     "-o", str(out)])
     assert code == 0
     prefix = "a_red_ball_in_front_of_a_green_hedge-s4"
     for k in (0, 15, 30):

@@ -39,7 +39,8 @@ def _log(out):
     return [json.loads(line) for line in (Path(out) / "logs" / "train.jsonl").read_text().splitlines()]
 
 
-def test_tiny_unet_steps_reduce_loss_on_fixed_batch(dataset, tmp_path):
+@pytest.mark.parametrize("patch_size", [1, 2])
+def test_tiny_unet_steps_reduce_loss_on_fixed_batch(dataset, tmp_path, patch_size):
     from trainer.backbones import UNetBackbone
     from trainer.data import BatchSampler, ImageLoader, load_rows
     from trainer.tiny_model import build_tiny_model
@@ -47,8 +48,9 @@ def test_tiny_unet_steps_reduce_loss_on_fixed_batch(dataset, tmp_path):
 
     rows = load_rows(str(dataset))
     with single_thread():
-        build_tiny_model(tmp_path / "base", rows.captions, 16, **TINY_SIZES)
+        build_tiny_model(tmp_path / "base", rows.captions, 16, patch_size=patch_size, **TINY_SIZES)
         backbone = UNetBackbone.load(str(tmp_path / "base"))
+        assert backbone.latent_shape(16) == (3 * patch_size ** 2, 16 // patch_size, 16 // patch_size)
         adapter = backbone.make_adapter(dict(bokeh_context_dim=8, lora_rank=2))
         params = adapter.set_trainable(backbone.unet, train_base=True) + list(backbone.text_encoder.parameters())
         module = TrainStep(backbone, adapter, {"unet": backbone.unet, "text_encoder": backbone.text_encoder}).train()
@@ -251,22 +253,47 @@ def test_bokeh_train_missing_base_model_is_one_line(dataset, tmp_path, capsys, m
     assert len(errors) == 1 and model_id in errors[0] and "base_model" in errors[0] and "Traceback" not in err
 
 
-def test_ddim_validation_sampler_recovers_image_with_oracle_denoiser(dataset, tmp_path):
+def test_pixel_patches_by_hand(dataset, tmp_path):
+    """patch_size 2: latent channel c * 4 + 2 * dy + dx at (Y, X) holds pixel (2Y + dy, 2X + dx) of colour c."""
+    from trainer.backbones import UNetBackbone, pixel_patch_size
+    from trainer.data import load_rows
+    from trainer.tiny_model import build_tiny_model
+
+    assert [pixel_patch_size(c) for c in (3, 12, 48)] == [1, 2, 4]
+    with pytest.raises(ValueError, match="3 \\* p\\^2 input channels"):
+        pixel_patch_size(4)
+    with pytest.raises(ValueError, match="positive divisor of the resolution 16"):
+        build_tiny_model(tmp_path / "bad", ["a box"], 16, patch_size=3)
+    build_tiny_model(tmp_path / "base", load_rows(str(dataset)).captions, 16, patch_size=2, **TINY_SIZES)
+    backbone = UNetBackbone.load(str(tmp_path / "base"))
+    image = torch.arange(3 * 16 * 16, dtype=torch.float32).reshape(1, 3, 16, 16)
+    latents = backbone.encode_images(image)
+    assert latents.shape == (1, 12, 8, 8) and backbone.latent_factor == 2
+    for c in range(3):
+        for y in range(16):
+            for x in range(16):
+                assert latents[0, c * 4 + 2 * (y % 2) + x % 2, y // 2, x // 2] == image[0, c, y, x]
+    assert torch.equal(backbone.decode(latents), image)
+
+
+@pytest.mark.parametrize("patch_size", [1, 2])
+def test_ddim_validation_sampler_recovers_image_with_oracle_denoiser(dataset, tmp_path, patch_size):
     from trainer.backbones import UNetBackbone
     from trainer.data import load_rows
     from trainer.tiny_model import build_tiny_model
 
     with single_thread():
-        build_tiny_model(tmp_path / "base", load_rows(str(dataset)).captions, 16, **TINY_SIZES)
+        build_tiny_model(tmp_path / "base", load_rows(str(dataset)).captions, 16, patch_size=patch_size, **TINY_SIZES)
         backbone = UNetBackbone.load(str(tmp_path / "base"))
         target = torch.linspace(-0.9, 0.9, 3 * 16 * 16).reshape(1, 3, 16, 16)
+        latent_target = torch.nn.functional.pixel_unshuffle(target, patch_size)
         alphas = backbone.scheduler.alphas_cumprod
 
         def oracle(unet, x, t, text, bokeh=None, pivot_ids=None):
             # The exact noise of x_t = sqrt(a) x0 + sqrt(1 - a) eps for the known x0.
             a = alphas[int(t)]
-            return (x - a.sqrt() * target) / (1 - a).sqrt()
+            return (x - a.sqrt() * latent_target) / (1 - a).sqrt()
 
-        noise = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+        noise = torch.randn(2, *latent_target.shape[1:], generator=torch.Generator().manual_seed(0))
         images = backbone.sample(oracle, ["a red box", "a blue cone"], [0, 30], noise, steps=10, guidance_scale=1.0)
     assert torch.allclose(images, target.expand(2, -1, -1, -1), atol=1e-4)

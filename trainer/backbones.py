@@ -2,6 +2,7 @@
 text and image encoding, the training loss with the bokeh adapter, and a small validation sampler."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -22,14 +23,25 @@ def _component(cls: Any, base: str, subfolder: str, what: str, **kwargs: Any) ->
     )
 
 
+def pixel_patch_size(channels: int) -> int:
+    """The side p of the pixel patches a VAE-less UNet with ``channels`` = 3 p^2 input channels denoises
+    (space-to-depth: each p x p RGB patch is one position; p = 1 is plain pixels)."""
+    p = math.isqrt(channels // 3)
+    if channels != 3 * p * p:
+        raise ValueError(f"a pixel-space UNet (no vae/) takes 3 * p^2 input channels (RGB in p x p patches), got {channels}")
+    return p
+
+
 class UNetBackbone:
     """A UNet2DConditionModel with its CLIP text encoder, tokenizer, DDPM training scheduler and (for
-    latent models) VAE; without a VAE it denoises pixels in [-1, 1] (the tiny model)."""
+    latent models) VAE; without a VAE it denoises pixels in [-1, 1] (the tiny model), as p x p patches
+    when its UNet takes 3 p^2 channels."""
 
     family = "unet"
 
     def __init__(self, unet: nn.Module, text_encoder: nn.Module, tokenizer: Any, scheduler: Any, vae: Optional[nn.Module] = None) -> None:
         self.unet, self.text_encoder, self.tokenizer, self.scheduler, self.vae = unet, text_encoder, tokenizer, scheduler, vae
+        self.patch = pixel_patch_size(unet.config.in_channels) if vae is None else 1
         #: SNR clamp of the loss weights (``optim.snr_gamma`` / ``optim.snr_floor``); None = no bound
         self.snr_gamma: Optional[float] = None
         self.snr_floor: Optional[float] = None
@@ -74,16 +86,21 @@ class UNetBackbone:
         ).input_ids.to(device)
         return {"encoder_hidden_states": self.text_encoder(ids)[0]}
 
+    @property
+    def latent_factor(self) -> int:
+        """Image pixels per latent position along a side: the VAE's downsampling or the pixel patch size."""
+        return self.patch if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
+
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         if self.vae is None:
-            return pixels
+            return torch.nn.functional.pixel_unshuffle(pixels, self.patch)
         with torch.no_grad():
             pixels = pixels.to(self.vae.dtype)
             return self.vae.encode(pixels).latent_dist.sample() * self.vae.config.scaling_factor
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         if self.vae is None:
-            return latents
+            return torch.nn.functional.pixel_shuffle(latents, self.patch)
         return self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
 
     def timestep_draw(self, u: torch.Tensor) -> torch.Tensor:
@@ -95,10 +112,7 @@ class UNetBackbone:
                          self.snr_gamma, self.snr_floor)
 
     def latent_shape(self, resolution: int) -> tuple[int, int, int]:
-        if self.vae is None:
-            return self.unet.config.in_channels, resolution, resolution
-        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        return self.unet.config.in_channels, resolution // factor, resolution // factor
+        return self.unet.config.in_channels, resolution // self.latent_factor, resolution // self.latent_factor
 
     @torch.no_grad()
     def sample(self, adapter: nn.Module, prompts: Sequence[str], levels: Sequence[float], noise: torch.Tensor,
