@@ -29,20 +29,6 @@ def checked_levels(bokeh: Sequence[float] | float, pivot: Optional[float]) -> li
     return levels
 
 
-def guided(positive: torch.Tensor, negative: Optional[torch.Tensor], scale: float,
-           no_bokeh: Optional[torch.Tensor] = None, bokeh_scale: Optional[float] = None) -> torch.Tensor:
-    """Classifier-free guidance, optionally with its own scale for K (as InstructPix2Pix separates its
-    two conditions): ``negative + scale * (no_bokeh - negative) + bokeh_scale * (positive - no_bokeh)``,
-    where ``positive`` has the prompt and K, ``no_bokeh`` the prompt and no K, ``negative`` neither.
-    Without ``no_bokeh`` K is guided like the prompt: ``negative + scale * (positive - negative)``;
-    without ``negative`` the prompt is not guided."""
-    conditioned = positive if no_bokeh is None else no_bokeh
-    out = conditioned if negative is None else negative + scale * (conditioned - negative)
-    if no_bokeh is not None:
-        out = out + bokeh_scale * (positive - no_bokeh)
-    return out
-
-
 class BokehPipeline(ABC):
     """Text + K list -> one image per K from the same initial noise (see ``__call__``)."""
 
@@ -96,8 +82,8 @@ class BokehPipeline(ABC):
         """Image sides must be multiples of this."""
 
     @abstractmethod
-    def encode(self, prompt: str, negative_prompt: str, rows: int, guided: bool) -> dict[str, Any]:
-        """Text conditioning for ``rows`` copies of ``prompt`` (and of the negative prompt when guided)."""
+    def encode(self, prompt: str, negative_prompt: str, rows: int, with_negative: bool) -> dict[str, Any]:
+        """Text conditioning for ``rows`` copies of ``prompt`` (and of the negative prompt when ``with_negative``)."""
 
     @abstractmethod
     def initial_latents(self, seed: int, rows: int, height: int, width: int) -> torch.Tensor:
@@ -111,7 +97,7 @@ class BokehPipeline(ABC):
     def predict(self, latents: torch.Tensor, t: torch.Tensor, text: dict[str, Any], levels: list[float],
                 pivot_ids: Optional[list[int]], guidance_scale: float, true_cfg: float,
                 bokeh_guidance: Optional[float]) -> torch.Tensor:
-        """The (guided, see :func:`guided`) model output for the batch at timestep ``t``."""
+        """The (guided, see ``trainer.guidance.guided``) model output for the batch at timestep ``t``."""
 
     def step(self, prediction: torch.Tensor, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """One scheduler step (every backbone keeps its diffusers scheduler in ``self.scheduler``)."""
@@ -157,8 +143,9 @@ class BokehPipeline(ABC):
         steps every row attends with the pivot's queries (grounded self-attention), and at the end each
         image takes the pivot's LAB colour means.
 
-        ``bokeh_guidance`` guides K on its own (one more model pass per step, see :func:`guided`): values
-        above the prompt's guidance scale strengthen the blur K asks for. None: K is guided with the prompt.
+        ``bokeh_guidance`` guides K on its own (one more model pass per step, see
+        ``trainer.guidance.guided``): values above the prompt's guidance scale strengthen the blur K asks
+        for. None: K is guided with the prompt.
         """
         levels = checked_levels(bokeh, pivot)
         steps = self.default_steps if num_inference_steps is None else int(num_inference_steps)

@@ -2,7 +2,7 @@
 code step for step: one CPU noise draw from the seed shared by all rows, sigmas ``linspace(1, 1/N, N)``
 with the resolution-dependent shift ``mu``, distilled guidance embedded in the transformer, and optional
 true classifier-free guidance against a negative prompt with no K (guidance 1, not grounded). Our
-addition: ``bokeh_guidance`` (a pass with the prompt and no K, see ``pipeline_base.guided``)."""
+addition: ``bokeh_guidance`` (a pass with the prompt and no K, see ``trainer.guidance.guided``)."""
 from __future__ import annotations
 
 from typing import Any
@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipelines.pipeline_base import BokehPipeline, guided
+from pipelines.pipeline_base import BokehPipeline
+from trainer.guidance import guided
 from trainer.backbones import FluxBackbone
 
 #: The released code's defaults (inference_flux.py).
@@ -55,7 +56,7 @@ class BokehFluxPipeline(BokehPipeline):
     def uses_guidance_pass(self, guidance_scale: float, true_cfg: float) -> bool:
         return true_cfg > 1.0
 
-    def encode(self, prompt: str, negative_prompt: str, rows: int, guided: bool) -> dict[str, Any]:
+    def encode(self, prompt: str, negative_prompt: str, rows: int, with_negative: bool) -> dict[str, Any]:
         def embed(text: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             return self.flux.encode_prompt(
                 prompt=[text], prompt_2=None, device=self.device, num_images_per_prompt=rows,
@@ -64,7 +65,7 @@ class BokehFluxPipeline(BokehPipeline):
 
         embeds, pooled, text_ids = embed(prompt)
         text = {"embeds": embeds, "pooled": pooled, "text_ids": text_ids}
-        if guided:
+        if with_negative:
             text["negative_embeds"], text["negative_pooled"], _ = embed(negative_prompt)
         return text
 

@@ -7,7 +7,8 @@ from typing import Any, Optional
 import torch
 from PIL import Image
 
-from pipelines.pipeline_base import BokehPipeline, guided
+from pipelines.pipeline_base import BokehPipeline
+from trainer.guidance import guided
 from trainer.backbones import UNetBackbone
 
 #: Guidance for pixel-space (tiny) models, trained with low guidance; latent models use diffusers' 7.5.
@@ -66,9 +67,9 @@ class BokehStableDiffusionPipeline(BokehPipeline):
             raise ValueError("true_cfg is a FLUX option; UNet models take guidance_scale (classifier-free guidance)")
         return guidance_scale > 1.0
 
-    def encode(self, prompt: str, negative_prompt: str, rows: int, guided: bool) -> dict[str, Any]:
+    def encode(self, prompt: str, negative_prompt: str, rows: int, with_negative: bool) -> dict[str, Any]:
         text = {"embeds": self.backbone.encode_text([prompt], self.device)["encoder_hidden_states"].expand(rows, -1, -1)}
-        if guided:
+        if with_negative:
             text["negative"] = self.backbone.encode_text([negative_prompt], self.device)["encoder_hidden_states"].expand(rows, -1, -1)
         return text
 

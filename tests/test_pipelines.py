@@ -170,7 +170,7 @@ def test_zero_grounding_steps_is_unbounded_and_batching_changes_nothing(root_nam
 
 
 def test_guided_formula_by_hand():
-    from pipelines.pipeline_base import guided
+    from trainer.guidance import guided
 
     positive, no_bokeh, negative = torch.tensor([3.0]), torch.tensor([2.0]), torch.tensor([1.0])
     assert guided(positive, negative, 2.0).item() == 1 + 2 * (3 - 1)  # classic CFG

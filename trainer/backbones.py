@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from estimators.model_loading import load_pretrained
+from trainer.guidance import guided
 from trainer.objectives import flux_loss, latent_image_ids, pack_latents, shifted_sigmas, unet_loss
 
 AVOID = "a local path in model.base_model (configs/tiny.yaml trains a tiny model offline)"
@@ -129,8 +130,7 @@ class UNetBackbone:
         for t in scheduler.timesteps:
             pred = adapter(self.unet, latents, t, cond, bokeh=list(levels))
             if guidance_scale != 1:
-                base = adapter(self.unet, latents, t, uncond, bokeh=-1.0)
-                pred = base + guidance_scale * (pred - base)
+                pred = guided(pred, adapter(self.unet, latents, t, uncond, bokeh=-1.0), guidance_scale)
             latents = scheduler.step(pred, t, latents).prev_sample
         return self.decode(latents).clamp(-1, 1)
 
