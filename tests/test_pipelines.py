@@ -227,6 +227,17 @@ def test_tiny_pixel_model_counts_sizes_and_seeds(tmp_path, patch_size):
     assert not np.array_equal(pixels(first[0]), pixels(first[3]))
 
 
+def test_a_vae_less_unet_must_take_rgb_patches(sd_dir, tmp_path):
+    import shutil
+
+    from estimators.model_loading import ModelUnavailableError
+    from pipelines.loading import load_pipeline
+
+    shutil.copytree(sd_dir / "base", tmp_path / "base", ignore=shutil.ignore_patterns("vae"))  # a 4-channel latent UNet
+    with pytest.raises(ModelUnavailableError, match=r"no vae/\) takes 3 \* p\^2 input channels .*got 4$"):
+        load_pipeline(str(tmp_path / "base"), str(sd_dir / "fresh"), device="cpu")
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(bokeh=[31.0]), "0..30"),
     (dict(bokeh=[]), "at least one"),

@@ -9,7 +9,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from estimators.model_loading import load_pretrained
+from estimators.model_loading import ModelUnavailableError, load_pretrained
 from trainer.guidance import guided
 from trainer.objectives import flux_loss, latent_image_ids, pack_latents, shifted_sigmas, unet_loss
 
@@ -62,7 +62,10 @@ class UNetBackbone:
         vae = None
         if not local.is_dir() or (local / "vae").is_dir():
             vae = _component(AutoencoderKL, base, "vae", what, torch_dtype=dtype)
-        return cls(unet, text_encoder, tokenizer, scheduler, vae)
+        try:
+            return cls(unet, text_encoder, tokenizer, scheduler, vae)
+        except ValueError as exc:
+            raise ModelUnavailableError(f"{what} {base}: {exc}") from None
 
     @property
     def model(self) -> nn.Module:
