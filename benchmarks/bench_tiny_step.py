@@ -1,0 +1,104 @@
+"""Step time of the tiny model's whole training step (text encoder, UNet and bokeh adapter all
+training: forward, loss, backward, AdamW) for configs/tiny.yaml as shipped and with the UNet on
+p x p pixel patches (``model.tiny.patch_size``), same batch of 64 px images, CPU or GPU. The ratio
+is against the shipped config in the same run.
+
+    python benchmarks/bench_tiny_step.py [--threads 2] [--batch 8] [--steps 10]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from trainer.backbones import UNetBackbone  # noqa: E402
+from trainer.tiny_model import build_tiny_model  # noqa: E402
+
+CAPTIONS = ["a red star in front of a leafy green hedge", "a purple cylinder on a wooden floor in front of trees"]
+#: (label, overrides of the shipped model.tiny settings)
+VARIANTS = [
+    ("configs/tiny.yaml as shipped", {}),
+    ("patch 2, same channels", dict(patch_size=2)),
+    ("patch 2, channels [64, 64, 96, 96]", dict(patch_size=2, block_out_channels=[64, 64, 96, 96])),
+    ("patch 4, channels [96, 128, 128]", dict(patch_size=4, block_out_channels=[96, 128, 128])),
+]
+
+
+def step_seconds(sizes: dict, adapter_args: dict, resolution: int, batch: int, steps: int, device: torch.device) -> tuple[float, int]:
+    """Median seconds of one training step and the number of trained parameters."""
+    with tempfile.TemporaryDirectory() as tmp:
+        build_tiny_model(tmp, CAPTIONS, resolution, **sizes)
+        backbone = UNetBackbone.load(tmp)
+    backbone.unet.to(device).train()
+    backbone.text_encoder.to(device).train()
+    adapter = backbone.make_adapter(adapter_args).to(device)
+    params = adapter.set_trainable(backbone.unet, train_base=True)
+    own = {id(p) for p in params}
+    params += [p for p in backbone.text_encoder.parameters() if id(p) not in own]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    pixels = (torch.rand(batch, 3, resolution, resolution, generator=g) * 2 - 1).to(device)
+    noise_shape = (batch, *backbone.latent_shape(resolution))
+    captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(batch)]
+    levels = [float(3 * i % 31) for i in range(batch)]
+    pivots = [-1] + [0] * (batch - 1)
+
+    def step() -> None:
+        text = backbone.encode_text(captions, device)
+        noise = torch.randn(noise_shape, generator=g).to(device)
+        u = torch.rand(batch, generator=g).to(device)
+        loss = backbone.loss(adapter, backbone.encode_images(pixels), text, levels, pivots, noise, u)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(2):
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), sum(p.numel() for p in params)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2, as the demo trains)")
+    parser.add_argument("--batch", type=int, default=None, help="images per step (default: configs/tiny.yaml's)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant, after 2 warm-up steps (default 10)")
+    args = parser.parse_args()
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()  # model save / load bars between the figures
+    transformers.utils.logging.disable_progress_bar()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    shipped = config["model"]["tiny"]
+    adapter_args = dict(config["adapter"])
+    resolution, batch = config["data"]["resolution"], args.batch or config["data"]["batch_size"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {args.threads} threads"
+    print(f"bench_tiny_step: batch {batch} at {resolution} px, {where}, median of {args.steps} steps")
+    reference = None
+    for label, overrides in VARIANTS:
+        seconds, n_params = step_seconds({**shipped, **overrides}, adapter_args, resolution, batch, args.steps, device)
+        reference = reference or seconds
+        print(f"  {label:36s} {seconds * 1000:8.1f} ms/step  {n_params / 1e6:5.2f} M params  x{reference / seconds:4.2f} steps per minute")
+
+
+if __name__ == "__main__":
+    main()
