@@ -36,9 +36,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 def add_bokeh_guidance_argument(group: Any) -> None:
     """--bokeh-guidance (shared by sample and eval)."""
     group.add_argument("--bokeh-guidance", type=non_negative_float, metavar="B",
-                       help="guidance scale for K alone, on top of the prompt's: each step adds B x (prediction with K "
-                       "- prediction without K), one more model pass per step. Above the prompt's scale it strengthens "
-                       "the blur K asks for (default: K is guided with the prompt, no extra pass)")
+                       help="guidance scale for K alone: each step adds B x (prediction with K - prediction without K), "
+                       "one more model pass per step. Neutral B is the scale K already gets: the classifier-free scale "
+                       "(UNet --guidance-scale, FLUX --true-cfg), or 1 without a negative pass (FLUX default); larger B "
+                       "strengthens the blur K asks for (default: K guided with the prompt, no extra pass)")
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:

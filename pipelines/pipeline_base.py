@@ -132,9 +132,9 @@ class BokehPipeline(ABC):
         guidance_scale: Optional[float] = None,
         negative_prompt: Optional[str] = None,
         true_cfg: float = 1.0,
-        bokeh_guidance: Optional[float] = None,
         height: Optional[int] = None,
         width: Optional[int] = None,
+        bokeh_guidance: Optional[float] = None,
     ) -> list[Image.Image]:
         """One image per K in ``bokeh`` (K < 0: no bokeh condition), all from the noise of ``seed``.
 
@@ -144,8 +144,9 @@ class BokehPipeline(ABC):
         image takes the pivot's LAB colour means.
 
         ``bokeh_guidance`` guides K on its own (one more model pass per step, see
-        ``trainer.guidance.guided``): values above the prompt's guidance scale strengthen the blur K asks
-        for. None: K is guided with the prompt.
+        ``trainer.guidance.guided``). None: K is guided with the prompt, by the classifier-free scale when
+        a negative pass runs, else not at all; that same value as ``bokeh_guidance`` changes nothing,
+        larger values strengthen the blur K asks for. The no-K rows are grounded on their own pivot.
         """
         levels = checked_levels(bokeh, pivot)
         steps = self.default_steps if num_inference_steps is None else int(num_inference_steps)

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from pipelines.pipeline_base import BokehPipeline
-from trainer.guidance import guided
 from trainer.backbones import FluxBackbone
+from trainer.guidance import guided
 
 #: The released code's defaults (inference_flux.py).
 RELEASED_SEED = 65578

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from pipelines.pipeline_base import BokehPipeline
-from trainer.guidance import guided
 from trainer.backbones import UNetBackbone
+from trainer.guidance import guided
 
 #: Guidance for pixel-space (tiny) models, trained with low guidance; latent models use diffusers' 7.5.
 PIXEL_GUIDANCE = 2.0
@@ -100,7 +100,9 @@ class BokehStableDiffusionPipeline(BokehPipeline):
         for i, (chunk_embeds, chunk_levels, chunk_pivots) in enumerate(chunks):
             embeds.append(chunk_embeds)
             bokeh += chunk_levels
-            pivots += [-1] * rows if chunk_pivots is None else [i * rows + p for p in chunk_pivots]
+            for r in range(rows):  # a chunk's pivot ids are its own row numbers; -1 / None: not grounded
+                p = None if chunk_pivots is None else chunk_pivots[r]
+                pivots.append(-1 if p is None or p < 0 else i * rows + p)
         n = len(chunks)
         model_in = self.scheduler.scale_model_input(latents.repeat(n, 1, 1, 1), t)
         out = self.adapter(self.unet, model_in, t, torch.cat(embeds), bokeh=bokeh,

@@ -200,6 +200,25 @@ def test_bokeh_guidance_identities(root_name, scale, request):
         pipe(PROMPT, [0], bokeh_guidance=-1.0, **common)
 
 
+def test_unet_guidance_chunks_rows_and_pivots(sd_dir):
+    """One UNet pass over [prompt + K, prompt without K, negative]; each chunk grounded on its own pivot
+    row (negative: not grounded); the output combined by the guidance formula worked by hand."""
+    pipe = load(sd_dir, "random")
+    calls = []
+
+    def fake_adapter(unet, x, t, embeds, bokeh, pivot_ids):
+        calls.append((list(bokeh), list(pivot_ids), embeds.shape[0]))
+        return torch.arange(x.shape[0], dtype=x.dtype).view(-1, 1, 1, 1).expand_as(x)  # row i predicts i
+
+    pipe.adapter = fake_adapter
+    text = pipe.encode(PROMPT, "", rows=3, with_negative=True)
+    latents = torch.zeros(3, pipe.unet.config.in_channels, 2, 2)
+    out = pipe.predict(latents, torch.tensor(10), text, [0.0, 30.0, 15.0], [2, 2, -1], 3.0, 1.0, 5.0)
+    assert calls == [([0.0, 30.0, 15.0] + [-1.0] * 6, [2, 2, -1, 5, 5, -1, -1, -1, -1], 9)]
+    # row i: positive i, no K 3 + i, negative 6 + i -> 6 + i + 3 * (-3) + 5 * (-3) = i - 18
+    assert out[:, 0, 0, 0].tolist() == [-18.0, -17.0, -16.0]
+
+
 @pytest.mark.parametrize("patch_size", [1, 2])
 def test_tiny_pixel_model_counts_sizes_and_seeds(tmp_path, patch_size):
     from pipelines.pipeline_sd import PIXEL_GUIDANCE, BokehStableDiffusionPipeline

@@ -203,6 +203,15 @@ def test_checkpoint_strict_keys_and_keep_last(dataset, tmp_path):
     assert (ckpt / "model" / "tokenizer").is_dir() and (ckpt / "model" / "scheduler").is_dir()
 
 
+def test_bad_tiny_model_setting_is_a_user_error(dataset, tmp_path):
+    from trainer.training import train
+
+    config = tiny_config(dataset, tmp_path)
+    config.model.tiny = {**TINY_SIZES, "patch_size": 3}
+    with pytest.raises(UserError, match=r"model.tiny: the resolution 16 must be a multiple of 6"):
+        train(config)
+
+
 def test_validation_grid_written(dataset, tmp_path):
     from PIL import Image
 
@@ -262,8 +271,10 @@ def test_pixel_patches_by_hand(dataset, tmp_path):
     assert [pixel_patch_size(c) for c in (3, 12, 48)] == [1, 2, 4]
     with pytest.raises(ValueError, match="3 \\* p\\^2 input channels"):
         pixel_patch_size(4)
-    with pytest.raises(ValueError, match="positive divisor of the resolution 16"):
-        build_tiny_model(tmp_path / "bad", ["a box"], 16, patch_size=3)
+    with pytest.raises(ValueError, match="resolution 16 must be a multiple of 12"):  # 3 x 2^2
+        build_tiny_model(tmp_path / "bad", ["a box"], 16, patch_size=3, block_out_channels=[8, 8, 8])
+    with pytest.raises(ValueError, match="whole number >= 1, got 1.5"):
+        build_tiny_model(tmp_path / "bad", ["a box"], 16, patch_size=1.5)
     build_tiny_model(tmp_path / "base", load_rows(str(dataset)).captions, 16, patch_size=2, **TINY_SIZES)
     backbone = UNetBackbone.load(str(tmp_path / "base"))
     image = torch.arange(3 * 16 * 16, dtype=torch.float32).reshape(1, 3, 16, 16)
@@ -274,6 +285,9 @@ def test_pixel_patches_by_hand(dataset, tmp_path):
             for x in range(16):
                 assert latents[0, c * 4 + 2 * (y % 2) + x % 2, y // 2, x // 2] == image[0, c, y, x]
     assert torch.equal(backbone.decode(latents), image)
+    backbone.unet.register_to_config(out_channels=3)
+    with pytest.raises(ValueError, match="must output its 12 input channels, got 3"):
+        UNetBackbone(backbone.unet, backbone.text_encoder, backbone.tokenizer, backbone.scheduler)
 
 
 @pytest.mark.parametrize("patch_size", [1, 2])

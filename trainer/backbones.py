@@ -42,7 +42,12 @@ class UNetBackbone:
 
     def __init__(self, unet: nn.Module, text_encoder: nn.Module, tokenizer: Any, scheduler: Any, vae: Optional[nn.Module] = None) -> None:
         self.unet, self.text_encoder, self.tokenizer, self.scheduler, self.vae = unet, text_encoder, tokenizer, scheduler, vae
-        self.patch = pixel_patch_size(unet.config.in_channels) if vae is None else 1
+        self.patch = 1
+        if vae is None:
+            self.patch = pixel_patch_size(unet.config.in_channels)
+            if unet.config.out_channels != unet.config.in_channels:
+                raise ValueError(f"a pixel-space UNet (no vae/) must output its {unet.config.in_channels} input channels, "
+                                 f"got {unet.config.out_channels}")
         #: SNR clamp of the loss weights (``optim.snr_gamma`` / ``optim.snr_floor``); None = no bound
         self.snr_gamma: Optional[float] = None
         self.snr_floor: Optional[float] = None

@@ -13,6 +13,8 @@ def guided(positive: torch.Tensor, negative: Optional[torch.Tensor], scale: floa
     where ``positive`` has the prompt and K, ``no_bokeh`` the prompt and no K, ``negative`` neither.
     Without ``no_bokeh`` K is guided like the prompt: ``negative + scale * (positive - negative)``;
     without ``negative`` the prompt is not guided."""
+    if (no_bokeh is None) != (bokeh_scale is None):
+        raise ValueError("no_bokeh and bokeh_scale go together: give both or neither")
     conditioned = positive if no_bokeh is None else no_bokeh
     out = conditioned if negative is None else negative + scale * (conditioned - negative)
     if no_bokeh is not None:

@@ -86,13 +86,17 @@ def build_tiny_model(directory: str | Path, captions: Iterable[str], resolution:
         max_position_embeddings=cfg["max_tokens"], pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     ))
-    patch = int(cfg["patch_size"])
-    if patch < 1 or resolution % patch:
-        raise ValueError(f"patch_size must be a positive divisor of the resolution {resolution}, got {cfg['patch_size']}")
+    patch = cfg["patch_size"]
     channels = list(cfg["block_out_channels"])
     levels, attention = len(channels), cfg["attention_levels"]
     if not 1 <= attention <= levels:
         raise ValueError(f"attention_levels must be in 1..{levels} (the number of deepest levels with attention)")
+    if not (isinstance(patch, int) and patch >= 1):
+        raise ValueError(f"patch_size must be a whole number >= 1, got {patch!r}")
+    multiple = patch * 2 ** (levels - 1)
+    if resolution % multiple:
+        raise ValueError(f"the resolution {resolution} must be a multiple of {multiple} (patch_size {patch} x 2^{levels - 1} "
+                         f"downsamplings of {levels} levels)")
     unet = UNet2DConditionModel(
         sample_size=resolution // patch,
         in_channels=3 * patch * patch,

@@ -67,7 +67,10 @@ def build_backbone(config: TrainConfig, output_dir: Path, rows: Any) -> tuple[An
 
         base = output_dir / "base"
         if not (base / "unet").is_dir():
-            build_tiny_model(base, rows.captions, config.data.resolution, seed=config.run.seed, **model.tiny)
+            try:
+                build_tiny_model(base, rows.captions, config.data.resolution, seed=config.run.seed, **model.tiny)
+            except ValueError as exc:
+                raise UserError(f"model.tiny: {exc}") from None
         return UNetBackbone.load(str(base)), base
     dtype = DTYPES[model.weight_dtype]
     backbone = load_backbone(model.family, model.base_model, dtype, model.guidance)
