@@ -318,12 +318,20 @@ def test_loads_a_checkpoint_written_in_the_released_layout(tmp_path):
 
 
 def test_unreachable_hub_id_or_missing_folder_is_one_line_error(monkeypatch, tmp_path):
-    import huggingface_hub.constants
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    asked = []
+
+    def no_hub(repo_id, filename, **kwargs):  # what an offline machine's hub client raises; no network here
+        asked.append(repo_id)
+        raise LocalEntryNotFoundError(f"cannot find {filename} of {repo_id} in the local cache\nand the hub is offline")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
     with pytest.raises(ModelUnavailableError) as info:
-        BokehFluxAdapter.from_pretrained("atfortes/BokehDiffusion-not-here", tiny_flux())
-    assert "\n" not in str(info.value) and "'atfortes/BokehDiffusion-not-here'" in str(info.value)
+        BokehFluxAdapter.from_pretrained("test-org/no-such-adapter", tiny_flux())
+    assert asked == ["test-org/no-such-adapter"]
+    assert "\n" not in str(info.value) and "'test-org/no-such-adapter'" in str(info.value)
     with pytest.raises(ModelUnavailableError, match="no_such_adapter does not exist"):
         BokehFluxAdapter.from_pretrained(tmp_path / "no_such_adapter", tiny_flux())
 
