@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from trainer.backbones import UNetBackbone  # noqa: E402
 from trainer.tiny_model import build_tiny_model  # noqa: E402
+from trainer.training import trainable_parameters  # noqa: E402
 
 CAPTIONS = ["a red star in front of a leafy green hedge", "a purple cylinder on a wooden floor in front of trees"]
 #: (label, overrides of the shipped model.tiny settings)
@@ -41,9 +42,7 @@ def step_seconds(sizes: dict, adapter_args: dict, resolution: int, batch: int, s
     backbone.unet.to(device).train()
     backbone.text_encoder.to(device).train()
     adapter = backbone.make_adapter(adapter_args).to(device)
-    params = adapter.set_trainable(backbone.unet, train_base=True)
-    own = {id(p) for p in params}
-    params += [p for p in backbone.text_encoder.parameters() if id(p) not in own]
+    params = trainable_parameters(adapter, backbone, {"unet": backbone.unet, "text_encoder": backbone.text_encoder})
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     g = torch.Generator().manual_seed(0)
     pixels = (torch.rand(batch, 3, resolution, resolution, generator=g) * 2 - 1).to(device)

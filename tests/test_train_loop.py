@@ -44,7 +44,7 @@ def test_tiny_unet_steps_reduce_loss_on_fixed_batch(dataset, tmp_path, patch_siz
     from trainer.backbones import UNetBackbone
     from trainer.data import BatchSampler, ImageLoader, load_rows
     from trainer.tiny_model import build_tiny_model
-    from trainer.training import TrainStep
+    from trainer.training import TrainStep, trainable_parameters
 
     rows = load_rows(str(dataset))
     with single_thread():
@@ -52,8 +52,9 @@ def test_tiny_unet_steps_reduce_loss_on_fixed_batch(dataset, tmp_path, patch_siz
         backbone = UNetBackbone.load(str(tmp_path / "base"))
         assert backbone.latent_shape(16) == (3 * patch_size ** 2, 16 // patch_size, 16 // patch_size)
         adapter = backbone.make_adapter(dict(bokeh_context_dim=8, lora_rank=2))
-        params = adapter.set_trainable(backbone.unet, train_base=True) + list(backbone.text_encoder.parameters())
-        module = TrainStep(backbone, adapter, {"unet": backbone.unet, "text_encoder": backbone.text_encoder}).train()
+        trained = {"unet": backbone.unet, "text_encoder": backbone.text_encoder}
+        params = trainable_parameters(adapter, backbone, trained)
+        module = TrainStep(backbone, adapter, trained).train()
         plan = BatchSampler(rows, 3, contrastive_ratio=1.0, tie_probability=1.0, k_dropout=0, caption_dropout=0).plan(0)
         assert plan.pivot_ids == [-1, 0, 0]  # grounded attention is exercised
         pixels = ImageLoader(rows, 16).load(plan.rows, plan.crops)

@@ -78,6 +78,17 @@ def build_backbone(config: TrainConfig, output_dir: Path, rows: Any) -> tuple[An
     return backbone, local if local.is_dir() else None
 
 
+def trainable_parameters(adapter: nn.Module, backbone: Any, trained: dict[str, nn.Module]) -> list[nn.Parameter]:
+    """What the optimizer steps, each once: the adapter's parameters (and the base model's when it is in
+    ``trained``), plus the text encoder's when it is in ``trained``."""
+    params = adapter.set_trainable(backbone.model, train_base=bool(trained))
+    if "text_encoder" in trained:
+        backbone.text_encoder.requires_grad_(True)
+        own = {id(p) for p in params}
+        params += [p for p in backbone.text_encoder.parameters() if id(p) not in own]
+    return params
+
+
 def _trained_modules(config: TrainConfig, backbone: Any) -> dict[str, nn.Module]:
     if config.model.family == "tiny":
         return {"unet": backbone.unet, "text_encoder": backbone.text_encoder}
@@ -163,11 +174,7 @@ def train(config: TrainConfig, resume: Optional[str] = None) -> dict[str, Any]:
         adapter = backbone.make_adapter(dict(config.adapter))
     except (TypeError, ValueError) as exc:
         raise UserError(f"adapter settings do not fit the base model: {exc}") from exc
-    params = adapter.set_trainable(backbone.model, train_base=bool(trained))
-    if "text_encoder" in trained:
-        backbone.text_encoder.requires_grad_(True)
-        own = {id(p) for p in params}
-        params += [p for p in backbone.text_encoder.parameters() if id(p) not in own]
+    params = trainable_parameters(adapter, backbone, trained)
     adapter.to(accelerator.device, torch.float32)
     if config.model.gradient_checkpointing:
         backbone.model.enable_gradient_checkpointing()
