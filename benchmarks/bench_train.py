@@ -9,7 +9,7 @@ Bases: ``sd15`` (Stable Diffusion 1.5 UNet, 64x64 latents = 512 px), ``flux`` (F
 transformer, 32x32 packed tokens = 512 px, 512 text tokens), ``tiny`` (tests' tiny UNet, for CPU).
 Weights are random (no download); timing does not depend on their values.
 
-    python benchmarks/bench_train.py --model sd15 [--batch 4] [--steps 10] [--dtype bf16] [--checkpointing]
+    python benchmarks/bench_train.py --model sd15 [--batch 4] [--steps 10] [--dtype bf16] [--checkpointing] [--cudnn-attention]
 """
 from __future__ import annotations
 
@@ -105,12 +105,17 @@ def build(model: str, device: torch.device, dtype: torch.dtype, batch: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=("sd15", "flux", "tiny"), default="tiny")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--model", choices=("sd15", "flux", "tiny"), default="tiny",
+                        help="base: SD 1.5 UNet or FLUX.1-dev at full size (random weights), or the tests' tiny UNet (default)")
+    parser.add_argument("--batch", type=int, default=2, help="batch size (default 2)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant, after 2 warm-up steps; the median is printed (default 5)")
     parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None, help="base dtype (default bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in the base")
+    parser.add_argument("--cudnn-attention", action="store_true",
+                        help="allow PyTorch's cuDNN attention backend (off, as in `bokeh train` (run.cudnn_attention): its backward "
+                             "crashed full-size FLUX on an H200, torch 2.11 + cuDNN 9.19)")
     args = parser.parse_args()
+    torch.backends.cuda.enable_cudnn_sdp(args.cudnn_attention)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     base, x, make_adapter, run = build(args.model, device, dtype, args.batch)

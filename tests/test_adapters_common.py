@@ -99,3 +99,23 @@ def test_one_bokeh_token_attention_is_its_value():
     logits = query @ key.transpose(-1, -2) / math.sqrt(dim)
     full = (torch.softmax(logits, dim=-1) @ v).transpose(1, 2).reshape(batch, seq, heads * dim)
     torch.testing.assert_close(got, full)
+
+
+def test_low_rank_pair_in_a_bf16_model_with_and_without_autocast():
+    """fp32 weights, bf16 activations: without autocast the product runs in fp32 (weights exact); under
+    autocast it runs in bf16 on autocast's copies of the weights, with no fp32 copy of the input."""
+    torch.manual_seed(0)
+    layer = LowRankLinear(16, 8, rank=4)
+    torch.nn.init.normal_(layer.up.weight)
+    x = torch.randn(5, 16).to(torch.bfloat16)
+    down, up = layer.down.weight, layer.up.weight
+    fp32 = (x.float() @ down.T @ up.T).to(torch.bfloat16)
+    assert torch.equal(layer(x), fp32)
+    with torch.profiler.profile(record_shapes=True) as prof, torch.autocast("cpu", dtype=torch.bfloat16):
+        got = layer(x)
+    bf16 = (x @ down.to(torch.bfloat16).T) @ up.to(torch.bfloat16).T
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, bf16, rtol=0, atol=0)
+    copied = [e.input_shapes[0] for e in prof.events() if e.name == "aten::_to_copy" and e.input_shapes]
+    assert [4, 16] in copied and [8, 4] in copied  # autocast cast the weights
+    assert [5, 16] not in copied  # ... and not the activations

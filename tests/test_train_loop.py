@@ -213,7 +213,7 @@ def test_bad_tiny_model_setting_is_a_user_error(dataset, tmp_path):
         train(config)
 
 
-def test_validation_grid_written(dataset, tmp_path):
+def test_validation_grid_written_and_cudnn_attention_off(dataset, tmp_path):
     from PIL import Image
 
     from trainer.training import train
@@ -223,8 +223,14 @@ def test_validation_grid_written(dataset, tmp_path):
     config.validation.prompts = ["a red sphere in front of wall", "a blue box"]
     config.validation.levels = [0, 30]
     config.validation.steps = 2
-    with single_thread():
-        train(config)
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        with single_thread():
+            train(config)
+        assert not torch.backends.cuda.cudnn_sdp_enabled()  # run.cudnn_attention: false by default
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
     grid = Image.open(tmp_path / "validation" / "step-0000001.png")
     assert grid.height >= 2 * 64 and grid.width >= 2 * 64
 
@@ -232,6 +238,7 @@ def test_validation_grid_written(dataset, tmp_path):
 def test_config_overrides_and_errors(tmp_path):
     config = load_config(ROOT / "configs" / "tiny.yaml", ["run.max_steps=7", "optim.learning_rate=2e-4", "validation.levels=[0, 5]"])
     assert config.run.max_steps == 7 and config.optim.learning_rate == 2e-4 and config.validation.levels == [0, 5]
+    assert not config.run.cudnn_attention and load_config(ROOT / "configs" / "tiny.yaml", ["run.cudnn_attention=true"]).run.cudnn_attention
     for bad, pattern in (("run.max_step=3", "unknown key"), ("nosuch.x=1", "unknown config section"), ("max_steps", "section.key=value"),
                          ("run.max_steps=many", "run.max_steps must be int"), ("optim.learning_rate=fast", "must be float")):
         with pytest.raises(UserError, match=pattern):

@@ -76,6 +76,9 @@ class RunConfig:
     log_every: int = 10
     num_threads: int = 0
     progress: bool = True
+    # PyTorch's cuDNN attention backend (CUDA only). Off: its backward crashed full-size FLUX training
+    # on an H200 (torch 2.11, cuDNN 9.19: illegal memory access); flash / efficient attention ran it.
+    cudnn_attention: bool = False
 
 
 @dataclass

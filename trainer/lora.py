@@ -12,7 +12,8 @@ class LowRankLinear(nn.Module):
 
     ``down`` is drawn from N(0, 1/rank^2) and ``up`` is zero, as in the released FLUX adapter, so a
     fresh adapter leaves the base model unchanged. The input is cast to the weights' dtype and the
-    output back to the input's dtype, so an fp32 adapter can sit in a bf16 model.
+    output back to the input's dtype, so an fp32 adapter can sit in a bf16 model; under autocast the
+    casts are left to autocast (an fp32 copy of every activation would be cast straight back).
     """
 
     def __init__(
@@ -39,7 +40,8 @@ class LowRankLinear(nn.Module):
         nn.init.zeros_(self.up.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.up(self.down(x.to(self.down.weight.dtype)))
+        autocast = torch.is_autocast_enabled(x.device.type)
+        out = self.up(self.down(x if autocast else x.to(self.down.weight.dtype)))
         if self.alpha is not None:
             out = out * (self.alpha / self.rank)
         return out.to(x.dtype)

@@ -147,6 +147,7 @@ def train(config: TrainConfig, resume: Optional[str] = None) -> dict[str, Any]:
     run = config.run
     if run.num_threads > 0:
         torch.set_num_threads(run.num_threads)
+    torch.backends.cuda.enable_cudnn_sdp(run.cudnn_attention)
     state = PartialState()
     output_dir = Path(run.output_dir)
     checkpoint = resolve_resume(output_dir, resume) if resume else None
