@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +17,23 @@ DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
 
 #: Metric outputs are clamped to at least this depth (metres) so that 1/z stays finite.
 MIN_METRIC_DEPTH_M = 1e-3
+
+
+def load_image_processor(model: str) -> Any:
+    """``AutoImageProcessor.from_pretrained(model)``; where it refuses for want of torchvision
+    (transformers 5.4-5.17 did, even for processors with a PIL backend), the config's processor class
+    with the PIL backend (``<type>Pil``) instead."""
+    import transformers
+    from transformers import AutoImageProcessor, ImageProcessingMixin
+
+    try:
+        return AutoImageProcessor.from_pretrained(model)
+    except ImportError:
+        config, _ = ImageProcessingMixin.get_image_processor_dict(model)
+        pil_class = getattr(transformers, f"{config.get('image_processor_type')}Pil", None)
+        if pil_class is None:
+            raise
+        return pil_class.from_pretrained(model)
 
 
 class DepthAnythingEstimator:
@@ -35,7 +52,7 @@ class DepthAnythingEstimator:
         dtype: Optional[torch.dtype] = None,
         metric: Optional[bool] = None,
     ) -> None:
-        from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+        from transformers import AutoModelForDepthEstimation
 
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -43,9 +60,7 @@ class DepthAnythingEstimator:
         self.batch_size = int(batch_size)
         self.device = resolve_device(device)
         self.dtype = dtype if dtype is not None else torch.float32
-        self.processor = load_pretrained(
-            AutoImageProcessor.from_pretrained, self.model_name, what="depth model", avoid="--depth sidecar"
-        )
+        self.processor = load_pretrained(load_image_processor, self.model_name, what="depth model", avoid="--depth sidecar")
         network = load_pretrained(
             AutoModelForDepthEstimation.from_pretrained, self.model_name, what="depth model", avoid="--depth sidecar"
         )

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from estimators.depth_anything import DepthAnythingEstimator
+from estimators.depth_anything import DepthAnythingEstimator, load_image_processor
 from estimators.model_loading import ModelUnavailableError
 
 
@@ -42,10 +42,10 @@ def test_batched_equals_one_at_a_time(relative_dir):
 def test_relative_output_is_min_max_of_the_raw_model(relative_dir):
     """At the processor's own size (56x28 stays 56x28) no resizing happens: the disparity must be the
     min-max normalised raw output of the network, run here directly through transformers."""
-    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+    from transformers import AutoModelForDepthEstimation
 
     image = _image(56, 28, 7)
-    processor = AutoImageProcessor.from_pretrained(relative_dir)
+    processor = load_image_processor(str(relative_dir))
     network = AutoModelForDepthEstimation.from_pretrained(relative_dir).eval()
     with torch.no_grad():
         raw = network(**processor(images=image, return_tensors="pt")).predicted_depth[0].double().numpy()
@@ -94,3 +94,23 @@ def test_bad_inputs(relative_dir):
     with pytest.raises(TypeError, match="image 1"):
         estimator.predict([_image(20, 20, 0), np.zeros((20, 20, 3), np.uint8)])
     assert estimator.predict([]) == []
+
+
+def test_processor_without_torchvision_falls_back_to_the_pil_class(relative_dir, monkeypatch):
+    """transformers 5.4-5.17 refused AutoImageProcessor without torchvision (an empty ImportError):
+    the estimator then loads the config's processor class with the PIL backend, same depth out."""
+    import transformers
+
+    reference = DepthAnythingEstimator(str(relative_dir), device="cpu")
+    image = _image(70, 40, 7)
+    expected = reference(image).disparity
+
+    class Refusing:
+        @staticmethod
+        def from_pretrained(*args, **kwargs):
+            raise ImportError("")
+
+    monkeypatch.setattr(transformers, "AutoImageProcessor", Refusing)
+    fallback = DepthAnythingEstimator(str(relative_dir), device="cpu")
+    assert type(fallback.processor).__name__ == "DPTImageProcessorPil"
+    np.testing.assert_allclose(fallback(image).disparity, expected, atol=1e-6)
