@@ -235,10 +235,33 @@ def test_validation_grid_written_and_cudnn_attention_off(dataset, tmp_path):
     assert grid.height >= 2 * 64 and grid.width >= 2 * 64
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the warning is for CPU runs")
+def test_mixed_precision_on_cpu_warns_and_trains(dataset, tmp_path):
+    from trainer.training import train
+
+    from accelerate.state import AcceleratorState
+
+    config = tiny_config(dataset, tmp_path, max_steps=1, checkpoint_every=0, mixed_precision="bf16")
+    AcceleratorState._reset_state()  # accelerate keeps one precision per process: earlier tests set "no"
+    try:
+        with single_thread(), pytest.warns(UserWarning, match="run.mixed_precision=bf16 on a CPU.*run.mixed_precision=no"):
+            result = train(config)
+    finally:
+        AcceleratorState._reset_state()
+    assert result["step"] == 1 and result["loss"] == result["loss"]  # finite, not NaN
+
+
 def test_config_overrides_and_errors(tmp_path):
     config = load_config(ROOT / "configs" / "tiny.yaml", ["run.max_steps=7", "optim.learning_rate=2e-4", "validation.levels=[0, 5]"])
     assert config.run.max_steps == 7 and config.optim.learning_rate == 2e-4 and config.validation.levels == [0, 5]
     assert not config.run.cudnn_attention and load_config(ROOT / "configs" / "tiny.yaml", ["run.cudnn_attention=true"]).run.cudnn_attention
+    # accelerate's "no" stays a word (YAML 1.1 would read it as false), in overrides and in files
+    assert load_config(ROOT / "configs" / "flux.yaml", ["run.mixed_precision=no"]).run.mixed_precision == "no"
+    written = tmp_path / "no.yaml"
+    written.write_text((ROOT / "configs" / "tiny.yaml").read_text().replace("run:\n", "run:\n  mixed_precision: no\n"))
+    assert load_config(written).run.mixed_precision == "no"
+    with pytest.raises(UserError, match="run.cudnn_attention must be bool, got 'off'"):
+        load_config(ROOT / "configs" / "tiny.yaml", ["run.cudnn_attention=off"])
     for bad, pattern in (("run.max_step=3", "unknown key"), ("nosuch.x=1", "unknown config section"), ("max_steps", "section.key=value"),
                          ("run.max_steps=many", "run.max_steps must be int"), ("optim.learning_rate=fast", "must be float")):
         with pytest.raises(UserError, match=pattern):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -163,6 +164,9 @@ def train(config: TrainConfig, resume: Optional[str] = None) -> dict[str, Any]:
     if config.model.family != "flux":
         backbone.snr_gamma, backbone.snr_floor = config.optim.snr_gamma, config.optim.snr_floor
     accelerator = Accelerator(mixed_precision=run.mixed_precision, gradient_accumulation_steps=run.gradient_accumulation_steps)
+    if accelerator.device.type == "cpu" and run.mixed_precision != "no":
+        warnings.warn(f"run.mixed_precision={run.mixed_precision} on a CPU: autocast made the tiny model's step 9x slower "
+                      "there (12.3 vs 1.4 s at 2 threads); run.mixed_precision=no is faster on CPUs", stacklevel=2)
     trained = _trained_modules(config, backbone)
     # freeze first: the adapter's processors become submodules of the base model when installed
     for name, module in backbone.modules().items():
