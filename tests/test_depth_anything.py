@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from estimators.depth_anything import DepthAnythingEstimator, load_image_processor
+from estimators.depth_anything import DepthAnythingEstimator
 from estimators.model_loading import ModelUnavailableError
 
 
@@ -42,10 +42,10 @@ def test_batched_equals_one_at_a_time(relative_dir):
 def test_relative_output_is_min_max_of_the_raw_model(relative_dir):
     """At the processor's own size (56x28 stays 56x28) no resizing happens: the disparity must be the
     min-max normalised raw output of the network, run here directly through transformers."""
-    from transformers import AutoModelForDepthEstimation
+    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
     image = _image(56, 28, 7)
-    processor = load_image_processor(str(relative_dir))
+    processor = AutoImageProcessor.from_pretrained(relative_dir)
     network = AutoModelForDepthEstimation.from_pretrained(relative_dir).eval()
     with torch.no_grad():
         raw = network(**processor(images=image, return_tensors="pt")).predicted_depth[0].double().numpy()
@@ -96,14 +96,15 @@ def test_bad_inputs(relative_dir):
     assert estimator.predict([]) == []
 
 
+@pytest.mark.skipif(not hasattr(__import__("transformers"), "DPTImageProcessorPil"), reason="transformers 4.x: no PIL-backend classes")
 def test_processor_without_torchvision_falls_back_to_the_pil_class(relative_dir, monkeypatch):
     """transformers 5.4-5.17 refused AutoImageProcessor without torchvision (an empty ImportError):
-    the estimator then loads the config's processor class with the PIL backend, same depth out."""
+    the estimator then loads the config's processor class with the PIL backend. At the processor's own
+    size (no resizing, so either backend gives the same input) the depth is the same."""
     import transformers
 
-    reference = DepthAnythingEstimator(str(relative_dir), device="cpu")
-    image = _image(70, 40, 7)
-    expected = reference(image).disparity
+    image = _image(56, 28, 8)
+    expected = DepthAnythingEstimator(str(relative_dir), device="cpu")(image).disparity
 
     class Refusing:
         @staticmethod
@@ -113,4 +114,4 @@ def test_processor_without_torchvision_falls_back_to_the_pil_class(relative_dir,
     monkeypatch.setattr(transformers, "AutoImageProcessor", Refusing)
     fallback = DepthAnythingEstimator(str(relative_dir), device="cpu")
     assert type(fallback.processor).__name__ == "DPTImageProcessorPil"
-    np.testing.assert_allclose(fallback(image).disparity, expected, atol=1e-6)
+    np.testing.assert_allclose(fallback(image).disparity, expected, atol=1e-5)

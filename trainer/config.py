@@ -4,8 +4,6 @@ Unknown sections or keys are an error (a typo must not silently fall back to a d
 """
 from __future__ import annotations
 
-import functools
-import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -158,6 +156,8 @@ def _coerce(key: str, kind: str, value: Any) -> Any:
 
     if value is None and kind.startswith("Optional"):
         return None
+    if key == "run.mixed_precision" and value is False:
+        return "no"  # accelerate's word for off, which YAML 1.1 reads as false
     base = kind.removeprefix("Optional[").rstrip("]")
     if base == "float":
         try:
@@ -175,36 +175,11 @@ def _coerce(key: str, kind: str, value: Any) -> Any:
     return value
 
 
-@functools.lru_cache(maxsize=None)
-def _yaml_loader() -> Any:
-    """PyYAML's safe loader with YAML 1.2 booleans (true / false only): YAML 1.1 also reads no / off /
-    yes / on as booleans, which would turn ``mixed_precision: no`` (accelerate's word) into False."""
-    import yaml
-
-    bool_tag = "tag:yaml.org,2002:bool"
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.yaml_implicit_resolvers = {
-        first: [(tag, regexp) for tag, regexp in resolvers if tag != bool_tag]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-    Loader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-    return Loader
-
-
-def _load_yaml(text: str) -> Any:
-    import yaml
-
-    return yaml.load(text, Loader=_yaml_loader())
-
-
 def _parse_value(text: str) -> Any:
     import yaml
 
     try:
-        return _load_yaml(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError:
         return text
 
@@ -252,7 +227,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
 
     path = Path(path)
     try:
-        data = _load_yaml(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:
         raise UserError(f"cannot read config {path}: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:

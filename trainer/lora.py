@@ -7,6 +7,14 @@ import torch
 from torch import nn
 
 
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for this device type (False for types without autocast, e.g. meta)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
+
+
 class LowRankLinear(nn.Module):
     """``up(down(x))``, times ``alpha / rank`` when ``alpha`` is set; starts at zero output.
 
@@ -40,8 +48,7 @@ class LowRankLinear(nn.Module):
         nn.init.zeros_(self.up.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        autocast = torch.is_autocast_enabled(x.device.type)
-        out = self.up(self.down(x if autocast else x.to(self.down.weight.dtype)))
+        out = self.up(self.down(x if _autocast_on(x.device.type) else x.to(self.down.weight.dtype)))
         if self.alpha is not None:
             out = out * (self.alpha / self.rank)
         return out.to(x.dtype)
