@@ -154,6 +154,7 @@ def train(config: TrainConfig, resume: Optional[str] = None) -> dict[str, Any]:
 
 
 def _train(config: TrainConfig, resume: Optional[str]) -> dict[str, Any]:
+    """The body of :func:`train`, run inside its choice of attention backends."""
     from accelerate import Accelerator, PartialState
     from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
