@@ -251,12 +251,12 @@ def test_mixed_precision_on_cpu_warns_and_trains(dataset, tmp_path):
     from accelerate.state import AcceleratorState
 
     config = tiny_config(dataset, tmp_path, max_steps=1, checkpoint_every=0, mixed_precision="bf16")
-    AcceleratorState._reset_state()  # accelerate keeps one precision per process: earlier tests set "no"
+    AcceleratorState._reset_state(reset_partial_state=True)  # accelerate keeps one precision per process: earlier tests set "no"
     try:
         with single_thread(), pytest.warns(UserWarning, match="run.mixed_precision=bf16 on a CPU.*run.mixed_precision=no"):
             result = train(config)
     finally:
-        AcceleratorState._reset_state()
+        AcceleratorState._reset_state(reset_partial_state=True)
     assert result["step"] == 1 and math.isfinite(result["loss"])
 
 
@@ -349,3 +349,35 @@ def test_ddim_validation_sampler_recovers_image_with_oracle_denoiser(dataset, tm
         noise = torch.randn(2, *latent_target.shape[1:], generator=torch.Generator().manual_seed(0))
         images = backbone.sample(oracle, ["a red box", "a blue cone"], [0, 30], noise, steps=10, guidance_scale=1.0)
     assert torch.allclose(images, target.expand(2, -1, -1, -1), atol=1e-4)
+
+
+def test_two_cpu_processes_shard_the_batches_and_average_the_loss(dataset, tmp_path):
+    """`torchrun` with 2 CPU processes (ACCELERATE_USE_CPU, as `accelerate launch --cpu` sets): process p
+    trains on batch index p, and step 1 logs the mean of both losses. Reference: one process with the
+    learning rate at 0, whose steps 1 and 2 are batch indices 0 and 1 on the same initial weights."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    def config_file(name, **run):
+        config = tiny_config(dataset, tmp_path / name, max_steps=2, checkpoint_every=2, num_threads=1, **run).to_dict()
+        config["optim"]["learning_rate"] = 0.0
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    one = subprocess.run([sys.executable, "-m", "pipelines.cli", "train", config_file("one")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "pipelines.cli", "train", config_file("two")], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.stdout.count("trained to step 2") == 1  # the summary from the main process only
+    single = [r["loss"] for r in _log(tmp_path / "one")]
+    pair = [r["step"] for r in _log(tmp_path / "two")]
+    assert pair == [1, 2]  # one log line per step, not one per process
+    assert _log(tmp_path / "two")[0]["loss"] == pytest.approx((single[0] + single[1]) / 2, rel=1e-5)
+    assert [p.name for p in (tmp_path / "two" / "checkpoints").iterdir()] == ["step-0000002"]

@@ -24,7 +24,10 @@ def run_train(args: argparse.Namespace) -> int:
     from trainer.config import load_config
     from trainer.training import train
 
+    from accelerate import PartialState
+
     config = load_config(args.config, args.overrides)
     result = train(config, resume=args.resume)
-    print(f"trained to step {result['step']} (loss {result['loss']:.4f}); results in {config.run.output_dir}")
+    if PartialState().is_main_process:  # one summary line, also under a multi-process launch
+        print(f"trained to step {result['step']} (loss {result['loss']:.4f}); results in {config.run.output_dir}")
     return 0

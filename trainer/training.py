@@ -156,13 +156,16 @@ def train(config: TrainConfig, resume: Optional[str] = None) -> dict[str, Any]:
 def _train(config: TrainConfig, resume: Optional[str]) -> dict[str, Any]:
     """The body of :func:`train`, run inside its choice of attention backends."""
     from accelerate import Accelerator, PartialState
+    from accelerate.utils import parse_flag_from_env
     from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
 
     run = config.run
     if run.num_threads > 0:
         torch.set_num_threads(run.num_threads)
-    state = PartialState()
+    # the process group before the models, and without the precision (a failed model load must not fix it for the
+    # process); on CPUs only ACCELERATE_USE_CPU (torchrun, accelerate's MULTI_CPU) makes several processes distributed
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     output_dir = Path(run.output_dir)
     checkpoint = resolve_resume(output_dir, resume) if resume else None
     rows = load_rows(config.data.dataset, config.data.split)
