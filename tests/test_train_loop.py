@@ -246,9 +246,9 @@ def test_validation_grid_written_and_cudnn_attention_off_during_the_run(dataset,
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the warning is for CPU runs")
 def test_mixed_precision_on_cpu_warns_and_trains(dataset, tmp_path):
-    from trainer.training import train
-
     from accelerate.state import AcceleratorState
+
+    from trainer.training import train
 
     config = tiny_config(dataset, tmp_path, max_steps=1, checkpoint_every=0, mixed_precision="bf16")
     AcceleratorState._reset_state(reset_partial_state=True)  # accelerate keeps one precision per process: earlier tests set "no"
@@ -352,7 +352,7 @@ def test_ddim_validation_sampler_recovers_image_with_oracle_denoiser(dataset, tm
 
 
 def test_two_cpu_processes_shard_the_batches_and_average_the_loss(dataset, tmp_path):
-    """`torchrun` with 2 CPU processes (ACCELERATE_USE_CPU, as `accelerate launch --cpu` sets): process p
+    """`torchrun` with 2 CPU processes (ACCELERATE_USE_CPU: accelerate's distributed CPU mode): process p
     trains on batch index p, and step 1 logs the mean of both losses. Reference: one process with the
     learning rate at 0, whose steps 1 and 2 are batch indices 0 and 1 on the same initial weights."""
     import os

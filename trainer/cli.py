@@ -21,10 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Load the config and train; prints where the results are."""
+    from accelerate import PartialState
+
     from trainer.config import load_config
     from trainer.training import train
-
-    from accelerate import PartialState
 
     config = load_config(args.config, args.overrides)
     result = train(config, resume=args.resume)
