@@ -351,6 +351,17 @@ def test_ddim_validation_sampler_recovers_image_with_oracle_denoiser(dataset, tm
     assert torch.allclose(images, target.expand(2, -1, -1, -1), atol=1e-4)
 
 
+def test_processes_that_would_train_independently_are_refused(dataset, tmp_path, monkeypatch):
+    """torchrun on CPUs without ACCELERATE_USE_CPU: accelerate would run each process alone."""
+    from trainer.training import train
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="launched as 2 processes.*ACCELERATE_USE_CPU=1"):
+        train(tiny_config(dataset, tmp_path))
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without torch.distributed")
 def test_two_cpu_processes_shard_the_batches_and_average_the_loss(dataset, tmp_path):
     """`torchrun` with 2 CPU processes (ACCELERATE_USE_CPU: accelerate's distributed CPU mode): process p
     trains on batch index p, and step 1 logs the mean of both losses. Reference: one process with the
@@ -368,7 +379,8 @@ def test_two_cpu_processes_shard_the_batches_and_average_the_loss(dataset, tmp_p
         path.write_text(yaml.safe_dump(config))
         return path
 
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
     one = subprocess.run([sys.executable, "-m", "pipelines.cli", "train", config_file("one")], env=env,
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]

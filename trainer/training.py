@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -161,11 +162,14 @@ def _train(config: TrainConfig, resume: Optional[str]) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     run = config.run
-    if run.num_threads > 0:
-        torch.set_num_threads(run.num_threads)
     # the process group before the models, and without the precision (a failed model load must not fix it for the
     # process); on CPUs only ACCELERATE_USE_CPU (torchrun, accelerate's MULTI_CPU) makes several processes distributed
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    if state.num_processes == 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError(f"launched as {os.environ['WORLD_SIZE']} processes, but accelerate runs this one alone (they would "
+                        "train independently into one folder); on CPUs set ACCELERATE_USE_CPU=1")
+    if run.num_threads > 0:
+        torch.set_num_threads(run.num_threads)
     output_dir = Path(run.output_dir)
     checkpoint = resolve_resume(output_dir, resume) if resume else None
     rows = load_rows(config.data.dataset, config.data.split)
