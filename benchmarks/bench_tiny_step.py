@@ -8,10 +8,8 @@ is against the shipped config in the same run.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -20,6 +18,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from timing import measure  # noqa: E402
 from trainer.backbones import UNetBackbone  # noqa: E402
 from trainer.tiny_model import build_tiny_model  # noqa: E402
 from trainer.training import trainable_parameters  # noqa: E402
@@ -59,17 +58,8 @@ def step_seconds(sizes: dict, adapter_args: dict, resolution: int, batch: int, s
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
 
-    for _ in range(2):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), sum(p.numel() for p in params)
+    return measure(step, device, steps)[0], sum(p.numel() for p in params)
 
 
 def main() -> None:

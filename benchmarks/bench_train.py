@@ -14,9 +14,7 @@ Weights are random (no download); timing does not depend on their values.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -26,32 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
+from timing import measure  # noqa: E402
 from tiny_diffusion import FLUX_DEV_CONFIG, SD15_UNET_CONFIG, TINY_UNET_CONFIG  # noqa: E402
 from trainer.flux_adapter import BokehFluxAdapter  # noqa: E402
 from trainer.objectives import latent_image_ids, pack_latents  # noqa: E402
 from trainer.unet_adapter import BokehUNetAdapter  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def measure(step: Callable[[], None], device: torch.device, steps: int, warmup: int = 2) -> tuple[float, float]:
-    """Median seconds per call of ``step`` and peak GPU memory in GiB (NaN on CPU)."""
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    return statistics.median(times), peak
 
 
 def build(model: str, device: torch.device, dtype: torch.dtype, batch: int):
