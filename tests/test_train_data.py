@@ -5,6 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from estimators.cli_util import UserError
@@ -166,3 +167,48 @@ def test_rows_with_k_outside_range_are_skipped_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="skipping 2 of 3 rows"):
         data = load_rows(str(tmp_path))
     assert data.ids == ["a"] and data.levels.tolist() == [3.0]
+
+
+def _mask_dataset(folder):
+    """One group (a real pivot whose image and subject mask are the same white 8 x 12 box on black, two
+    renders without a mask) and a single real row without a mask; images 24 x 32 (h x w)."""
+    subject = np.zeros((24, 32), dtype=np.uint8)
+    subject[8:16, 10:22] = 255
+    noise = _png(np.random.default_rng(0).integers(0, 256, size=(24, 32, 3), dtype=np.uint8))
+    cell = lambda data: {"bytes": data, "path": None}  # noqa: E731
+    rows = [dict(id="p", group_id="g", kind="real", image=cell(_png(np.dstack([subject] * 3))), subject_mask=cell(_png(subject)),
+                 caption="a box", bokeh_level=0.0)]
+    rows += [dict(id=f"r{i}", group_id="g", kind="synthetic", image=cell(noise), subject_mask=None, caption="a box",
+                  bokeh_level=10.0 * (i + 1)) for i in range(2)]
+    rows.append(dict(id="s", group_id="s", kind="real", image=cell(noise), subject_mask=None, caption="x", bokeh_level=3.0))
+    (folder / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), folder / "data" / "train-00000-of-00001.parquet")
+    return folder
+
+
+def test_subject_masks_are_shared_by_the_group_and_weigh_the_cropped_subject(tmp_path):
+    data = load_rows(str(_mask_dataset(tmp_path)), masks=True)
+    assert data.mask_rows == [0, 0, 0, -1]  # the renders use their pivot's mask, the single row has none
+    loader = ImageLoader(data, resolution=16, cache=True)
+    crops = [Crop(1.0, 1.0, 0.5), Crop(1.0, 0.0, 0.5), Crop(1.0, 0.0, 0.5), Crop()]
+    weights = loader.load_weights([0, 1, 2, 3], crops, subject_weight=5.0)
+    assert weights.shape == (4, 1, 16, 16)
+    assert torch.equal(weights[1], weights[2]) and torch.equal(weights[3], torch.ones(1, 16, 16))
+    # By hand: the 24-px short side becomes 16 (x 2/3), so the 8 x 12 box is 5.33 x 8 px = 42.7 px; the right crop
+    # (x = 1) starts at column 8 of 32: box columns 2..14 -> 1.33..9.33, the left one: 10..22 -> 6.67..14.67; rows 5.33..10.67.
+    rows_, cols = torch.meshgrid(torch.arange(16) + 0.5, torch.arange(16) + 0.5, indexing="ij")
+    for w, centre_col in ((weights[0, 0], 5.33), (weights[1, 0], 10.67)):
+        extra = w - 1
+        assert extra.sum().item() / 4 == pytest.approx(42.67, rel=0.02)
+        assert (extra * cols).sum().item() / extra.sum().item() == pytest.approx(centre_col, abs=0.1)
+        assert (extra * rows_).sum().item() / extra.sum().item() == pytest.approx(8.0, abs=0.1)
+        assert w.min().item() == 1.0 and w.max().item() == pytest.approx(5.0)
+    # the image crop and its weights cover the same pixels: the subject is the white box of the pivot image
+    image = (loader.load([0], crops[:1])[0, 0] + 1) / 2
+    inside = weights[0, 0] > 3
+    assert image[inside].min().item() > 0.5 and image[~inside].max().item() < 0.5
+
+
+def test_subject_weights_need_the_mask_column(tmp_path):
+    with pytest.raises(UserError, match="subject_mask"):
+        load_rows(str(write_dataset(tmp_path)), masks=True)

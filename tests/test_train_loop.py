@@ -3,6 +3,7 @@
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from estimators.model_loading import ModelUnavailableError
 from test_train_data import write_dataset
 from tiny_diffusion import TINY_FLUX_CONFIG, single_thread, tiny_flux
 from trainer.config import config_from_dict, load_config
-from trainer.objectives import ddpm_target, flux_loss, shifted_sigmas, snr_weights, unet_loss
+from trainer.objectives import ddpm_target, flux_loss, pack_latents, row_mse, shifted_sigmas, snr_weights, unet_loss
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_SIZES = dict(block_out_channels=[8, 16], attention_levels=1, text_width=16, text_heads=2, text_layers=1,
@@ -152,6 +153,38 @@ def test_unet_loss_weights_rows_by_clamped_snr():
     assert unet_loss(*args).item() == pytest.approx(2.5)
     assert unet_loss(*args, snr_gamma=5.0).item() == pytest.approx((5.0 * 1 + 0.5625 * 4) / 2, rel=1e-5)
     assert unet_loss(*args, snr_gamma=5.0, snr_floor=1.0).item() == pytest.approx((5.0 * 1 + 1.0 * 4) / 2, rel=1e-5)
+    # row 0's x0 made [[1, 3], [1, 1]]: weight 4 on the 3 gives (1 + 4 * 9 + 1 + 1) / (1 + 4 + 1 + 1) = 39 / 7
+    x0[0, 0, 0, 1] = 3.0
+    weights = torch.ones(2, 1, 2, 2)
+    weights[0, 0, 0, 1] = 4.0
+    args = (Constant(), None, scheduler, x0, None, [0.0, 0.0], None, torch.zeros_like(x0), u)
+    assert unet_loss(*args, pixel_weights=weights).item() == pytest.approx((39 / 7 + 4) / 2, rel=1e-6)
+    assert unet_loss(*args, snr_gamma=5.0, pixel_weights=weights).item() == pytest.approx((5 * 39 / 7 + 0.5625 * 4) / 2, rel=1e-5)
+
+
+def test_row_mse_by_hand():
+    pred = torch.zeros(1, 2, 1, 2)
+    target = torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]]]])  # squared errors 1, 4 (channel 0) and 9, 16 (channel 1)
+    assert row_mse(pred, target).tolist() == [7.5]
+    # a weight per position, shared by the channels: (1 + 3 * 4 + 9 + 3 * 16) / (2 * (1 + 3))
+    assert row_mse(pred, target, torch.tensor([[[[1.0, 3.0]]]])).tolist() == [70 / 8]
+
+
+def test_flux_loss_weights_the_positions_they_belong_to():
+    """The weights are packed like the latents: against the weighted error in unpacked [B, C, h, w] space."""
+    g = torch.Generator().manual_seed(0)
+    latents, noise, prediction = (torch.randn(2, 3, 4, 6, generator=g) for _ in range(3))
+    weights = 1 + 4 * torch.rand(2, 1, 4, 6, generator=g)
+
+    def adapter(transformer, levels, pivot_ids, hidden_states, **kwargs):  # predicts ``prediction``, packed
+        return pack_latents(prediction)
+
+    transformer = SimpleNamespace(config=SimpleNamespace(guidance_embeds=False))
+    args = (adapter, transformer, latents, None, None, None, [0.0, 5.0], None, noise, torch.tensor([0.5, 0.5]))
+    err = (prediction - (noise - latents)) ** 2
+    expected = ((err * weights).sum((1, 2, 3)) / (3 * weights.sum((1, 2, 3)))).mean()
+    assert flux_loss(*args, pixel_weights=weights).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert flux_loss(*args).item() == pytest.approx(err.mean().item(), rel=1e-6)
 
 
 def test_resume_continues_bit_for_bit_and_checkpoints(dataset, tmp_path):
@@ -281,6 +314,29 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(ROOT / "configs" / "tiny.yaml", ["optim.snr_gamma=0"])
     with pytest.raises(UserError, match="snr_floor"):
         load_config(ROOT / "configs" / "tiny.yaml", ["optim.snr_gamma=2", "optim.snr_floor=3"])
+    with pytest.raises(UserError, match="subject_weight"):
+        load_config(ROOT / "configs" / "tiny.yaml", ["data.subject_weight=0"])
+
+
+def test_subject_weight_reaches_the_loss(dataset, tmp_path):
+    """Same batches and noise at lr 0, only the subject weight differs: the loss must change (the weights' values
+    and the weighted mean are tested above)."""
+    from test_train_data import _mask_dataset
+    from trainer.training import train
+
+    masked = _mask_dataset(tmp_path / "masked")
+    losses = {}
+    for weight in (1.0, 8.0):
+        config = tiny_config(masked, tmp_path / f"w{weight}", max_steps=3, checkpoint_every=0)
+        config.optim.learning_rate, config.data.subject_weight, config.data.contrastive_ratio = 0.0, weight, 1.0
+        train(config)
+        losses[weight] = [r["loss"] for r in _log(tmp_path / f"w{weight}")]
+    # every batch is the masked group (the pivot and its renders share the pivot's mask): each step's loss moves
+    assert all(abs(w - u) > 0.01 * u for w, u in zip(losses[8.0], losses[1.0]))
+    config = tiny_config(dataset, tmp_path / "nomask", max_steps=1)
+    config.data.subject_weight = 2.0
+    with pytest.raises(UserError, match="subject_mask"):
+        train(config)
 
 
 @pytest.mark.parametrize("name,model_id", [("sd15", "stable-diffusion-v1-5"), ("flux", "FLUX.1-dev")])

@@ -116,9 +116,10 @@ class UNetBackbone:
         return u
 
     def loss(self, adapter: nn.Module, latents: torch.Tensor, text: dict, levels: Any, pivot_ids: Any,
-             noise: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+             noise: torch.Tensor, u: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The training loss; ``weights`` [B, 1, h, w] weigh the latent positions (None = all alike)."""
         return unet_loss(adapter, self.unet, self.scheduler, latents, text["encoder_hidden_states"], levels, pivot_ids, noise, u,
-                         self.snr_gamma, self.snr_floor)
+                         self.snr_gamma, self.snr_floor, weights)
 
     def latent_shape(self, resolution: int) -> tuple[int, int, int]:
         return self.unet.config.in_channels, resolution // self.latent_factor, resolution // self.latent_factor
@@ -193,13 +194,18 @@ class FluxBackbone:
         return shifted_sigmas(u, self.shift)
 
     def loss(self, adapter: nn.Module, latents: torch.Tensor, text: dict, levels: Any, pivot_ids: Any,
-             noise: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+             noise: torch.Tensor, u: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The training loss; ``weights`` [B, 1, h, w] weigh the latent positions (None = all alike)."""
         return flux_loss(adapter, self.transformer, latents, text["prompt_embeds"], text["pooled_prompt_embeds"],
-                         text["text_ids"], levels, pivot_ids, noise, u, self.guidance)
+                         text["text_ids"], levels, pivot_ids, noise, u, self.guidance, weights)
+
+    @property
+    def latent_factor(self) -> int:
+        """Image pixels per latent position along a side (the VAE's downsampling)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     def latent_shape(self, resolution: int) -> tuple[int, int, int]:
-        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        return self.vae.config.latent_channels, resolution // factor, resolution // factor
+        return self.vae.config.latent_channels, resolution // self.latent_factor, resolution // self.latent_factor
 
     @torch.no_grad()
     def sample(self, adapter: nn.Module, prompts: Sequence[str], levels: Sequence[float], noise: torch.Tensor,

@@ -43,6 +43,8 @@ class DataConfig:
     real_rows: str = "all"
     crop_min_fraction: float = 1.0
     cache_images: bool = False
+    # Loss weight of the subject's pixels (the dataset's subject masks) against 1 for the rest; 1 = plain MSE.
+    subject_weight: float = 1.0
 
 
 @dataclass
@@ -131,6 +133,8 @@ class TrainConfig:
         for name in ("max_steps", "gradient_accumulation_steps", "keep_last", "log_every"):
             if getattr(self.run, name) < 1:
                 raise UserError(f"run.{name} must be >= 1, got {getattr(self.run, name)}")
+        if not self.data.subject_weight > 0:
+            raise UserError(f"data.subject_weight must be > 0 (1 = the subject weighs like the rest), got {self.data.subject_weight}")
         if self.data.resolution < 8 or self.data.resolution % 8:
             raise UserError(f"data.resolution must be a multiple of 8, got {self.data.resolution}")
         return self

@@ -21,11 +21,13 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
+from PIL import Image
 
 from estimators.cli_util import UserError
 
 MAX_K = 30.0
 COLUMNS = ("id", "group_id", "kind", "image", "caption", "bokeh_level")
+MASK_COLUMN = "subject_mask"
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,15 @@ class BatchPlan:
     contrastive: bool
 
 
+def _encoded_bytes(value: Any) -> Optional[bytes]:
+    """The bytes of an HF Image cell (``{bytes, path}``) or a plain binary cell; None when empty."""
+    data = value.get("bytes") if isinstance(value, dict) else value
+    return data or None
+
+
 class TrainingRows:
-    """The columns the trainer needs, in memory; images stay encoded in an Arrow column until used."""
+    """The columns the trainer needs, in memory; images (and subject masks, when the table has the
+    ``subject_mask`` column) stay encoded in Arrow columns until used."""
 
     def __init__(self, table: Any) -> None:
         missing = [c for c in COLUMNS if c not in table.column_names]
@@ -72,6 +81,23 @@ class TrainingRows:
         self.captions = ["" if v is None else str(v) for v in table.column("caption").to_pylist()]
         self.levels = np.asarray(table.column("bokeh_level").to_pylist(), dtype=np.float64)
         self.groups = self._contrastive_groups()
+        self._masks = table.column(MASK_COLUMN) if MASK_COLUMN in table.column_names else None
+        self.mask_rows = self._mask_rows()
+
+    def _mask_rows(self) -> list[int]:
+        """Per row, the row whose subject mask it uses: its own, else the first of its group that has one
+        (``bokeh build`` stores a group's mask on its real row only: the renders share the scene), else -1."""
+        if self._masks is None:
+            return [-1] * len(self)
+        import pyarrow.compute as pc
+
+        data = pc.struct_field(self._masks, "bytes") if pa.types.is_struct(self._masks.type) else self._masks
+        has = pc.fill_null(pc.greater(pc.binary_length(data), 0), False).to_numpy(zero_copy_only=False)
+        first: dict[str, int] = {}
+        for row, gid in enumerate(self.group_ids):
+            if has[row]:
+                first.setdefault(gid, row)
+        return [row if has[row] else first.get(gid, -1) for row, gid in enumerate(self.group_ids)]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -92,25 +118,31 @@ class TrainingRows:
 
     def image_bytes(self, row: int) -> bytes:
         """The encoded image of ``row`` (HF Image struct ``{bytes, path}``)."""
-        value = self._images[row].as_py()
-        data = value.get("bytes") if isinstance(value, dict) else value
+        data = _encoded_bytes(self._images[row].as_py())
         if not data:
             raise UserError(f"row {self.ids[row]} has no embedded image bytes")
         return data
 
+    def mask_bytes(self, row: int) -> Optional[bytes]:
+        """The encoded subject mask that applies to ``row`` (see :meth:`_mask_rows`), or None."""
+        source = self.mask_rows[row]
+        return None if source < 0 else _encoded_bytes(self._masks[source].as_py())
 
-def load_rows(source: str, split: str = "train") -> TrainingRows:
+
+def load_rows(source: str, split: str = "train", masks: bool = False) -> TrainingRows:
     """Rows from a ``bokeh build`` output folder (``data/*.parquet``), a folder of Parquet files, or
-    an HF dataset id / folder readable by ``datasets.load_dataset``."""
+    an HF dataset id / folder readable by ``datasets.load_dataset``; with ``masks`` also their subject
+    masks (the ``subject_mask`` column must exist)."""
     import pyarrow.parquet as pq
 
     path = Path(source).expanduser()
     files = sorted(glob.glob(str(path / "data" / f"{split}-*.parquet"))) or sorted(glob.glob(str(path / "*.parquet")))
     if path.is_dir() and files:
-        missing = [c for c in COLUMNS if c not in pq.read_schema(files[0]).names]
+        names = pq.read_schema(files[0]).names
+        missing = [c for c in COLUMNS if c not in names]
         if missing:
             raise UserError(f"training data {files[0]} lacks the column(s) {missing}; it needs {list(COLUMNS)} (as `bokeh build` writes)")
-        table = pq.read_table(files, columns=list(COLUMNS))
+        table = pq.read_table(files, columns=list(COLUMNS) + ([MASK_COLUMN] if masks and MASK_COLUMN in names else []))
     else:
         try:
             import datasets
@@ -123,7 +155,10 @@ def load_rows(source: str, split: str = "train") -> TrainingRows:
             ) from exc
     if table.num_rows == 0:
         raise UserError(f"training data {source!r} has no rows")
-    return TrainingRows(table.select(list(COLUMNS)))
+    if masks and MASK_COLUMN not in table.column_names:
+        raise UserError(f"training data {source!r} has no {MASK_COLUMN} column (data.subject_weight needs the subject masks "
+                        "`bokeh build --mask` writes)")
+    return TrainingRows(table.select(list(COLUMNS) + ([MASK_COLUMN] if masks else [])))
 
 
 class BatchSampler:
@@ -223,32 +258,52 @@ class ImageLoader:
         self.resolution = resolution
         self._cache: Optional[dict[int, Any]] = {} if cache else None
 
-    def _decoded(self, row: int) -> Any:
+    def _decoded(self, row: int, mask: bool = False) -> Any:
+        """Row ``row``'s image (RGB), or with ``mask`` the subject mask that applies to it (greyscale)."""
         from estimators.image_io import load_image
 
-        if self._cache is not None and row in self._cache:
-            return self._cache[row]
-        image = load_image(self.rows.image_bytes(row))
+        key = ("mask", self.rows.mask_rows[row]) if mask else ("image", row)
+        if self._cache is not None and key in self._cache:
+            return self._cache[key]
+        if mask:
+            image = load_image(self.rows.mask_bytes(row), apply_orientation=False).convert("L")
+        else:
+            image = load_image(self.rows.image_bytes(row))
         # Keep enough pixels for any crop; no need for more than 2x the training size.
         short = min(image.size)
         limit = 2 * self.resolution
         if short > limit:
             scale = limit / short
-            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), resample=3)
+            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                                 resample=Image.Resampling.BILINEAR if mask else Image.Resampling.BICUBIC)
         if self._cache is not None:
-            self._cache[row] = image
+            self._cache[key] = image
         return image
+
+    def _tile(self, image: Any, crop: Crop, resample: Any) -> np.ndarray:
+        box = crop_box(image.width, image.height, self.resolution, crop)
+        return np.asarray(image.resize((self.resolution, self.resolution), resample=resample, box=box), dtype=np.float32)
 
     def load(self, rows: Sequence[int], crops: Sequence[Crop]) -> Any:
         """The ``[B, 3, R, R]`` batch for ``rows`` with their ``crops``."""
         import torch
 
-        arrays = []
-        for row, crop in zip(rows, crops):
-            image = self._decoded(row)
-            box = crop_box(image.width, image.height, self.resolution, crop)
-            tile = image.resize((self.resolution, self.resolution), resample=3, box=box)
-            arrays.append(np.asarray(tile, dtype=np.float32))
+        arrays = [self._tile(self._decoded(row), crop, Image.Resampling.BICUBIC) for row, crop in zip(rows, crops)]
         batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
         return batch / 127.5 - 1.0
+
+    def load_weights(self, rows: Sequence[int], crops: Sequence[Crop], subject_weight: float) -> Any:
+        """``[B, 1, R, R]`` loss weights for ``rows`` with their ``crops``: ``subject_weight`` on the subject
+        mask, 1 elsewhere (a fractional mask pixel at a resized edge weighs in between; rows without a
+        mask are 1 everywhere)."""
+        import torch
+
+        maps = []
+        for row, crop in zip(rows, crops):
+            if self.rows.mask_rows[row] < 0:
+                maps.append(np.ones((self.resolution, self.resolution), dtype=np.float32))
+                continue
+            subject = self._tile(self._decoded(row, mask=True), crop, Image.Resampling.BILINEAR) / 255.0
+            maps.append(1.0 + (subject_weight - 1.0) * subject)
+        return torch.from_numpy(np.stack(maps)).unsqueeze(1)
 

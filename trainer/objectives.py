@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 
 
 def ddpm_timesteps(u: torch.Tensor, num_train_timesteps: int) -> torch.Tensor:
@@ -45,6 +44,16 @@ def snr_weights(scheduler: Any, timesteps: torch.Tensor, gamma: Optional[float],
     return weights.float()
 
 
+def row_mse(pred: torch.Tensor, target: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The mean squared error of each row (in fp32); with ``weights`` (broadcastable to ``pred``, e.g. one
+    weight per position for every channel) the weighted mean ``sum(w * err) / sum(w)``."""
+    err = (pred.float() - target.float()).square()
+    if weights is None:
+        return err.flatten(1).mean(1)
+    w = weights.float().expand_as(err)
+    return (err * w).flatten(1).sum(1) / w.flatten(1).sum(1)
+
+
 def unet_loss(
     adapter: Any,
     unet: torch.nn.Module,
@@ -57,16 +66,18 @@ def unet_loss(
     u: torch.Tensor,
     snr_gamma: Optional[float] = None,
     snr_floor: Optional[float] = None,
+    pixel_weights: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Mean squared error of the adapted UNet's prediction on ``latents`` noised at ``u``, per row
-    weighted by ``snr_weights`` when ``snr_gamma`` or ``snr_floor`` is set."""
+    """Mean squared error of the adapted UNet's prediction on ``latents`` noised at ``u`` (per position
+    weighted by ``pixel_weights`` [B, 1, h, w] when given), per row weighted by ``snr_weights`` when
+    ``snr_gamma`` or ``snr_floor`` is set."""
     timesteps = ddpm_timesteps(u, scheduler.config.num_train_timesteps).to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     target = ddpm_target(scheduler, latents, noise, timesteps)
     pred = adapter(unet, noisy, timesteps, encoder_hidden_states, bokeh=levels, pivot_ids=pivot_ids)
+    per_row = row_mse(pred, target, pixel_weights)
     if snr_gamma is None and snr_floor is None:
-        return F.mse_loss(pred.float(), target.float())
-    per_row = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
+        return per_row.mean()
     return (per_row * snr_weights(scheduler, timesteps, snr_gamma, snr_floor)).mean()
 
 
@@ -103,8 +114,10 @@ def flux_loss(
     noise: torch.Tensor,
     sigmas: torch.Tensor,
     guidance: float = 3.5,
+    pixel_weights: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Flow matching: ``x_s = (1 - s) x0 + s * noise``, target velocity ``noise - x0``, on packed latents."""
+    """Flow matching: ``x_s = (1 - s) x0 + s * noise``, target velocity ``noise - x0``, on packed latents
+    (per latent position weighted by ``pixel_weights`` [B, 1, h, w] when given)."""
     s = sigmas.to(latents.device, latents.dtype).view(-1, 1, 1, 1)
     noisy = (1 - s) * latents + s * noise
     guidance_vec = None
@@ -116,4 +129,5 @@ def flux_loss(
         pooled_projections=pooled_prompt_embeds, encoder_hidden_states=prompt_embeds,
         txt_ids=text_ids, img_ids=latent_image_ids(latents),
     )
-    return F.mse_loss(pred.float(), pack_latents(noise - latents).float())
+    weights = None if pixel_weights is None else pack_latents(pixel_weights.expand_as(latents))
+    return row_mse(pred, pack_latents(noise - latents), weights).mean()

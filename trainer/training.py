@@ -37,10 +37,16 @@ class TrainStep(nn.Module):
         self.trained = nn.ModuleDict(trained)
         self.text_trains = "text_encoder" in trained
 
-    def forward(self, pixels: torch.Tensor, plan: BatchPlan, generator: torch.Generator) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor, plan: BatchPlan, generator: torch.Generator,
+                pixel_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The loss of ``pixels`` [B, 3, R, R] planned as ``plan``; ``pixel_weights`` [B, 1, R, R] weigh the
+        image's pixels (averaged over each latent position's pixels)."""
         device = pixels.device
         backbone = self.backbone
         latents = backbone.encode_images(pixels)
+        weights = pixel_weights
+        if weights is not None and backbone.latent_factor > 1:
+            weights = torch.nn.functional.avg_pool2d(weights, backbone.latent_factor)
         if self.text_trains:
             text = backbone.encode_text(plan.captions, device)
         else:
@@ -54,7 +60,7 @@ class TrainStep(nn.Module):
                 u[row] = u[pivot]
         noise = noise.to(device, latents.dtype)
         u = backbone.timestep_draw(u).to(device, torch.float32)
-        return backbone.loss(self.adapter, latents, text, plan.levels, plan.pivot_ids, noise, u)
+        return backbone.loss(self.adapter, latents, text, plan.levels, plan.pivot_ids, noise, u, weights)
 
 
 def micro_seed(seed: int, index: int) -> int:
@@ -172,8 +178,9 @@ def _train(config: TrainConfig, resume: Optional[str]) -> dict[str, Any]:
         torch.set_num_threads(run.num_threads)
     output_dir = Path(run.output_dir)
     checkpoint = resolve_resume(output_dir, resume) if resume else None
-    rows = load_rows(config.data.dataset, config.data.split)
     d = config.data
+    weighted = d.subject_weight != 1
+    rows = load_rows(d.dataset, d.split, masks=weighted)
     sampler = BatchSampler(rows, d.batch_size, run.seed, d.contrastive_ratio, d.tie_probability, d.k_dropout,
                            d.caption_dropout, d.real_rows, d.crop_min_fraction)
     loader = ImageLoader(rows, d.resolution, cache=d.cache_images)
@@ -239,9 +246,10 @@ def _train(config: TrainConfig, resume: Optional[str]) -> dict[str, Any]:
             index = (step * accum + micro) * procs + accelerator.process_index
             plan = sampler.plan(index)
             pixels = loader.load(plan.rows, plan.crops).to(accelerator.device)
+            weights = loader.load_weights(plan.rows, plan.crops, d.subject_weight).to(accelerator.device) if weighted else None
             generator = torch.Generator().manual_seed(micro_seed(run.seed, index))
             with accelerator.accumulate(step_module):
-                loss = step_module(pixels, plan, generator)
+                loss = step_module(pixels, plan, generator, weights)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and o.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(params, o.max_grad_norm)
