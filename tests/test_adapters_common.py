@@ -91,14 +91,30 @@ def test_one_bokeh_token_attention_is_its_value():
         torch.nn.init.normal_(layer.up.weight)
     got = bokeh_attention(query, tokens, to_k, to_v)
     value = to_v(tokens)  # [B, 1, H*D]
-    # the identity: attention over one key returns its value at every query position
-    torch.testing.assert_close(got, value.expand(batch, seq, heads * dim))
+    # the identity: attention over one key returns its value at every query position (broadcast)
+    torch.testing.assert_close(got.expand(batch, seq, -1), value.expand(batch, seq, heads * dim))
     # and the full attention written out: softmax over the single logit, times V_b
     key = to_k(tokens).view(batch, 1, heads, dim).transpose(1, 2)
     v = value.view(batch, 1, heads, dim).transpose(1, 2)
     logits = query @ key.transpose(-1, -2) / math.sqrt(dim)
     full = (torch.softmax(logits, dim=-1) @ v).transpose(1, 2).reshape(batch, seq, heads * dim)
-    torch.testing.assert_close(got, full)
+    torch.testing.assert_close(got.expand(batch, seq, -1), full)
+    # K_b stays in the graph with the zero gradient it has (every parameter used, as DDP expects)
+    got.sum().backward()
+    assert torch.equal(to_k.up.weight.grad, torch.zeros_like(to_k.up.weight)) and to_v.up.weight.grad.abs().sum() > 0
+
+
+def test_several_bokeh_tokens_attention_by_hand():
+    torch.manual_seed(1)
+    batch, heads, seq, dim, context, tokens_n = 2, 3, 5, 4, 6, 3
+    query = torch.randn(batch, heads, seq, dim)
+    tokens = torch.randn(batch, tokens_n, context)
+    to_k, to_v = torch.nn.Linear(context, heads * dim, bias=False), torch.nn.Linear(context, heads * dim, bias=False)
+    key = to_k(tokens).view(batch, tokens_n, heads, dim).transpose(1, 2)
+    v = to_v(tokens).view(batch, tokens_n, heads, dim).transpose(1, 2)
+    logits = query @ key.transpose(-1, -2) / math.sqrt(dim)
+    full = (torch.softmax(logits, dim=-1) @ v).transpose(1, 2).reshape(batch, seq, heads * dim)
+    torch.testing.assert_close(bokeh_attention(query, tokens, to_k, to_v), full)
 
 
 def test_low_rank_pair_in_a_bf16_model_with_and_without_autocast():

@@ -73,12 +73,17 @@ def ground(
 def bokeh_attention(
     query: torch.Tensor, tokens: torch.Tensor, to_k: nn.Module, to_v: nn.Module
 ) -> torch.Tensor:
-    """``attn(Q, K_b, V_b)`` for ``query`` ``[B, H, S, D]`` and bokeh ``tokens`` ``[B, T, C]``, as ``[B, S, H*D]``.
+    """``attn(Q, K_b, V_b)`` for ``query`` ``[B, H, S, D]`` and bokeh ``tokens`` ``[B, T, C]``, as ``[B, S, H*D]``
+    (``[B, 1, H*D]``, to broadcast over S, for one token).
 
-    With one bokeh token the softmax is 1 and this equals V_b at every position; it is computed as
-    attention anyway so that K_b stays in the graph (distributed training expects every parameter used).
+    With one bokeh token (the adapters' case) the softmax over its single logit is exactly 1, so the
+    result is V_b at every position: returned as such, which spares an attention over the whole sequence
+    and its backward in every adapted block (57 in FLUX). K_b joins the output with weight 0, so it stays
+    in the graph (distributed training expects every parameter used) and gets the zero gradient it has.
     """
     batch, heads, seq, head_dim = query.shape
+    if tokens.shape[1] == 1:
+        return to_v(tokens).to(query.dtype) + 0 * to_k(tokens).to(query.dtype).sum(-1, keepdim=True)
     key = to_k(tokens).to(query.dtype).unflatten(-1, (heads, head_dim)).transpose(1, 2)
     value = to_v(tokens).to(query.dtype).unflatten(-1, (heads, head_dim)).transpose(1, 2)
     out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
