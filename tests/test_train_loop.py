@@ -158,8 +158,8 @@ def test_unet_loss_weights_rows_by_clamped_snr():
     weights = torch.ones(2, 1, 2, 2)
     weights[0, 0, 0, 1] = 4.0
     args = (Constant(), None, scheduler, x0, None, [0.0, 0.0], None, torch.zeros_like(x0), u)
-    assert unet_loss(*args, pixel_weights=weights).item() == pytest.approx((39 / 7 + 4) / 2, rel=1e-6)
-    assert unet_loss(*args, snr_gamma=5.0, pixel_weights=weights).item() == pytest.approx((5 * 39 / 7 + 0.5625 * 4) / 2, rel=1e-5)
+    assert unet_loss(*args, weights=weights).item() == pytest.approx((39 / 7 + 4) / 2, rel=1e-6)
+    assert unet_loss(*args, snr_gamma=5.0, weights=weights).item() == pytest.approx((5 * 39 / 7 + 0.5625 * 4) / 2, rel=1e-5)
 
 
 def test_row_mse_by_hand():
@@ -183,7 +183,7 @@ def test_flux_loss_weights_the_positions_they_belong_to():
     args = (adapter, transformer, latents, None, None, None, [0.0, 5.0], None, noise, torch.tensor([0.5, 0.5]))
     err = (prediction - (noise - latents)) ** 2
     expected = ((err * weights).sum((1, 2, 3)) / (3 * weights.sum((1, 2, 3)))).mean()
-    assert flux_loss(*args, pixel_weights=weights).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert flux_loss(*args, weights=weights).item() == pytest.approx(expected.item(), rel=1e-6)
     assert flux_loss(*args).item() == pytest.approx(err.mean().item(), rel=1e-6)
 
 

@@ -306,4 +306,3 @@ class ImageLoader:
             subject = self._tile(self._decoded(row, mask=True), crop, Image.Resampling.BILINEAR) / 255.0
             maps.append(1.0 + (subject_weight - 1.0) * subject)
         return torch.from_numpy(np.stack(maps)).unsqueeze(1)
-

@@ -66,16 +66,16 @@ def unet_loss(
     u: torch.Tensor,
     snr_gamma: Optional[float] = None,
     snr_floor: Optional[float] = None,
-    pixel_weights: Optional[torch.Tensor] = None,
+    weights: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Mean squared error of the adapted UNet's prediction on ``latents`` noised at ``u`` (per position
-    weighted by ``pixel_weights`` [B, 1, h, w] when given), per row weighted by ``snr_weights`` when
+    weighted by ``weights`` [B, 1, h, w] when given), per row weighted by ``snr_weights`` when
     ``snr_gamma`` or ``snr_floor`` is set."""
     timesteps = ddpm_timesteps(u, scheduler.config.num_train_timesteps).to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     target = ddpm_target(scheduler, latents, noise, timesteps)
     pred = adapter(unet, noisy, timesteps, encoder_hidden_states, bokeh=levels, pivot_ids=pivot_ids)
-    per_row = row_mse(pred, target, pixel_weights)
+    per_row = row_mse(pred, target, weights)
     if snr_gamma is None and snr_floor is None:
         return per_row.mean()
     return (per_row * snr_weights(scheduler, timesteps, snr_gamma, snr_floor)).mean()
@@ -114,10 +114,10 @@ def flux_loss(
     noise: torch.Tensor,
     sigmas: torch.Tensor,
     guidance: float = 3.5,
-    pixel_weights: Optional[torch.Tensor] = None,
+    weights: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Flow matching: ``x_s = (1 - s) x0 + s * noise``, target velocity ``noise - x0``, on packed latents
-    (per latent position weighted by ``pixel_weights`` [B, 1, h, w] when given)."""
+    (per latent position weighted by ``weights`` [B, 1, h, w] when given)."""
     s = sigmas.to(latents.device, latents.dtype).view(-1, 1, 1, 1)
     noisy = (1 - s) * latents + s * noise
     guidance_vec = None
@@ -129,5 +129,5 @@ def flux_loss(
         pooled_projections=pooled_prompt_embeds, encoder_hidden_states=prompt_embeds,
         txt_ids=text_ids, img_ids=latent_image_ids(latents),
     )
-    weights = None if pixel_weights is None else pack_latents(pixel_weights.expand_as(latents))
-    return row_mse(pred, pack_latents(noise - latents), weights).mean()
+    packed = None if weights is None else pack_latents(weights.expand_as(latents))
+    return row_mse(pred, pack_latents(noise - latents), packed).mean()
