@@ -46,6 +46,12 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 IMAGE_COLUMNS = tuple(name for name, dtype, _ in COLUMNS if dtype == "image")
 #: Arrow type of a Hugging Face Image cell.
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+def cell_bytes(value: Any) -> Any:
+    """The encoded bytes of an image cell (an HF Image struct ``{bytes, path}`` or plain binary); None when empty."""
+    data = value.get("bytes") if isinstance(value, dict) else value
+    return data or None
+
+
 _ARROW_TYPES = {
     "string": pa.string(), "int32": pa.int32(), "float32": pa.float32(), "bool": pa.bool_(), "image": IMAGE_STRUCT,
 }

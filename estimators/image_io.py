@@ -40,6 +40,27 @@ def _open(source: ImageSource) -> Image.Image:
     return Image.open(path)
 
 
+def load_mask(source: ImageSource, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A subject mask image as an HxW bool array, True = subject: grey level > 127 (the 0 / 255 masks
+    ``bokeh build`` writes), or the alpha channel > 127 of a cut-out; same pixel limit and errors as
+    :func:`load_image`."""
+    try:
+        img = _open(source)
+        if img.width * img.height > max_pixels:
+            raise ImageLoadError(f"mask has {img.width}x{img.height} pixels, over the limit of {max_pixels:,}")
+        img.load()
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            grey = img.convert("RGBA").getchannel("A")
+        else:
+            grey = img.convert("L")
+        return np.asarray(grey) > 127
+    except ImageLoadError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageLoadError(f"cannot decode mask: {reason}") from None
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode (CMYK, 16-bit, grayscale, palette, alpha) to 8-bit RGB."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):

@@ -16,9 +16,10 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from dataset_tools.schema import cell_bytes
 from estimators.cli_util import UserError
 from estimators.depth import normalize_disparity, read_disparity_png
-from estimators.image_io import ImageLoadError, as_rgb_array, load_image
+from estimators.image_io import ImageLoadError, as_rgb_array, load_image, load_mask
 from pipelines.metrics import background_sharpness
 
 #: Dataset rows count for a level when their K lies within half the gap to the neighbouring level,
@@ -81,16 +82,6 @@ class EstimatedScenes:
         return Scene(np.asarray(found.mask, dtype=bool), depth.disparity, f"{depth.source} + {found.source}")
 
 
-def _decode_cell(cell: Any) -> Optional[bytes]:
-    data = cell.get("bytes") if isinstance(cell, dict) else cell
-    return data or None
-
-
-def _decode_mask(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as img:
-        return np.asarray(img.convert("L")) > 127
-
-
 @dataclass
 class _Pivot:
     level: float
@@ -148,7 +139,7 @@ class DatasetSource:
         (synthetic rows carry none: they share their pivot's)."""
         for _, run in itertools.groupby(self._rows(columns), key=lambda r: r["group_id"]):
             rows = list(run)
-            masks = [_decode_cell(r["subject_mask"]) for r in rows]
+            masks = [cell_bytes(r["subject_mask"]) for r in rows]
             yield next((m for m in masks if m), None), rows
 
     def check_captions(self, prompts: Sequence[str]) -> None:
@@ -157,10 +148,10 @@ class DatasetSource:
         wanted = set(prompts) - set(self._pivots)
         if wanted:
             for row in self._rows(("subject_mask", "depth", "bokeh_level", "caption")):
-                mask, caption, level = _decode_cell(row["subject_mask"]), row["caption"], row["bokeh_level"]
+                mask, caption, level = cell_bytes(row["subject_mask"]), row["caption"], row["bokeh_level"]
                 if caption in wanted and mask and level is not None:
                     if caption not in self._pivots or level < self._pivots[caption].level:
-                        self._pivots[caption] = _Pivot(float(level), mask, _decode_cell(row["depth"]))
+                        self._pivots[caption] = _Pivot(float(level), mask, cell_bytes(row["depth"]))
         for prompt in prompts:
             if prompt not in self._pivots:
                 raise UserError(
@@ -172,7 +163,7 @@ class DatasetSource:
         """Mask and depth of the dataset row captioned ``prompt``, fitted to ``size`` = (width, height)."""
         self.check_captions([prompt])
         pivot = self._pivots[prompt]
-        mask = fit_mask(_decode_mask(pivot.mask), size)
+        mask = fit_mask(load_mask(pivot.mask), size)
         disparity = None
         if pivot.depth:
             disparity = fit_disparity(read_disparity_png(io.BytesIO(pivot.depth)), size)
@@ -199,7 +190,7 @@ class DatasetSource:
                 if len(whole[i]) >= MAX_ROWS_PER_BIN:
                     continue
                 try:
-                    rgb = as_rgb_array(fit_to(load_image(_decode_cell(row["image"]) or b""), size))
+                    rgb = as_rgb_array(fit_to(load_image(cell_bytes(row["image"]) or b""), size))
                 except ImageLoadError:
                     unreadable += 1
                     continue
@@ -208,7 +199,7 @@ class DatasetSource:
                     without_mask += 1
                     continue
                 if mask is None:
-                    mask = fit_mask(_decode_mask(mask_bytes), size)
+                    mask = fit_mask(load_mask(mask_bytes), size)
                 value = background_sharpness(rgb, mask)
                 if value is not None:
                     background[i].append(value)

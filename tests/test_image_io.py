@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import TEST_PHOTOS
-from estimators.image_io import ImageLoadError, load_image
+from estimators.image_io import ImageLoadError, load_image, load_mask
 
 
 
@@ -94,3 +94,25 @@ def test_heic_decodes_when_pillow_heif_present():
     pytest.importorskip("pillow_heif")
     img = load_image(TEST_PHOTOS / "exif" / "iphone_13_pro_max.heic")
     assert img.mode == "RGB" and min(img.size) > 0
+
+
+def _encoded(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_masks_grey_levels_or_alpha():
+    grey = np.zeros((4, 6), dtype=np.uint8)
+    grey[1:3, 2:5] = 200  # > 127: subject
+    grey[0, 0] = 127  # not
+    assert load_mask(_encoded(Image.fromarray(grey))).tolist() == (grey > 127).tolist()
+    # a cut-out: opaque subject on a transparent (white) background; its grey levels would say "all subject"
+    rgba = np.full((4, 6, 4), 255, dtype=np.uint8)
+    rgba[..., 3] = 0
+    rgba[1:3, 2:5, 3] = 255
+    assert load_mask(_encoded(Image.fromarray(rgba, mode="RGBA"))).tolist() == (rgba[..., 3] > 127).tolist()
+    with pytest.raises(ImageLoadError, match="cannot decode mask"):
+        load_mask(b"not a png")
+    with pytest.raises(ImageLoadError, match="over the limit"):
+        load_mask(_encoded(Image.fromarray(grey)), max_pixels=10)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from dataset_tools.schema import IMAGE_STRUCT
 from estimators.cli_util import UserError
 from trainer.data import BatchSampler, Crop, ImageLoader, crop_box, load_rows
 
@@ -181,17 +182,21 @@ def _mask_dataset(folder):
     rows += [dict(id=f"r{i}", group_id="g", kind="synthetic", image=cell(noise), subject_mask=None, caption="a box",
                   bokeh_level=10.0 * (i + 1)) for i in range(2)]
     rows.append(dict(id="s", group_id="s", kind="real", image=cell(noise), subject_mask=None, caption="x", bokeh_level=3.0))
+    schema = pa.schema([("id", pa.string()), ("group_id", pa.string()), ("kind", pa.string()), ("image", IMAGE_STRUCT),
+                        ("subject_mask", IMAGE_STRUCT), ("caption", pa.string()), ("bokeh_level", pa.float64())])
     (folder / "data").mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist(rows), folder / "data" / "train-00000-of-00001.parquet")
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / "data" / "train-00000-of-00001.parquet")
     return folder
 
 
 def test_subject_masks_are_shared_by_the_group_and_weigh_the_cropped_subject(tmp_path):
-    data = load_rows(str(_mask_dataset(tmp_path)), masks=True)
+    with pytest.warns(UserWarning, match="1 of 4 rows"):
+        data = load_rows(str(_mask_dataset(tmp_path)), masks=True)
     assert data.mask_rows == [0, 0, 0, -1]  # the renders use their pivot's mask, the single row has none
     loader = ImageLoader(data, resolution=16, cache=True)
     crops = [Crop(1.0, 1.0, 0.5), Crop(1.0, 0.0, 0.5), Crop(1.0, 0.0, 0.5), Crop()]
-    weights = loader.load_weights([0, 1, 2, 3], crops, subject_weight=5.0)
+    pixels, weights = loader.load_weighted([0, 1, 2, 3], crops, subject_weight=5.0)
+    assert torch.equal(pixels, loader.load([0, 1, 2, 3], crops)) and loader.load_weighted([0], crops[:1], None)[1] is None
     assert weights.shape == (4, 1, 16, 16)
     assert torch.equal(weights[1], weights[2]) and torch.equal(weights[3], torch.ones(1, 16, 16))
     # By hand: the 24-px short side becomes 16 (x 2/3), so the 8 x 12 box is 5.33 x 8 px = 42.7 px; the right crop
@@ -212,3 +217,60 @@ def test_subject_masks_are_shared_by_the_group_and_weigh_the_cropped_subject(tmp
 def test_subject_weights_need_the_mask_column(tmp_path):
     with pytest.raises(UserError, match="subject_mask"):
         load_rows(str(write_dataset(tmp_path)), masks=True)
+
+
+def _rewrite(folder, change):
+    """The mask dataset's single Parquet file with ``change(rows)`` applied."""
+    path = folder / "data" / "train-00000-of-00001.parquet"
+    table = pq.read_table(path)
+    rows = table.to_pylist()
+    change(rows)
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
+    return folder
+
+
+def test_subject_mask_problems_are_one_line_errors_or_warnings(tmp_path):
+    cell = lambda data: {"bytes": data, "path": None}  # noqa: E731
+    # no embedded mask at all (path-only cells): refused, not trained unweighted in silence
+    def paths_only(rows):
+        rows[0]["subject_mask"] = {"bytes": None, "path": "p.mask.png"}
+    with pytest.raises(UserError, match="no row has an embedded subject mask"):
+        load_rows(str(_rewrite(_mask_dataset(tmp_path / "a"), paths_only)), masks=True)
+    # a column of nulls only (its Arrow type is null): the same error
+    table = pq.read_table(_mask_dataset(tmp_path / "n") / "data" / "train-00000-of-00001.parquet").drop_columns(["subject_mask"])
+    pq.write_table(table.append_column("subject_mask", pa.nulls(table.num_rows)), tmp_path / "n" / "data" / "train-00000-of-00001.parquet")
+    with pytest.raises(UserError, match="no row has an embedded subject mask"):
+        load_rows(str(tmp_path / "n"), masks=True)
+    # the single row without a mask: a warning with the count
+    with pytest.warns(UserWarning, match="1 of 4 rows have no subject mask"):
+        load_rows(str(_mask_dataset(tmp_path / "b")), masks=True)
+
+    def corrupt(rows):
+        rows[0]["subject_mask"] = cell(b"not a png")
+    with pytest.warns(UserWarning):
+        data = load_rows(str(_rewrite(_mask_dataset(tmp_path / "c"), corrupt)), masks=True)
+    with pytest.raises(UserError, match="row p: subject mask: "):
+        ImageLoader(data, 16).load_weighted([1], [Crop()], 3.0)
+
+    def square_mask(rows):  # a 24 x 24 mask for a 24 x 32 image
+        rows[0]["subject_mask"] = cell(_png(np.full((24, 24), 255, dtype=np.uint8)))
+    with pytest.warns(UserWarning):
+        data = load_rows(str(_rewrite(_mask_dataset(tmp_path / "d"), square_mask)), masks=True)
+    with pytest.raises(UserError, match="subject mask 24x24 does not fit the image of row r0"):
+        ImageLoader(data, 16).load_weighted([1], [Crop()], 3.0)
+
+
+def test_a_half_size_mask_weighs_the_same_pixels(tmp_path):
+    """A mask at half the image's size (same aspect) is fitted to the image before the crop."""
+    def half(rows):
+        subject = np.zeros((12, 16), dtype=np.uint8)
+        subject[4:8, 5:11] = 255  # the 8 x 12 box of the full-size mask, halved
+        rows[0]["subject_mask"] = {"bytes": _png(subject), "path": None}
+    with pytest.warns(UserWarning):
+        full = load_rows(str(_mask_dataset(tmp_path / "full")), masks=True)
+        halved = load_rows(str(_rewrite(_mask_dataset(tmp_path / "half"), half)), masks=True)
+    crop = [Crop(1.0, 1.0, 0.5)]
+    a = ImageLoader(full, 16).load_weighted([0], crop, 5.0)[1]
+    b = ImageLoader(halved, 16).load_weighted([0], crop, 5.0)[1]
+    assert (a - 1).sum().item() == pytest.approx((b - 1).sum().item(), rel=0.03)
+    assert torch.equal(a > 3, b > 3)

@@ -2,6 +2,7 @@
 (strict keys, keep-last-M), objectives against hand formulas, configs and the `bokeh train` command."""
 import json
 import math
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -318,6 +319,37 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(ROOT / "configs" / "tiny.yaml", ["data.subject_weight=0"])
 
 
+def test_pixel_weights_reach_the_loss_averaged_over_each_latent_position():
+    """TrainStep pools [B, 1, R, R] pixel weights to the latent grid: the mean of each p x p patch."""
+    from trainer.data import BatchPlan
+    from trainer.training import TrainStep
+
+    class Spy:  # a backbone with 2 x 2 pixel patches that records what its loss receives
+        latent_factor = 2
+
+        def encode_images(self, pixels):
+            return torch.nn.functional.pixel_unshuffle(pixels, 2)
+
+        def encode_text(self, captions, device):
+            return {}
+
+        def timestep_draw(self, u):
+            return u
+
+        def loss(self, adapter, latents, text, levels, pivot_ids, noise, u, weights=None):
+            self.seen = (latents.shape, weights)
+            return latents.sum() * 0
+
+    spy = Spy()
+    pixels = torch.zeros(1, 3, 4, 4)
+    weights = torch.arange(16.0).view(1, 1, 4, 4)
+    plan = BatchPlan([0], [5.0], ["x"], [-1], [None], False)
+    TrainStep(spy, torch.nn.Identity(), {})(pixels, plan, torch.Generator().manual_seed(0), weights)
+    shape, pooled = spy.seen
+    # patches of [[0, 1], [4, 5]] etc.: means 2.5, 4.5, 10.5, 12.5
+    assert shape == (1, 12, 2, 2) and pooled.flatten().tolist() == [2.5, 4.5, 10.5, 12.5]
+
+
 def test_subject_weight_reaches_the_loss(dataset, tmp_path):
     """Same batches and noise at lr 0, only the subject weight differs: the loss must change (the weights' values
     and the weighted mean are tested above)."""
@@ -329,7 +361,9 @@ def test_subject_weight_reaches_the_loss(dataset, tmp_path):
     for weight in (1.0, 8.0):
         config = tiny_config(masked, tmp_path / f"w{weight}", max_steps=3, checkpoint_every=0)
         config.optim.learning_rate, config.data.subject_weight, config.data.contrastive_ratio = 0.0, weight, 1.0
-        train(config)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "1 of 4 rows have no subject mask")  # the single row; tested in test_train_data
+            train(config)
         losses[weight] = [r["loss"] for r in _log(tmp_path / f"w{weight}")]
     # every batch is the masked group (the pivot and its renders share the pivot's mask): each step's loss moves
     assert all(abs(w - u) > 0.01 * u for w, u in zip(losses[8.0], losses[1.0]))

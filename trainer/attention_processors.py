@@ -83,7 +83,7 @@ def bokeh_attention(
     """
     batch, heads, seq, head_dim = query.shape
     if tokens.shape[1] == 1:
-        return to_v(tokens).to(query.dtype) + 0 * to_k(tokens).to(query.dtype).sum(-1, keepdim=True)
+        return to_v(tokens).to(query.dtype) + (to_k(tokens).to(query.dtype) * 0).sum(-1, keepdim=True)  # 0 before the sum: no fp16 overflow
     key = to_k(tokens).to(query.dtype).unflatten(-1, (heads, head_dim)).transpose(1, 2)
     value = to_v(tokens).to(query.dtype).unflatten(-1, (heads, head_dim)).transpose(1, 2)
     out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)

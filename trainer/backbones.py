@@ -33,6 +33,11 @@ def pixel_patch_size(channels: int) -> int:
     return p
 
 
+def vae_factor(vae: nn.Module) -> int:
+    """Image pixels per latent position along a side: 2 per VAE downsampling level."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 class UNetBackbone:
     """A UNet2DConditionModel with its CLIP text encoder, tokenizer, DDPM training scheduler and (for
     latent models) VAE; without a VAE it denoises pixels in [-1, 1] (the tiny model), as p x p patches
@@ -98,7 +103,7 @@ class UNetBackbone:
     @property
     def latent_factor(self) -> int:
         """Image pixels per latent position along a side: the VAE's downsampling or the pixel patch size."""
-        return self.patch if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return self.patch if self.vae is None else vae_factor(self.vae)
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         if self.vae is None:
@@ -202,7 +207,7 @@ class FluxBackbone:
     @property
     def latent_factor(self) -> int:
         """Image pixels per latent position along a side (the VAE's downsampling)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_factor(self.vae)
 
     def latent_shape(self, resolution: int) -> tuple[int, int, int]:
         return self.vae.config.latent_channels, resolution // self.latent_factor, resolution // self.latent_factor

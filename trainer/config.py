@@ -4,6 +4,8 @@ Unknown sections or keys are an error (a typo must not silently fall back to a d
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -133,8 +135,8 @@ class TrainConfig:
         for name in ("max_steps", "gradient_accumulation_steps", "keep_last", "log_every"):
             if getattr(self.run, name) < 1:
                 raise UserError(f"run.{name} must be >= 1, got {getattr(self.run, name)}")
-        if not self.data.subject_weight > 0:
-            raise UserError(f"data.subject_weight must be > 0 (1 = the subject weighs like the rest), got {self.data.subject_weight}")
+        if not 0 < self.data.subject_weight < math.inf:
+            raise UserError(f"data.subject_weight must be a finite number > 0 (1 = the subject weighs like the rest), got {self.data.subject_weight}")
         if self.data.resolution < 8 or self.data.resolution % 8:
             raise UserError(f"data.resolution must be a multiple of 8, got {self.data.resolution}")
         return self

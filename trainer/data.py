@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from dataset_tools.schema import cell_bytes
 from estimators.cli_util import UserError
 
 MAX_K = 30.0
@@ -53,12 +54,6 @@ class BatchPlan:
     contrastive: bool
 
 
-def _encoded_bytes(value: Any) -> Optional[bytes]:
-    """The bytes of an HF Image cell (``{bytes, path}``) or a plain binary cell; None when empty."""
-    data = value.get("bytes") if isinstance(value, dict) else value
-    return data or None
-
-
 class TrainingRows:
     """The columns the trainer needs, in memory; images (and subject masks, when the table has the
     ``subject_mask`` column) stay encoded in Arrow columns until used."""
@@ -87,11 +82,13 @@ class TrainingRows:
     def _mask_rows(self) -> list[int]:
         """Per row, the row whose subject mask it uses: its own, else the first of its group that has one
         (``bokeh build`` stores a group's mask on its real row only: the renders share the scene), else -1."""
-        if self._masks is None:
+        if self._masks is None or pa.types.is_null(self._masks.type):
             return [-1] * len(self)
         import pyarrow.compute as pc
 
         data = pc.struct_field(self._masks, "bytes") if pa.types.is_struct(self._masks.type) else self._masks
+        if pa.types.is_null(data.type):  # path-only cells: nothing embedded
+            return [-1] * len(self)
         has = pc.fill_null(pc.greater(pc.binary_length(data), 0), False).to_numpy(zero_copy_only=False)
         first: dict[str, int] = {}
         for row, gid in enumerate(self.group_ids):
@@ -118,7 +115,7 @@ class TrainingRows:
 
     def image_bytes(self, row: int) -> bytes:
         """The encoded image of ``row`` (HF Image struct ``{bytes, path}``)."""
-        data = _encoded_bytes(self._images[row].as_py())
+        data = cell_bytes(self._images[row].as_py())
         if not data:
             raise UserError(f"row {self.ids[row]} has no embedded image bytes")
         return data
@@ -126,7 +123,7 @@ class TrainingRows:
     def mask_bytes(self, row: int) -> Optional[bytes]:
         """The encoded subject mask that applies to ``row`` (see :meth:`_mask_rows`), or None."""
         source = self.mask_rows[row]
-        return None if source < 0 else _encoded_bytes(self._masks[source].as_py())
+        return None if source < 0 else cell_bytes(self._masks[source].as_py())
 
 
 def load_rows(source: str, split: str = "train", masks: bool = False) -> TrainingRows:
@@ -158,7 +155,16 @@ def load_rows(source: str, split: str = "train", masks: bool = False) -> Trainin
     if masks and MASK_COLUMN not in table.column_names:
         raise UserError(f"training data {source!r} has no {MASK_COLUMN} column (data.subject_weight needs the subject masks "
                         "`bokeh build --mask` writes)")
-    return TrainingRows(table.select(list(COLUMNS) + ([MASK_COLUMN] if masks else [])))
+    rows = TrainingRows(table.select(list(COLUMNS) + ([MASK_COLUMN] if masks else [])))
+    if masks:
+        without = rows.mask_rows.count(-1)
+        if without == len(rows):
+            raise UserError(f"training data {source!r}: no row has an embedded subject mask (nor its group's pivot); "
+                            "data.subject_weight needs them")
+        if without:
+            warnings.warn(f"{without} of {len(rows)} rows have no subject mask (nor their group's pivot): "
+                          "they weigh every pixel alike", stacklevel=2)
+    return rows
 
 
 class BatchSampler:
@@ -250,59 +256,88 @@ def crop_box(width: int, height: int, resolution: int, crop: Crop) -> tuple[floa
 
 
 class ImageLoader:
-    """Decodes rows to ``[3, R, R]`` float tensors in [-1, 1] (crop of the short-side-R image), with an
-    optional in-memory cache of the decoded rows (worth it for small datasets and models)."""
+    """Decodes rows to ``[3, R, R]`` float tensors in [-1, 1] (crop of the short-side-R image) and, for a
+    subject-weighted loss, their ``[1, R, R]`` weights from the same crop of the subject mask; with an
+    optional in-memory cache of the decoded images and masks (worth it for small datasets and models)."""
 
     def __init__(self, rows: TrainingRows, resolution: int, cache: bool = False) -> None:
         self.rows = rows
         self.resolution = resolution
-        self._cache: Optional[dict[int, Any]] = {} if cache else None
+        self._cache: Optional[dict[tuple, Any]] = {} if cache else None
 
-    def _decoded(self, row: int, mask: bool = False) -> Any:
-        """Row ``row``'s image (RGB), or with ``mask`` the subject mask that applies to it (greyscale)."""
-        from estimators.image_io import load_image
+    def _shrunk(self, image: Image.Image, resample: Image.Resampling) -> Image.Image:
+        """``image`` with its short side at most 2x the training size: enough pixels for any crop."""
+        short, limit = min(image.size), 2 * self.resolution
+        if short <= limit:
+            return image
+        scale = limit / short
+        return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), resample=resample)
 
-        key = ("mask", self.rows.mask_rows[row]) if mask else ("image", row)
-        if self._cache is not None and key in self._cache:
-            return self._cache[key]
-        if mask:
-            image = load_image(self.rows.mask_bytes(row), apply_orientation=False).convert("L")
-        else:
-            image = load_image(self.rows.image_bytes(row))
-        # Keep enough pixels for any crop; no need for more than 2x the training size.
-        short = min(image.size)
-        limit = 2 * self.resolution
-        if short > limit:
-            scale = limit / short
-            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                                 resample=Image.Resampling.BILINEAR if mask else Image.Resampling.BICUBIC)
-        if self._cache is not None:
-            self._cache[key] = image
-        return image
+    def _cached(self, key: tuple, make: Any) -> Any:
+        if self._cache is None:
+            return make()
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
 
-    def _tile(self, image: Any, crop: Crop, resample: Any) -> np.ndarray:
+    def _image(self, row: int) -> Image.Image:
+        """Row ``row``'s image, RGB, shrunk for training."""
+        from estimators.image_io import ImageLoadError, load_image
+
+        def make() -> Image.Image:
+            try:
+                return self._shrunk(load_image(self.rows.image_bytes(row)), Image.Resampling.BICUBIC)
+            except ImageLoadError as exc:
+                raise UserError(f"row {self.rows.ids[row]}: image: {exc}") from None
+
+        return self._cached(("image", row), make)
+
+    def _mask(self, row: int, size: tuple[int, int]) -> Image.Image:
+        """The subject mask that applies to ``row`` (mode F, 1 = subject), resized to its image's ``size``."""
+        from estimators.image_io import ImageLoadError, load_mask
+
+        source = self.rows.mask_rows[row]
+
+        def make() -> Image.Image:
+            try:
+                mask = load_mask(self.rows.mask_bytes(row))
+            except ImageLoadError as exc:
+                raise UserError(f"row {self.rows.ids[source]}: subject mask: {exc}") from None
+            height, width = mask.shape
+            if abs(width * size[1] - height * size[0]) > 0.01 * height * size[0]:  # aspects 1 % apart or more
+                raise UserError(f"row {self.rows.ids[source]}: subject mask {width}x{height} does not fit the image of row "
+                                f"{self.rows.ids[row]} (aspect of {size[0]}x{size[1]})")
+            grey = Image.fromarray(mask.astype(np.float32), mode="F")
+            return grey.resize(size, resample=Image.Resampling.BILINEAR)
+
+        return self._cached(("mask", source, size), make)
+
+    def _tile(self, image: Image.Image, crop: Crop, resample: Image.Resampling) -> np.ndarray:
         box = crop_box(image.width, image.height, self.resolution, crop)
         return np.asarray(image.resize((self.resolution, self.resolution), resample=resample, box=box), dtype=np.float32)
 
     def load(self, rows: Sequence[int], crops: Sequence[Crop]) -> Any:
         """The ``[B, 3, R, R]`` batch for ``rows`` with their ``crops``."""
+        return self.load_weighted(rows, crops, None)[0]
+
+    def load_weighted(self, rows: Sequence[int], crops: Sequence[Crop], subject_weight: Optional[float]) -> tuple[Any, Any]:
+        """The batch (as :meth:`load`) and, unless ``subject_weight`` is None, its ``[B, 1, R, R]`` loss
+        weights: ``subject_weight`` on the subject mask, 1 elsewhere (in between on a resized mask edge;
+        1 everywhere for rows without a mask). The mask is fitted to its row's image, then cropped alike."""
         import torch
 
-        arrays = [self._tile(self._decoded(row), crop, Image.Resampling.BICUBIC) for row, crop in zip(rows, crops)]
-        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-        return batch / 127.5 - 1.0
-
-    def load_weights(self, rows: Sequence[int], crops: Sequence[Crop], subject_weight: float) -> Any:
-        """``[B, 1, R, R]`` loss weights for ``rows`` with their ``crops``: ``subject_weight`` on the subject
-        mask, 1 elsewhere (a fractional mask pixel at a resized edge weighs in between; rows without a
-        mask are 1 everywhere)."""
-        import torch
-
-        maps = []
+        arrays, maps, done = [], [], {}
         for row, crop in zip(rows, crops):
-            if self.rows.mask_rows[row] < 0:
-                maps.append(np.ones((self.resolution, self.resolution), dtype=np.float32))
+            image = self._image(row)
+            arrays.append(self._tile(image, crop, Image.Resampling.BICUBIC))
+            if subject_weight is None:
                 continue
-            subject = self._tile(self._decoded(row, mask=True), crop, Image.Resampling.BILINEAR) / 255.0
-            maps.append(1.0 + (subject_weight - 1.0) * subject)
-        return torch.from_numpy(np.stack(maps)).unsqueeze(1)
+            key = (self.rows.mask_rows[row], crop, image.size)  # a contrastive batch shares one mask and crop
+            if key not in done:
+                if key[0] < 0:
+                    done[key] = np.ones((self.resolution, self.resolution), dtype=np.float32)
+                else:
+                    done[key] = 1.0 + (subject_weight - 1.0) * self._tile(self._mask(row, image.size), crop, Image.Resampling.BILINEAR)
+            maps.append(done[key])
+        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0
+        return pixels, (torch.from_numpy(np.stack(maps)).unsqueeze(1) if maps else None)

@@ -245,8 +245,9 @@ def _train(config: TrainConfig, resume: Optional[str]) -> dict[str, Any]:
         for micro in range(accum):
             index = (step * accum + micro) * procs + accelerator.process_index
             plan = sampler.plan(index)
-            pixels = loader.load(plan.rows, plan.crops).to(accelerator.device)
-            weights = loader.load_weights(plan.rows, plan.crops, d.subject_weight).to(accelerator.device) if weighted else None
+            pixels, weights = loader.load_weighted(plan.rows, plan.crops, d.subject_weight if weighted else None)
+            pixels = pixels.to(accelerator.device)
+            weights = None if weights is None else weights.to(accelerator.device)
             generator = torch.Generator().manual_seed(micro_seed(run.seed, index))
             with accelerator.accumulate(step_module):
                 loss = step_module(pixels, plan, generator, weights)
