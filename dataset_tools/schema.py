@@ -8,7 +8,7 @@ fields null: depth and mask are their pivot's (same ``group_id``), and no lens t
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Optional
 
 import pyarrow as pa
 
@@ -46,7 +46,9 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 IMAGE_COLUMNS = tuple(name for name, dtype, _ in COLUMNS if dtype == "image")
 #: Arrow type of a Hugging Face Image cell.
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-def cell_bytes(value: Any) -> Any:
+
+
+def cell_bytes(value: Any) -> Optional[bytes]:
     """The encoded bytes of an image cell (an HF Image struct ``{bytes, path}`` or plain binary); None when empty."""
     data = value.get("bytes") if isinstance(value, dict) else value
     return data or None

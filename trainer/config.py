@@ -5,7 +5,6 @@ Unknown sections or keys are an error (a typo must not silently fall back to a d
 from __future__ import annotations
 
 import math
-
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
