@@ -30,7 +30,7 @@ def attention_path(query: torch.Tensor, tokens: torch.Tensor, to_k: torch.nn.Mod
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     parser.add_argument("--tokens", type=int, default=1536, help="sequence length: image + text tokens (default 1536: 512 px + 512 text)")
     parser.add_argument("--steps", type=int, default=20, help="timed calls per variant after 2 warm-up calls; the median is printed (default 20)")
