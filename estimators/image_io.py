@@ -5,7 +5,7 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import Callable, TypeVar, Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -21,6 +21,7 @@ except ImportError:  # pragma: no cover - optional at run time
 MAX_PIXELS = 100_000_000
 
 ImageSource = Union[str, os.PathLike, bytes]
+T = TypeVar("T")
 
 
 class ImageLoadError(ValueError):
@@ -40,25 +41,8 @@ def _open(source: ImageSource) -> Image.Image:
     return Image.open(path)
 
 
-def load_mask(source: ImageSource, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """A subject mask image as an HxW bool array, True = subject: grey level > 127 (the 0 / 255 masks
-    ``bokeh build`` writes), or the alpha channel > 127 of a cut-out; same pixel limit and errors as
-    :func:`load_image`."""
-    try:
-        img = _open(source)
-        if img.width * img.height > max_pixels:
-            raise ImageLoadError(f"mask has {img.width}x{img.height} pixels, over the limit of {max_pixels:,}")
-        img.load()
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            grey = img.convert("RGBA").getchannel("A")
-        else:
-            grey = img.convert("L")
-        return np.asarray(grey) > 127
-    except ImageLoadError:
-        raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ImageLoadError(f"cannot decode mask: {reason}") from None
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -70,19 +54,16 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     elif img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         img = Image.fromarray(np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    if _has_alpha(img):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
 
 
-def load_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS, apply_orientation: bool = True) -> Image.Image:
-    """Decode a photo to an upright 8-bit RGB PIL image, refusing files over ``max_pixels``.
-
-    The size is checked from the header before any pixel is decoded, so a decompression bomb
-    costs nothing. Every failure raises :class:`ImageLoadError` with a one-line reason.
-    """
+def _decode(source: ImageSource, max_pixels: int, convert: Callable[[Image.Image], T]) -> T:
+    """``convert`` of the decoded image, refusing files over ``max_pixels`` before any pixel is decoded;
+    every failure is an :class:`ImageLoadError` with a one-line reason."""
     try:
         with warnings.catch_warnings():
             # Our own limit below is the authority; Pillow's hard limit (2x its MAX_IMAGE_PIXELS) still applies.
@@ -96,9 +77,7 @@ def load_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS, apply_orien
                     f"image has {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}"
                 )
             img.load()
-            if apply_orientation:
-                img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            return convert(img)
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as exc:
@@ -107,6 +86,29 @@ def load_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS, apply_orien
         raise ImageLoadError("not a recognised image format") from None
     except (OSError, SyntaxError, ValueError, TypeError, EOFError) as exc:
         raise ImageLoadError(f"cannot decode image: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def load_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS, apply_orientation: bool = True) -> Image.Image:
+    """Decode a photo to an upright 8-bit RGB PIL image, refusing files over ``max_pixels``.
+
+    The size is checked from the header before any pixel is decoded, so a decompression bomb
+    costs nothing. Every failure raises :class:`ImageLoadError` with a one-line reason.
+    """
+    return _decode(source, max_pixels, lambda img: _to_rgb(ImageOps.exif_transpose(img) if apply_orientation else img))
+
+
+def load_mask(source: ImageSource, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A subject mask image as an HxW bool array, True = subject: grey level > 127 (the 0 / 255 masks
+    ``bokeh build`` writes), or the alpha channel > 127 of a cut-out; decoded as :func:`load_image`
+    decodes (same limit), its errors prefixed "cannot decode mask"."""
+
+    def subject(img: Image.Image) -> np.ndarray:
+        return np.asarray(img.convert("RGBA").getchannel("A") if _has_alpha(img) else img.convert("L")) > 127
+
+    try:
+        return _decode(source, max_pixels, subject)
+    except ImageLoadError as exc:
+        raise ImageLoadError(f"cannot decode mask: {exc}") from None
 
 
 def to_array(img: Image.Image) -> np.ndarray:
