@@ -82,12 +82,12 @@ class TrainingRows:
     def _mask_rows(self) -> list[int]:
         """Per row, the row whose subject mask it uses: its own, else the first of its group that has one
         (``bokeh build`` stores a group's mask on its real row only: the renders share the scene), else -1."""
-        if self._masks is None or pa.types.is_null(self._masks.type):
-            return [-1] * len(self)
         import pyarrow.compute as pc
 
-        data = pc.struct_field(self._masks, "bytes") if pa.types.is_struct(self._masks.type) else self._masks
-        if pa.types.is_null(data.type):  # path-only cells: nothing embedded
+        data = self._masks
+        if data is not None and pa.types.is_struct(data.type):
+            data = pc.struct_field(data, "bytes")
+        if data is None or pa.types.is_null(data.type):  # no column, or nulls / path-only cells: nothing embedded
             return [-1] * len(self)
         has = pc.fill_null(pc.greater(pc.binary_length(data), 0), False).to_numpy(zero_copy_only=False)
         first: dict[str, int] = {}
@@ -132,6 +132,7 @@ def load_rows(source: str, split: str = "train", masks: bool = False) -> Trainin
     masks (the ``subject_mask`` column must exist)."""
     import pyarrow.parquet as pq
 
+    wanted = list(COLUMNS) + ([MASK_COLUMN] if masks else [])
     path = Path(source).expanduser()
     files = sorted(glob.glob(str(path / "data" / f"{split}-*.parquet"))) or sorted(glob.glob(str(path / "*.parquet")))
     if path.is_dir() and files:
@@ -139,7 +140,7 @@ def load_rows(source: str, split: str = "train", masks: bool = False) -> Trainin
         missing = [c for c in COLUMNS if c not in names]
         if missing:
             raise UserError(f"training data {files[0]} lacks the column(s) {missing}; it needs {list(COLUMNS)} (as `bokeh build` writes)")
-        table = pq.read_table(files, columns=list(COLUMNS) + ([MASK_COLUMN] if masks and MASK_COLUMN in names else []))
+        table = pq.read_table(files, columns=[c for c in wanted if c in names])
     else:
         try:
             import datasets
@@ -155,7 +156,7 @@ def load_rows(source: str, split: str = "train", masks: bool = False) -> Trainin
     if masks and MASK_COLUMN not in table.column_names:
         raise UserError(f"training data {source!r} has no {MASK_COLUMN} column (data.subject_weight needs the subject masks "
                         "`bokeh build --mask` writes)")
-    rows = TrainingRows(table.select(list(COLUMNS) + ([MASK_COLUMN] if masks else [])))
+    rows = TrainingRows(table.select(wanted))
     if masks:
         without = rows.mask_rows.count(-1)
         if without == len(rows):
@@ -265,13 +266,13 @@ class ImageLoader:
         self.resolution = resolution
         self._cache: Optional[dict[tuple, Any]] = {} if cache else None
 
-    def _shrunk(self, image: Image.Image, resample: Image.Resampling) -> Image.Image:
+    def _shrunk(self, image: Image.Image) -> Image.Image:
         """``image`` with its short side at most 2x the training size: enough pixels for any crop."""
         short, limit = min(image.size), 2 * self.resolution
         if short <= limit:
             return image
         scale = limit / short
-        return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), resample=resample)
+        return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), resample=Image.Resampling.BICUBIC)
 
     def _cached(self, key: tuple, make: Any) -> Any:
         if self._cache is None:
@@ -286,7 +287,7 @@ class ImageLoader:
 
         def make() -> Image.Image:
             try:
-                return self._shrunk(load_image(self.rows.image_bytes(row)), Image.Resampling.BICUBIC)
+                return self._shrunk(load_image(self.rows.image_bytes(row)))
             except ImageLoadError as exc:
                 raise UserError(f"row {self.rows.ids[row]}: image: {exc}") from None
 
