@@ -31,29 +31,39 @@ from trainer.objectives import latent_image_ids, pack_latents  # noqa: E402
 from trainer.unet_adapter import BokehUNetAdapter  # noqa: E402
 
 
-def build(model: str, device: torch.device, dtype: torch.dtype, batch: int):
+# The same blocks at small widths (and 16 x 16 latents, 8 text tokens): what --count-ops runs, since the
+# number of operations a step dispatches does not depend on widths or lengths.
+NARROW = {
+    "flux": dict(in_channels=4, attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                 pooled_projection_dim=32, axes_dims_rope=(4, 4, 8)),
+    "sd15": dict(sample_size=16, block_out_channels=(32, 32, 32, 32), cross_attention_dim=32, norm_num_groups=8),
+    "tiny": {},
+}
+
+
+def build(model: str, device: torch.device, dtype: torch.dtype, batch: int, narrow: bool = False):
     """The base, an adapter factory and a function running the base on the batch with given kwargs."""
     from diffusers import FluxTransformer2DModel, UNet2DConditionModel
 
     g = torch.Generator().manual_seed(0)
+    cfg = FLUX_DEV_CONFIG if model == "flux" else SD15_UNET_CONFIG if model == "sd15" else TINY_UNET_CONFIG
+    cfg = {**cfg, **(NARROW[model] if narrow else {})}
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     with torch.device(device):
-        if model == "flux":
-            base = FluxTransformer2DModel(**FLUX_DEV_CONFIG)
-        else:
-            base = UNet2DConditionModel(**(SD15_UNET_CONFIG if model == "sd15" else TINY_UNET_CONFIG))
+        base = FluxTransformer2DModel(**cfg) if model == "flux" else UNet2DConditionModel(**cfg)
     torch.set_default_dtype(previous)
     base.requires_grad_(False)
     if model == "flux":
-        latents = torch.randn(batch, 16, 64, 64, generator=g).to(device, dtype)
+        side, text_len = (16, 8) if narrow else (64, 512)
+        latents = torch.randn(batch, cfg["in_channels"] // 4, side, side, generator=g).to(device, dtype)
         x = pack_latents(latents)
         fixed = dict(
             timestep=torch.full((batch,), 0.5, device=device, dtype=dtype),
             guidance=torch.full((batch,), 3.5, device=device, dtype=dtype),
-            pooled_projections=torch.randn(batch, 768, generator=g).to(device, dtype),
-            encoder_hidden_states=torch.randn(batch, 512, 4096, generator=g).to(device, dtype),
-            txt_ids=torch.zeros(512, 3, device=device, dtype=dtype), img_ids=latent_image_ids(latents),
+            pooled_projections=torch.randn(batch, cfg["pooled_projection_dim"], generator=g).to(device, dtype),
+            encoder_hidden_states=torch.randn(batch, text_len, cfg["joint_attention_dim"], generator=g).to(device, dtype),
+            txt_ids=torch.zeros(text_len, 3, device=device, dtype=dtype), img_ids=latent_image_ids(latents),
         )
 
         def make_adapter():
@@ -64,7 +74,6 @@ def build(model: str, device: torch.device, dtype: torch.dtype, batch: int):
                 return base(hidden_states=sample, return_dict=False, **fixed)[0]
             return adapter(base, bokeh, pivots, hidden_states=sample, **fixed)
     else:
-        cfg = SD15_UNET_CONFIG if model == "sd15" else TINY_UNET_CONFIG
         size = cfg["sample_size"]
         x = torch.randn(batch, cfg["in_channels"], size, size, generator=g).to(device, dtype)
         text = torch.randn(batch, 77, cfg["cross_attention_dim"], generator=g).to(device, dtype)
@@ -80,6 +89,32 @@ def build(model: str, device: torch.device, dtype: torch.dtype, batch: int):
     return base, x, make_adapter, run
 
 
+# Operations that only describe, alias or allocate memory: no kernel runs for them.
+NO_KERNEL = frozenset(f"aten::{name}" for name in (
+    "t", "view", "_unsafe_view", "reshape", "_reshape_alias", "transpose", "permute", "expand", "unsqueeze", "squeeze",
+    "as_strided", "slice", "select", "split", "split_with_sizes", "chunk", "unbind", "narrow", "flatten", "unflatten",
+    "detach", "alias", "view_as", "to", "contiguous", "empty", "empty_like", "empty_strided", "empty_permuted", "resolve_conj",
+    "resolve_neg", "lift_fresh", "result_type", "is_nonzero", "item", "_local_scalar_dense",
+))
+
+
+def count_kernel_ops(step: Callable[[], None]) -> int:
+    """ATen operations one call of ``step`` runs that do work (forward and backward): the innermost ops
+    under each outermost one, less views, aliases and allocations. On a GPU each launches a kernel or more."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def working(event) -> int:
+        inner = sum(working(c) for c in event.cpu_children if c.name.startswith("aten::"))
+        return inner or int(event.name not in NO_KERNEL)
+
+    step()  # lazy initialisation stays out of the count
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    outermost = [e for e in prof.events() if e.name.startswith("aten::")
+                 and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::"))]
+    return sum(working(e) for e in outermost)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=("sd15", "flux", "tiny"), default="tiny",
@@ -91,11 +126,16 @@ def main() -> None:
     parser.add_argument("--cudnn-attention", action="store_true",
                         help="allow PyTorch's cuDNN attention backend (off, as in `bokeh train` (run.cudnn_attention): its backward "
                              "crashed full-size FLUX on an H200, torch 2.11 + cuDNN 9.19)")
+    parser.add_argument("--count-ops", action="store_true",
+                        help="instead of timing, count the kernel-launching operations of one forward + backward pass (no optimizer) "
+                             "per variant, on the CPU with the same blocks at small widths (the count does not depend on widths); "
+                             "launches bound the FLUX batch-1 step on a GPU. Default dtype there: bf16 with autocast, as on a GPU")
     args = parser.parse_args()
     torch.backends.cuda.enable_cudnn_sdp(args.cudnn_attention)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
-    base, x, make_adapter, run = build(args.model, device, dtype, args.batch)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.count_ops else "cpu")
+    default_dtype = "bf16" if device.type == "cuda" or args.count_ops else "fp32"
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype or default_dtype]
+    base, x, make_adapter, run = build(args.model, device, dtype, args.batch, narrow=args.count_ops)
     if args.checkpointing:
         base.enable_gradient_checkpointing()
         base.train()
@@ -110,23 +150,34 @@ def main() -> None:
         with torch.no_grad():
             run(None, x, None, None)
 
-    results = {}
-    results["adapter off (frozen base)"] = measure(frozen_step, device, args.steps)
-    results["base forward only"] = measure(forward_only, device, args.steps)
+    if args.count_ops:
+        reference_ops = count_kernel_ops(frozen_step)
+    else:
+        results = {"adapter off (frozen base)": measure(frozen_step, device, args.steps),
+                   "base forward only": measure(forward_only, device, args.steps)}
     adapter = make_adapter().to(device, torch.float32)
     params = adapter.set_trainable(base)
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
-    def adapter_step(pivots) -> Callable[[], None]:
+    def adapter_step(pivots, optimize: bool = True) -> Callable[[], None]:
         def step() -> None:
             with autocast:
                 loss = run(adapter, x, bokeh, pivots).float().square().mean()
             loss.backward()
-            optimizer.step()
+            if optimize:
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         return step
 
+    if args.count_ops:
+        counts = {"adapter off (frozen base)": reference_ops, "adapter on": count_kernel_ops(adapter_step(None, False)),
+                  "adapter on + grounding": count_kernel_ops(adapter_step(grounded, False))}
+        print(f"bench_train --count-ops: {args.model} blocks at small widths, batch {args.batch}, {dtype}, trained adapter "
+              f"tensors {len(params)}, gradient checkpointing {'on' if args.checkpointing else 'off'}")
+        for label, n in counts.items():
+            print(f"  {label:28s} {n:7d} ops/step  overhead {100 * (n / reference_ops - 1):+6.1f} %")
+        return
     results["adapter on"] = measure(adapter_step(None), device, args.steps)
     results["adapter on + grounding"] = measure(adapter_step(grounded), device, args.steps)
     n_params = sum(p.numel() for p in params)

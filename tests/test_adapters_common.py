@@ -99,19 +99,9 @@ def test_one_bokeh_token_attention_is_its_value():
     logits = query @ key.transpose(-1, -2) / math.sqrt(dim)
     full = (torch.softmax(logits, dim=-1) @ v).transpose(1, 2).reshape(batch, seq, heads * dim)
     torch.testing.assert_close(got.expand(batch, seq, -1), full)
-    # K_b stays in the graph with the zero gradient it has (every parameter used, as DDP expects)
+    # K_b is not used (the adapters freeze it); V_b learns
     got.sum().backward()
-    assert torch.equal(to_k.up.weight.grad, torch.zeros_like(to_k.up.weight)) and to_v.up.weight.grad.abs().sum() > 0
-
-
-def test_one_bokeh_token_in_fp16_with_large_keys_stays_finite():
-    """The zero weight on K_b is applied before its sum, which would overflow fp16 (32 x 3072 > 65504)."""
-    tokens = torch.ones(1, 1, 4, dtype=torch.float16)
-    to_k, to_v = torch.nn.Linear(4, 3072, bias=False).half(), torch.nn.Linear(4, 3072, bias=False).half()
-    torch.nn.init.constant_(to_k.weight, 8.0)
-    torch.nn.init.constant_(to_v.weight, 0.25)
-    got = bokeh_attention(torch.zeros(1, 24, 7, 128, dtype=torch.float16), tokens, to_k, to_v)
-    assert got.shape == (1, 1, 3072) and torch.equal(got, torch.ones_like(got))
+    assert to_k.up.weight.grad is None and to_v.up.weight.grad.abs().sum() > 0
 
 
 def test_several_bokeh_tokens_attention_by_hand():

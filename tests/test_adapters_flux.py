@@ -389,8 +389,12 @@ def test_training_adapter_only_reduces_loss_and_keeps_base():
     base = tiny_flux()
     adapter = BokehFluxAdapter(base, **TINY)
     params = adapter.set_trainable(base)
-    assert {id(p) for p in params} == {id(p) for p in adapter.parameters()}
+    # every adapter parameter but the bokeh keys K_b, whose gradient is 0 with one bokeh token
+    inert = {n for n, _ in adapter.named_parameters() if ".to_k_bokeh." in n}
+    assert len(inert) == 2 * len(adapter.adapter_modules)
+    assert {id(p) for p in params} == {id(p) for n, p in adapter.named_parameters() if n not in inert}
     frozen = {k: v.clone() for k, v in base.state_dict().items() if ".processor." not in k}
+    frozen.update({n: p.detach().clone() for n, p in adapter.named_parameters() if n in inert})
     base.enable_gradient_checkpointing()
     inputs = flux_batch(batch=2)
     target = torch.randn_like(inputs["hidden_states"])
@@ -403,14 +407,16 @@ def test_training_adapter_only_reduces_loss_and_keeps_base():
         optimizer.step()
         losses.append(loss.item())
     assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.9 * losses[0]
-    assert all(torch.equal(base.state_dict()[k], v) for k, v in frozen.items())
-    assert all(p.grad is None for n, p in base.named_parameters() if ".processor." not in n)
+    state = {**base.state_dict(), **dict(adapter.named_parameters())}
+    assert all(torch.equal(state[k], v) for k, v in frozen.items())
+    assert all(p.grad is None for n, p in base.named_parameters() if ".processor." not in n or ".to_k_bokeh." in n)
 
 
 def test_train_everything_for_tiny_models():
     base = tiny_flux()
     adapter = BokehFluxAdapter(base, **TINY)
     params = adapter.set_trainable(base, train_base=True)
-    everything = {id(p) for p in adapter.parameters()} | {id(p) for p in base.parameters()}
+    inert = {id(p) for n, p in adapter.named_parameters() if ".to_k_bokeh." in n}
+    everything = ({id(p) for p in adapter.parameters()} | {id(p) for p in base.parameters()}) - inert
     assert {id(p) for p in params} == everything and len(params) == len(everything)
-    assert all(p.requires_grad for p in params)
+    assert all(p.requires_grad for p in params) and inert and not any(p.requires_grad for p in base.parameters() if id(p) in inert)

@@ -78,16 +78,22 @@ def bokeh_attention(
 
     With one bokeh token (the adapters' case) the softmax over its single logit is exactly 1, so the
     result is V_b at every position: returned as such, which spares an attention over the whole sequence
-    and its backward in every adapted block (57 in FLUX). K_b joins the output with weight 0, so it stays
-    in the graph (distributed training expects every parameter used) and gets the zero gradient it has.
+    and its backward in every adapted block (57 in FLUX). K_b is then unused (its gradient would be 0):
+    the adapters freeze it for training (``BokehAdapter.trainable_parameters``).
     """
     batch, heads, seq, head_dim = query.shape
     if tokens.shape[1] == 1:
-        return to_v(tokens).to(query.dtype) + (to_k(tokens).to(query.dtype) * 0).sum(-1, keepdim=True)  # 0 before the sum: no fp16 overflow
+        return to_v(tokens).to(query.dtype)
     key = to_k(tokens).to(query.dtype).unflatten(-1, (heads, head_dim)).transpose(1, 2)
     value = to_v(tokens).to(query.dtype).unflatten(-1, (heads, head_dim)).transpose(1, 2)
     out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
     return out.transpose(1, 2).reshape(batch, seq, heads * head_dim)
+
+
+def scaled(tensor: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scale * tensor``, with no multiply (forward or backward) at the usual scale 1: one kernel launch
+    less per use, and launches are what bound FLUX's batch-1 step (README)."""
+    return tensor if scale == 1 else scale * tensor
 
 
 def _no_mask_when_grounded(attention_mask: Optional[torch.Tensor]) -> None:
@@ -199,7 +205,7 @@ class BokehCrossAttnProcessor(UNetAttnProcessor):
     def bokeh_term(self, query: torch.Tensor, bokeh_embeds: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         if bokeh_embeds is None:
             return None
-        return self.bokeh_scale * bokeh_attention(query, bokeh_embeds, self.to_k_bokeh, self.to_v_bokeh)
+        return scaled(bokeh_attention(query, bokeh_embeds, self.to_k_bokeh, self.to_v_bokeh), self.bokeh_scale)
 
 
 class GroundedSelfAttnProcessor(UNetAttnProcessor):
@@ -215,7 +221,7 @@ class GroundedSelfAttnProcessor(UNetAttnProcessor):
         self.to_k_adp = LowRankLinear(key_dim, key_dim, rank, alpha, device=device, dtype=dtype)
 
     def adapt_qk(self, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return query + self.lora_scale * self.to_q_adp(query), key + self.lora_scale * self.to_k_adp(key)
+        return query + scaled(self.to_q_adp(query), self.lora_scale), key + scaled(self.to_k_adp(key), self.lora_scale)
 
     def ground_qkv(self, query, key, value, attention_mask, index):
         if index is None:
@@ -327,9 +333,9 @@ class BokehFluxAttnProcessor(FluxJointAttnProcessor):
 
     def adapt_qk(self, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.to_q_adp is not None:
-            query = query + self.lora_scale * self.to_q_adp(query)
+            query = query + scaled(self.to_q_adp(query), self.lora_scale)
         if self.to_k_adp is not None:
-            key = key + self.lora_scale * self.to_k_adp(key)
+            key = key + scaled(self.to_k_adp(key), self.lora_scale)
         return query, key
 
     def ground_qkv(self, query, key, value, attention_mask, index):
@@ -341,4 +347,4 @@ class BokehFluxAttnProcessor(FluxJointAttnProcessor):
     def bokeh_term(self, query: torch.Tensor, bokeh_embeds: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         if bokeh_embeds is None:
             return None
-        return self.bokeh_scale * bokeh_attention(query.transpose(1, 2), bokeh_embeds, self.to_k_bokeh, self.to_v_bokeh)
+        return scaled(bokeh_attention(query.transpose(1, 2), bokeh_embeds, self.to_k_bokeh, self.to_v_bokeh), self.bokeh_scale)

@@ -151,7 +151,10 @@ def load_checkpoint(folder: Path, adapter: Any, trained: dict[str, nn.Module], o
             except RuntimeError as exc:
                 lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
                 raise UserError(f"checkpoint {folder / 'model' / name} does not fit this config: {' '.join(lines[1:2])[:300]}") from exc
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu"))
+    try:
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu"))
+    except ValueError as exc:  # another set of trainable parameters (config, or the code before K_b was frozen)
+        raise UserError(f"checkpoint {folder}: its optimizer state does not fit this run's trainable parameters ({exc})") from exc
     lr_scheduler.load_state_dict(torch.load(folder / "lr_scheduler.pt", weights_only=True))
     set_rng_state(torch.load(folder / "rng.pt", weights_only=True))
     return int(state["step"])
