@@ -14,7 +14,8 @@ from estimators.model_loading import ModelUnavailableError
 from test_train_data import write_dataset
 from tiny_diffusion import TINY_FLUX_CONFIG, single_thread, tiny_flux
 from trainer.config import config_from_dict, load_config
-from trainer.objectives import ddpm_target, flux_loss, pack_latents, row_mse, shifted_sigmas, snr_weights, unet_loss
+from trainer.objectives import (ddpm_target, flux_loss, pack_latents, row_mse, shifted_sigmas, snr_weights, tied_difference_mse,
+                                unet_loss)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_SIZES = dict(block_out_channels=[8, 16], attention_levels=1, text_width=16, text_heads=2, text_layers=1,
@@ -171,6 +172,34 @@ def test_row_mse_by_hand():
     assert row_mse(pred, target, torch.tensor([[[[1.0, 3.0]]]])).tolist() == [70 / 8]
 
 
+def test_tied_difference_mse_by_hand():
+    """Only rows tied to a pivot score, on (prediction - pivot's) against (target - pivot's)."""
+    pred = torch.tensor([[0.0, 0.0], [1.0, 2.0], [5.0, 5.0]]).view(3, 1, 1, 2)
+    target = torch.tensor([[1.0, 1.0], [1.0, 5.0], [0.0, 0.0]]).view(3, 1, 1, 2)
+    # row 1 against row 0: prediction difference [1, 2], target difference [0, 4]: squared errors 1 and 4
+    assert tied_difference_mse(pred, target, [-1, 0, -1]).tolist() == [0.0, 2.5, 0.0]
+    assert tied_difference_mse(pred, target, [-1, 0, -1], torch.tensor([[[[1.0, 3.0]]]])).tolist() == [0.0, 13 / 4, 0.0]
+    assert tied_difference_mse(pred, target, None).tolist() == [0.0, 0.0, 0.0]
+    # a row whose prediction moves with its pivot's exactly as the targets do scores 0, whatever its own error
+    assert tied_difference_mse(pred, pred + 7.0, [-1, 0, 0]).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_unet_loss_adds_the_tied_difference_before_the_snr_weights():
+    from diffusers import DDPMScheduler
+
+    def zero(unet, noisy, timesteps, states, bokeh, pivot_ids):
+        return torch.zeros_like(noisy)
+
+    scheduler = DDPMScheduler(num_train_timesteps=4, trained_betas=[0.1, 0.2, 0.5, 0.9], prediction_type="sample")
+    x0 = torch.stack([torch.full((1, 2, 2), 1.0), torch.full((1, 2, 2), 2.0)])
+    u = torch.tensor([0.5, 0.5])  # a tied row shares its pivot's timestep: 2 (SNR 0.5625)
+    args = (zero, None, scheduler, x0, None, [0.0, 20.0], [-1, 0], torch.zeros_like(x0), u)
+    # rows' own errors 1 and 4; row 1's difference from its pivot (1 per pixel) adds 2 * 1
+    assert unet_loss(*args, difference_weight=2.0).item() == pytest.approx((1 + 4 + 2) / 2)
+    assert unet_loss(*args, snr_gamma=5.0, difference_weight=2.0).item() == pytest.approx(0.5625 * 7 / 2, rel=1e-5)
+    assert unet_loss(*args).item() == pytest.approx(2.5)
+
+
 def test_flux_loss_weights_the_positions_they_belong_to():
     """The weights are packed like the latents: against the weighted error in unpacked [B, C, h, w] space."""
     g = torch.Generator().manual_seed(0)
@@ -186,6 +215,12 @@ def test_flux_loss_weights_the_positions_they_belong_to():
     expected = ((err * weights).sum((1, 2, 3)) / (3 * weights.sum((1, 2, 3)))).mean()
     assert flux_loss(*args, weights=weights).item() == pytest.approx(expected.item(), rel=1e-6)
     assert flux_loss(*args).item() == pytest.approx(err.mean().item(), rel=1e-6)
+    # row 1 tied to row 0 (they share the noise): its velocity target differs from the pivot's by x0_0 - x0_1
+    tied = args[:7] + ([-1, 0], noise[:1].expand(2, -1, -1, -1), args[9])
+    err = (prediction - (noise[:1] - latents)) ** 2
+    diff = ((prediction[1] - prediction[0]) - (latents[0] - latents[1])) ** 2
+    expected = (err.mean() * 2 + 3 * diff.mean()) / 2
+    assert flux_loss(*tied, difference_weight=3.0).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_resume_continues_bit_for_bit_and_checkpoints(dataset, tmp_path):
@@ -237,6 +272,13 @@ def test_checkpoint_strict_keys_and_keep_last(dataset, tmp_path):
     with pytest.raises(ModelUnavailableError, match="1 unexpected"):
         BokehUNetAdapter.from_pretrained(ckpt / "adapter", unet)
     assert (ckpt / "model" / "tokenizer").is_dir() and (ckpt / "model" / "scheduler").is_dir()
+    # an optimizer state for another set of trainable parameters (another config, or older code): one line
+    earlier = checkpoint_dirs(tmp_path)[0]
+    state = torch.load(earlier / "optimizer.pt", weights_only=True)
+    state["param_groups"][0]["params"].pop()
+    torch.save(state, earlier / "optimizer.pt")
+    with single_thread(), pytest.raises(UserError, match="optimizer state does not fit this run's trainable parameters"):
+        train(tiny_config(dataset, tmp_path, checkpoint_every=1, keep_last=2), resume=str(earlier))
 
 
 def test_bad_tiny_model_setting_is_a_user_error(dataset, tmp_path):
@@ -317,6 +359,8 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(ROOT / "configs" / "tiny.yaml", ["optim.snr_gamma=2", "optim.snr_floor=3"])
     with pytest.raises(UserError, match="subject_weight"):
         load_config(ROOT / "configs" / "tiny.yaml", ["data.subject_weight=0"])
+    with pytest.raises(UserError, match="difference_weight"):
+        load_config(ROOT / "configs" / "tiny.yaml", ["optim.difference_weight=-1"])
 
 
 def test_pixel_weights_reach_the_loss_averaged_over_each_latent_position():
@@ -371,6 +415,21 @@ def test_subject_weight_reaches_the_loss(dataset, tmp_path):
     config.data.subject_weight = 2.0
     with pytest.raises(UserError, match="subject_mask"):
         train(config)
+
+
+def test_difference_weight_reaches_the_loss(dataset, tmp_path):
+    """Same tied batches and noise at lr 0: the difference term (>= 0; by hand above) raises every step's loss."""
+    from trainer.training import train
+
+    losses = {}
+    for weight in (0.0, 4.0):
+        config = tiny_config(dataset, tmp_path / f"d{weight}", max_steps=3, checkpoint_every=0)
+        config.optim.learning_rate, config.optim.difference_weight = 0.0, weight
+        config.data.contrastive_ratio, config.data.tie_probability, config.data.k_dropout = 1.0, 1.0, 0.0
+        with single_thread():
+            train(config)
+        losses[weight] = [r["loss"] for r in _log(tmp_path / f"d{weight}")]
+    assert all(d > 1.01 * u for d, u in zip(losses[4.0], losses[0.0]))
 
 
 @pytest.mark.parametrize("name,model_id", [("sd15", "stable-diffusion-v1-5"), ("flux", "FLUX.1-dev")])

@@ -56,6 +56,8 @@ class UNetBackbone:
         #: SNR clamp of the loss weights (``optim.snr_gamma`` / ``optim.snr_floor``); None = no bound
         self.snr_gamma: Optional[float] = None
         self.snr_floor: Optional[float] = None
+        #: weight of the tied rows' difference loss (``optim.difference_weight``; objectives.tied_difference_mse)
+        self.difference_weight = 0.0
 
     @classmethod
     def load(cls, base: str, dtype: torch.dtype = torch.float32) -> "UNetBackbone":
@@ -124,7 +126,7 @@ class UNetBackbone:
              noise: torch.Tensor, u: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The training loss; ``weights`` [B, 1, h, w] weigh the latent positions (None = all alike)."""
         return unet_loss(adapter, self.unet, self.scheduler, latents, text["encoder_hidden_states"], levels, pivot_ids, noise, u,
-                         self.snr_gamma, self.snr_floor, weights)
+                         self.snr_gamma, self.snr_floor, weights, self.difference_weight)
 
     def latent_shape(self, resolution: int) -> tuple[int, int, int]:
         return self.unet.config.in_channels, resolution // self.latent_factor, resolution // self.latent_factor
@@ -160,6 +162,8 @@ class FluxBackbone:
         self.vae = pipe.vae
         self.guidance = guidance
         self.shift = float(getattr(pipe.scheduler.config, "shift", 1.0) or 1.0)
+        #: weight of the tied rows' difference loss (``optim.difference_weight``; objectives.tied_difference_mse)
+        self.difference_weight = 0.0
 
     @classmethod
     def load(cls, base: str, dtype: torch.dtype = torch.bfloat16, guidance: float = 3.5) -> "FluxBackbone":
@@ -202,7 +206,8 @@ class FluxBackbone:
              noise: torch.Tensor, u: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The training loss; ``weights`` [B, 1, h, w] weigh the latent positions (None = all alike)."""
         return flux_loss(adapter, self.transformer, latents, text["prompt_embeds"], text["pooled_prompt_embeds"],
-                         text["text_ids"], levels, pivot_ids, noise, u, self.guidance, weights)
+                         text["text_ids"], levels, pivot_ids, noise, u, self.guidance, weights,
+                         self.difference_weight)
 
     @property
     def latent_factor(self) -> int:

@@ -63,6 +63,9 @@ class OptimConfig:
     warmup_steps: int = 0
     snr_gamma: Optional[float] = None
     snr_floor: Optional[float] = None
+    # Extra loss on rows tied to their pivot (same noise and timestep): the error of (prediction - pivot's)
+    # against (target - pivot's), i.e. of what K changes, times this weight; 0 = off.
+    difference_weight: float = 0.0
 
 
 @dataclass
@@ -136,6 +139,8 @@ class TrainConfig:
                 raise UserError(f"run.{name} must be >= 1, got {getattr(self.run, name)}")
         if not 0 < self.data.subject_weight < math.inf:
             raise UserError(f"data.subject_weight must be a finite number > 0 (1 = the subject weighs like the rest), got {self.data.subject_weight}")
+        if not 0 <= self.optim.difference_weight < math.inf:
+            raise UserError(f"optim.difference_weight must be a finite number >= 0 (0 = off), got {self.optim.difference_weight}")
         if self.data.resolution < 8 or self.data.resolution % 8:
             raise UserError(f"data.resolution must be a multiple of 8, got {self.data.resolution}")
         return self

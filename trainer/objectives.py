@@ -54,6 +54,17 @@ def row_mse(pred: torch.Tensor, target: torch.Tensor, weights: Optional[torch.Te
     return (err * w).flatten(1).sum(1) / w.flatten(1).sum(1)
 
 
+def tied_difference_mse(pred: torch.Tensor, target: torch.Tensor, pivot_ids: Optional[list[int]],
+                        weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per row, :func:`row_mse` of (its prediction - its pivot's) against (its target - its pivot's); 0 for
+    rows not tied to a pivot. Tied rows share the pivot's noise and timestep, so what this scores is only
+    what K changes: the background's blur, and the subject staying put."""
+    if not pivot_ids:
+        return pred.new_zeros(pred.shape[0], dtype=torch.float32)
+    source = torch.tensor([p if p >= 0 else r for r, p in enumerate(pivot_ids)], device=pred.device)
+    return row_mse(pred - pred[source], target - target[source], weights)
+
+
 def unet_loss(
     adapter: Any,
     unet: torch.nn.Module,
@@ -67,15 +78,19 @@ def unet_loss(
     snr_gamma: Optional[float] = None,
     snr_floor: Optional[float] = None,
     weights: Optional[torch.Tensor] = None,
+    difference_weight: float = 0.0,
 ) -> torch.Tensor:
     """Mean squared error of the adapted UNet's prediction on ``latents`` noised at ``u`` (per position
-    weighted by ``weights`` [B, 1, h, w] when given), per row weighted by ``snr_weights`` when
-    ``snr_gamma`` or ``snr_floor`` is set."""
+    weighted by ``weights`` [B, 1, h, w] when given) plus ``difference_weight`` times
+    :func:`tied_difference_mse`, per row weighted by ``snr_weights`` when ``snr_gamma`` or ``snr_floor``
+    is set."""
     timesteps = ddpm_timesteps(u, scheduler.config.num_train_timesteps).to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     target = ddpm_target(scheduler, latents, noise, timesteps)
     pred = adapter(unet, noisy, timesteps, encoder_hidden_states, bokeh=levels, pivot_ids=pivot_ids)
     per_row = row_mse(pred, target, weights)
+    if difference_weight:
+        per_row = per_row + difference_weight * tied_difference_mse(pred, target, pivot_ids, weights)
     if snr_gamma is None and snr_floor is None:
         return per_row.mean()
     return (per_row * snr_weights(scheduler, timesteps, snr_gamma, snr_floor)).mean()
@@ -115,9 +130,11 @@ def flux_loss(
     sigmas: torch.Tensor,
     guidance: float = 3.5,
     weights: Optional[torch.Tensor] = None,
+    difference_weight: float = 0.0,
 ) -> torch.Tensor:
     """Flow matching: ``x_s = (1 - s) x0 + s * noise``, target velocity ``noise - x0``, on packed latents
-    (per latent position weighted by ``weights`` [B, 1, h, w] when given)."""
+    (per latent position weighted by ``weights`` [B, 1, h, w] when given), plus ``difference_weight``
+    times :func:`tied_difference_mse`."""
     s = sigmas.to(latents.device, latents.dtype).view(-1, 1, 1, 1)
     noisy = (1 - s) * latents + s * noise
     guidance_vec = None
@@ -130,4 +147,8 @@ def flux_loss(
         txt_ids=text_ids, img_ids=latent_image_ids(latents),
     )
     packed = None if weights is None else pack_latents(weights.expand_as(latents))
-    return row_mse(pred, pack_latents(noise - latents), packed).mean()
+    target = pack_latents(noise - latents)
+    per_row = row_mse(pred, target, packed)
+    if difference_weight:
+        per_row = per_row + difference_weight * tied_difference_mse(pred, target, pivot_ids, packed)
+    return per_row.mean()
