@@ -179,6 +179,7 @@ def test_tied_difference_mse_by_hand():
     # row 1 against row 0: prediction difference [1, 2], target difference [0, 4]: squared errors 1 and 4
     assert tied_difference_mse(pred, target, [-1, 0, -1]).tolist() == [0.0, 2.5, 0.0]
     assert tied_difference_mse(pred, target, [-1, 0, -1], torch.tensor([[[[1.0, 3.0]]]])).tolist() == [0.0, 13 / 4, 0.0]
+    assert tied_difference_mse(pred, target, [None, 0, None]).tolist() == [0.0, 2.5, 0.0]  # None: not tied, as in pivot_index
     assert tied_difference_mse(pred, target, None).tolist() == [0.0, 0.0, 0.0]
     # a row whose prediction moves with its pivot's exactly as the targets do scores 0, whatever its own error
     assert tied_difference_mse(pred, pred + 7.0, [-1, 0, 0]).tolist() == [0.0, 0.0, 0.0]

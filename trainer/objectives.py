@@ -61,7 +61,7 @@ def tied_difference_mse(pred: torch.Tensor, target: torch.Tensor, pivot_ids: Opt
     what K changes: the background's blur, and the subject staying put."""
     if not pivot_ids:
         return pred.new_zeros(pred.shape[0], dtype=torch.float32)
-    source = torch.tensor([p if p >= 0 else r for r, p in enumerate(pivot_ids)], device=pred.device)
+    source = torch.tensor([r if p is None or p < 0 else p for r, p in enumerate(pivot_ids)], device=pred.device)
     return row_mse(pred - pred[source], target - target[source], weights)
 
 
