@@ -180,7 +180,10 @@ def test_tied_difference_mse_by_hand():
     assert tied_difference_mse(pred, target, [-1, 0, -1]).tolist() == [0.0, 2.5, 0.0]
     assert tied_difference_mse(pred, target, [-1, 0, -1], torch.tensor([[[[1.0, 3.0]]]])).tolist() == [0.0, 13 / 4, 0.0]
     assert tied_difference_mse(pred, target, [None, 0, None]).tolist() == [0.0, 2.5, 0.0]  # None: not tied, as in pivot_index
+    assert tied_difference_mse(pred, target, torch.tensor([-1, 0, -1])).tolist() == [0.0, 2.5, 0.0]
     assert tied_difference_mse(pred, target, None).tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="not a row index"):
+        tied_difference_mse(pred, target, [-1, 5, -1])
     # a row whose prediction moves with its pivot's exactly as the targets do scores 0, whatever its own error
     assert tied_difference_mse(pred, pred + 7.0, [-1, 0, 0]).tolist() == [0.0, 0.0, 0.0]
 
@@ -248,6 +251,40 @@ def test_resume_continues_bit_for_bit_and_checkpoints(dataset, tmp_path):
     wa = load_file(str(tmp_path / "full/checkpoints/step-0000004/adapter/model.safetensors"))
     wb = load_file(str(cut / "checkpoints/step-0000004/adapter/model.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_reads_an_optimizer_state_saved_while_k_b_trained(dataset, tmp_path):
+    """Checkpoints written before the inert bokeh keys K_b were frozen list them in the optimizer (every adapter
+    parameter first, K_b with all-zero moments: its gradient was 0); resuming one continues the run exactly."""
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    from trainer.checkpoint import checkpoint_dirs
+    from trainer.training import train
+    from trainer.unet_adapter import BokehUNetAdapter
+
+    with single_thread():
+        full = train(tiny_config(dataset, tmp_path / "full"))
+        cut = tmp_path / "cut"
+        train(tiny_config(dataset, cut))
+        shutil.rmtree(checkpoint_dirs(cut)[-1])
+        step2 = checkpoint_dirs(cut)[-1]
+        unet = UNet2DConditionModel.from_pretrained(step2 / "model" / "unet")
+        adapter = list(BokehUNetAdapter.from_pretrained(step2 / "adapter", unet).named_parameters())
+        inert = [i for i, (name, _) in enumerate(adapter) if ".to_k_bokeh." in name]
+        state = torch.load(step2 / "optimizer.pt", weights_only=True)
+        group = state["param_groups"][0]
+        total = len(group["params"]) + len(inert)
+        old_position = [i for i in range(total) if i not in inert]  # new index j was old position old_position[j]
+        moments = {i: {"step": state["state"][0]["step"].clone(), "exp_avg": torch.zeros_like(adapter[i][1]),
+                       "exp_avg_sq": torch.zeros_like(adapter[i][1])} for i in inert}
+        state = {"state": {**{old_position[j]: v for j, v in state["state"].items()}, **moments},
+                 "param_groups": [{**group, "params": list(range(total))}]}
+        torch.save(state, step2 / "optimizer.pt")
+        resumed = train(tiny_config(dataset, cut), resume="latest")
+    assert resumed["step"] == full["step"] == 4
+    assert [r["loss"] for r in _log(tmp_path / "full")] == [r["loss"] for r in _log(cut)]
 
 
 def test_checkpoint_strict_keys_and_keep_last(dataset, tmp_path):
@@ -431,6 +468,10 @@ def test_difference_weight_reaches_the_loss(dataset, tmp_path):
             train(config)
         losses[weight] = [r["loss"] for r in _log(tmp_path / f"d{weight}")]
     assert all(d > 1.01 * u for d, u in zip(losses[4.0], losses[0.0]))
+    config = tiny_config(dataset, tmp_path / "untied", max_steps=1, checkpoint_every=0)
+    config.optim.difference_weight, config.data.tie_probability = 1.0, 0.0
+    with single_thread(), pytest.warns(UserWarning, match="difference_weight does nothing here"):
+        train(config)
 
 
 @pytest.mark.parametrize("name,model_id", [("sd15", "stable-diffusion-v1-5"), ("flux", "FLUX.1-dev")])

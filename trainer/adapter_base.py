@@ -138,7 +138,7 @@ class BokehAdapter(nn.Module):
         """Weight of the low-rank q / k adapters (0 gives the base model's q and k)."""
         self._set_processor_attr("lora_scale", scale)
 
-    def _inert_parameters(self) -> list[nn.Parameter]:
+    def inert_parameters(self) -> list[nn.Parameter]:
         """The bokeh keys K_b: the embedding makes one bokeh token, whose attention weight is exactly 1
         whatever K_b is, so K_b's gradient is 0. They stay in the checkpoint (the released layout)."""
         return [p for m in self.adapter_modules if hasattr(m, "to_k_bokeh") for p in m.to_k_bokeh.parameters()]
@@ -146,7 +146,7 @@ class BokehAdapter(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The adapter's own parameters that learn (embedding MLP and processors, less the inert K_b:
         frozen, they cost no backward pass and no weight decay)."""
-        inert = {id(p) for p in self._inert_parameters()}
+        inert = {id(p) for p in self.inert_parameters()}
         return [p for p in self.parameters() if id(p) not in inert]
 
     def set_trainable(self, model: nn.Module, train_base: bool = False) -> list[nn.Parameter]:
@@ -156,7 +156,7 @@ class BokehAdapter(nn.Module):
         """
         model.requires_grad_(train_base)
         self.requires_grad_(True)
-        for param in self._inert_parameters():
+        for param in self.inert_parameters():
             param.requires_grad_(False)
         params = self.trainable_parameters()
         if train_base:

@@ -79,7 +79,7 @@ def bokeh_attention(
     With one bokeh token (the adapters' case) the softmax over its single logit is exactly 1, so the
     result is V_b at every position: returned as such, which spares an attention over the whole sequence
     and its backward in every adapted block (57 in FLUX). K_b is then unused (its gradient would be 0):
-    the adapters freeze it for training (``BokehAdapter.trainable_parameters``).
+    the adapters freeze it for training (``BokehAdapter.set_trainable``).
     """
     batch, heads, seq, head_dim = query.shape
     if tokens.shape[1] == 1:

@@ -131,6 +131,21 @@ def save_checkpoint(
     return final
 
 
+def _without_inert(state: dict, adapter: Any, optimizer: Any) -> dict:
+    """``state`` less the entries of the adapter's inert bokeh keys K_b when it was saved while they still
+    trained (the optimizer then listed every adapter parameter first); other states unchanged."""
+    inert = {id(p) for p in adapter.inert_parameters()}
+    flags = [id(p) in inert for p in adapter.parameters()]
+    groups = state.get("param_groups", [])
+    if len(groups) != 1 or len(groups[0]["params"]) != len(optimizer.param_groups[0]["params"]) + sum(flags):
+        return state
+    dropped = {index for index, is_inert in zip(groups[0]["params"], flags) if is_inert}
+    kept = [index for index in groups[0]["params"] if index not in dropped]
+    renumber = {old: new for new, old in enumerate(kept)}
+    return {"state": {renumber[k]: v for k, v in state["state"].items() if k in renumber},
+            "param_groups": [{**groups[0], "params": list(range(len(kept)))}]}
+
+
 def load_checkpoint(folder: Path, adapter: Any, trained: dict[str, nn.Module], optimizer: Any, lr_scheduler: Any) -> int:
     """Load a checkpoint into the live objects (strict keys everywhere); returns its step."""
     from safetensors.torch import load_file
@@ -151,9 +166,10 @@ def load_checkpoint(folder: Path, adapter: Any, trained: dict[str, nn.Module], o
             except RuntimeError as exc:
                 lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
                 raise UserError(f"checkpoint {folder / 'model' / name} does not fit this config: {' '.join(lines[1:2])[:300]}") from exc
+    saved = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
     try:
-        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu"))
-    except ValueError as exc:  # another set of trainable parameters (config, or the code before K_b was frozen)
+        optimizer.load_state_dict(_without_inert(saved, adapter, optimizer))
+    except ValueError as exc:  # another set of trainable parameters (another config)
         raise UserError(f"checkpoint {folder}: its optimizer state does not fit this run's trainable parameters ({exc})") from exc
     lr_scheduler.load_state_dict(torch.load(folder / "lr_scheduler.pt", weights_only=True))
     set_rng_state(torch.load(folder / "rng.pt", weights_only=True))

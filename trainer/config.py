@@ -63,8 +63,8 @@ class OptimConfig:
     warmup_steps: int = 0
     snr_gamma: Optional[float] = None
     snr_floor: Optional[float] = None
-    # Extra loss on rows tied to their pivot (same noise and timestep): the error of (prediction - pivot's)
-    # against (target - pivot's), i.e. of what K changes, times this weight; 0 = off.
+    # Extra loss on rows tied to their pivot (its scene, noise and timestep): the error of (prediction - pivot's)
+    # against (target - pivot's), i.e. of what their K changes, times this weight; 0 = off.
     difference_weight: float = 0.0
 
 

@@ -10,6 +10,8 @@ from typing import Any, Optional
 
 import torch
 
+from trainer.attention_processors import pivot_index
+
 
 def ddpm_timesteps(u: torch.Tensor, num_train_timesteps: int) -> torch.Tensor:
     """Integer timesteps ``floor(u * T)`` in 0..T-1."""
@@ -54,15 +56,16 @@ def row_mse(pred: torch.Tensor, target: torch.Tensor, weights: Optional[torch.Te
     return (err * w).flatten(1).sum(1) / w.flatten(1).sum(1)
 
 
-def tied_difference_mse(pred: torch.Tensor, target: torch.Tensor, pivot_ids: Optional[list[int]],
+def tied_difference_mse(pred: torch.Tensor, target: torch.Tensor, pivot_ids: Any,
                         weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per row, :func:`row_mse` of (its prediction - its pivot's) against (its target - its pivot's); 0 for
-    rows not tied to a pivot. Tied rows share the pivot's noise and timestep, so what this scores is only
-    what K changes: the background's blur, and the subject staying put."""
-    if not pivot_ids:
+    rows not tied to a pivot (``pivot_ids`` as grounded attention reads them). Tied rows show the pivot's
+    scene with its noise and timestep, so this scores what their condition (K) changes: the background's
+    blur, and the subject staying put."""
+    index = pivot_index(pivot_ids, pred.shape[0], pred.device)
+    if index is None:
         return pred.new_zeros(pred.shape[0], dtype=torch.float32)
-    source = torch.tensor([r if p is None or p < 0 else p for r, p in enumerate(pivot_ids)], device=pred.device)
-    return row_mse(pred - pred[source], target - target[source], weights)
+    return row_mse(pred - pred[index], target - target[index], weights)
 
 
 def unet_loss(

@@ -184,6 +184,9 @@ def _train(config: TrainConfig, resume: Optional[str]) -> dict[str, Any]:
     sampler = BatchSampler(rows, d.batch_size, run.seed, d.contrastive_ratio, d.tie_probability, d.k_dropout,
                            d.caption_dropout, d.real_rows, d.crop_min_fraction)
     loader = ImageLoader(rows, d.resolution, cache=d.cache_images)
+    if config.optim.difference_weight and not (sampler.contrastive_ratio and d.tie_probability):
+        warnings.warn("optim.difference_weight does nothing here: no row is ever tied to a pivot (data.contrastive_ratio or "
+                      "data.tie_probability is 0, or the data has no group of two or more rows)", stacklevel=3)
 
     output_dir.mkdir(parents=True, exist_ok=True)
     with state.main_process_first():  # the main process builds the tiny model, the others read it
