@@ -12,6 +12,7 @@ from typing import Any, Iterator
 import pyarrow.parquet as pq
 from PIL import Image
 
+from dataset_tools.schema import cell_bytes
 from synth_blur.contact_sheet import contact_sheet
 
 #: Columns read from the data shards (never the depth / mask images).
@@ -41,8 +42,7 @@ def _rows(files: list[Path]) -> Iterator[dict[str, Any]]:
 
 
 def _decode(cell: Any) -> Image.Image:
-    data = cell["bytes"] if isinstance(cell, dict) else cell
-    return Image.open(io.BytesIO(data)).convert("RGB")
+    return Image.open(io.BytesIO(cell_bytes(cell) or b"")).convert("RGB")
 
 
 def collect_groups(files: list[Path], max_groups: int) -> list[list[dict[str, Any]]]:

@@ -21,9 +21,9 @@ def png_header_only(width, height):
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
 
 
-def jpeg_bytes(img, **kw):
+def encoded(img, format="JPEG", **kw):
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", **kw)
+    img.save(buf, format=format, **kw)
     return buf.getvalue()
 
 
@@ -43,7 +43,7 @@ def test_bad_bytes_raise_one_line(data, message):
 
 
 def test_truncated_jpeg(tmp_path):
-    data = jpeg_bytes(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)))
+    data = encoded(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)))
     path = tmp_path / "cut.jpg"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageLoadError):
@@ -67,7 +67,7 @@ def test_unreadable_path(tmp_path):
 
 def test_modes_become_8_bit_rgb(tmp_path):
     cmyk = Image.new("CMYK", (8, 8), (0, 255, 255, 0))  # pure red in CMYK
-    out = load_image(jpeg_bytes(cmyk, quality=100))
+    out = load_image(encoded(cmyk, quality=100))
     assert out.mode == "RGB" and np.asarray(out)[4, 4, 0] > 200 and np.asarray(out)[4, 4, 1] < 60
 
     sixteen = tmp_path / "16.png"
@@ -96,23 +96,17 @@ def test_heic_decodes_when_pillow_heif_present():
     assert img.mode == "RGB" and min(img.size) > 0
 
 
-def _encoded(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def test_masks_grey_levels_or_alpha():
     grey = np.zeros((4, 6), dtype=np.uint8)
     grey[1:3, 2:5] = 200  # > 127: subject
     grey[0, 0] = 127  # not
-    assert load_mask(_encoded(Image.fromarray(grey))).tolist() == (grey > 127).tolist()
+    assert load_mask(encoded(Image.fromarray(grey), "PNG")).tolist() == (grey > 127).tolist()
     # a cut-out: opaque subject on a transparent (white) background; its grey levels would say "all subject"
     rgba = np.full((4, 6, 4), 255, dtype=np.uint8)
     rgba[..., 3] = 0
     rgba[1:3, 2:5, 3] = 255
-    assert load_mask(_encoded(Image.fromarray(rgba, mode="RGBA"))).tolist() == (rgba[..., 3] > 127).tolist()
+    assert load_mask(encoded(Image.fromarray(rgba, mode="RGBA"), "PNG")).tolist() == (rgba[..., 3] > 127).tolist()
     with pytest.raises(ImageLoadError, match="cannot decode mask"):
         load_mask(b"not a png")
     with pytest.raises(ImageLoadError, match="over the limit"):
-        load_mask(_encoded(Image.fromarray(grey)), max_pixels=10)
+        load_mask(encoded(Image.fromarray(grey), "PNG"), max_pixels=10)
