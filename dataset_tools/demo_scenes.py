@@ -275,10 +275,11 @@ def _polka(g: _Grid, rng: np.random.Generator, horizon: float) -> _Backdrop:
 
 
 def _foliage(g: _Grid, rng: np.random.Generator, leaf: float, dark, light, glint: float) -> np.ndarray:
-    """Leafy texture: fine blotches (leaves) over large clumps, dark gaps and sun glints through the leaves."""
+    """Leafy texture: crisp-edged blotches (leaves) over large clumps, dark gaps and sun glints through the
+    leaves. The leaves' edges are steepened (tanh): soft blotches read as K ~1 to the edge-blur estimator."""
     fine = _fine_noise(rng, (g.height, g.width), leaf * g.scale, leaf * g.scale)
     clumps = _smooth_noise(rng, g.height, g.width, 45 * g.scale)
-    x = 0.9 * fine + 4.0 * (clumps - 0.5)
+    x = 1.5 * np.tanh(3 * fine) + 4.0 * (clumps - 0.5)
     rgb = _mix(_rgb(dark), _rgb(light), 0.5 + 0.5 * x / (1 + np.abs(x)))  # a cheap sigmoid
     rgb *= 1 - 0.65 * (fine < -1.4)  # shadowed gaps between the leaves
     glints = cv2.dilate(((fine > glint) & (clumps > 0.55)).astype(np.uint8), np.ones((2, 2), np.uint8))

@@ -33,6 +33,9 @@ EDGE_PERCENTILE = 75
 #: Scales (of the image at short side <= 512) at which edge blur is measured, and the smallest side used.
 PYRAMID_SCALES = (1.0, 0.5, 0.25, 0.125)
 MIN_PYRAMID_SIDE = 64
+#: A coarser scale whose background edges per pixel fall below this fraction of the next finer scale's
+#: is seeing a fine texture (stripes, mesh) averaged away, not blur: blur keeps edges at coarse scales.
+MIN_EDGE_DENSITY_RATIO = 0.5
 
 
 @dataclass
@@ -122,9 +125,13 @@ def image_bokeh_level(
     or the subject itself when there is no mask) are among the candidates. The re-blur ratio of a wide blur drowns in
     noise at full size, while a coarse scale hides a narrow one, so the image is measured at short
     sides 512, 256, 128 and 64 (never enlarged, never below 64) and the largest resolved estimate is kept.
+    Downscaling a blurred background keeps its edges (per pixel, they grow), while a sharp texture finer
+    than the coarse pixels averages away into a few wide-looking edges (fine stripes read K 25-35 at 64 px):
+    a scale that keeps under ``MIN_EDGE_DENSITY_RATIO`` of the finer scale's edge density is not used.
     """
     gray, to_512 = downscale_to_reference(gray)
     best: tuple[Optional[float], int] = (None, 0)
+    finer_density = 0.0
     for scale in PYRAMID_SCALES:
         if scale < 1 and min(gray.shape) * scale < MIN_PYRAMID_SIDE:
             break
@@ -136,8 +143,12 @@ def image_bokeh_level(
             None if background is None else cv2.resize(background.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0,
             to_512 / scale,
         )
+        density = count / (size[0] * size[1])
         # A coarse scale cannot resolve radii under one of its pixels: only a larger reading counts.
-        resolved = scale == 1 or (k is not None and k > to_512 / scale)
+        resolved = scale == 1 or (
+            k is not None and k > to_512 / scale and density >= MIN_EDGE_DENSITY_RATIO * finer_density
+        )
+        finer_density = density
         if k is not None and resolved and (best[0] is None or k > best[0]):
             best = (k, count)
     return best

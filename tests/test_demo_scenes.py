@@ -136,6 +136,24 @@ def test_backgrounds_are_strongly_textured(scenes):
         assert score > threshold, (scene.caption, score)
 
 
+def test_demo_data_scenes_read_as_all_in_focus():
+    """The scenes are pinhole renders (K = 0). The first 40 that ``bokeh demo-data`` writes, with their exact
+    depth and mask, must read K <= 1 to the image-only estimator, or the build gives them no renders and
+    labels them blurred (soft hedge leaves read 1.0-1.2, fine stripes 25-35, before the fixes)."""
+    from estimators.bokeh_level import estimate_bokeh_level
+    from estimators.depth import DepthMap, disparity_from_depth
+    from estimators.exif import ExifInfo
+
+    kinds = set()
+    for index in range(40):
+        scene = generate_scene(scene_seed(0, index))
+        depth = DepthMap(disparity_from_depth(scene.depth_m), depth_m=scene.depth_m)
+        rec = estimate_bokeh_level(scene.image, ExifInfo(), depth, scene.mask)
+        assert rec.bokeh_level is not None and rec.bokeh_level <= 1.0, (index, scene.caption, rec.bokeh_level)
+        kinds.update(kind for kind in ("hedge", "striped wall", "trees") if kind in scene.caption)
+    assert kinds == {"hedge", "striped wall", "trees"}
+
+
 def test_subjects_are_shaded_not_flat(scenes):
     """Brightness inside the subject spreads (5th to 95th percentile) by over 15 % of its mean; a flat cut-out: 0."""
     for scene in scenes:
