@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from estimators.model_loading import ModelUnavailableError, load_pretrained
+from trainer.attention_processors import PivotIds, pivot_index
 from trainer.bokeh_embedding import BokehEmbedding, BokehLevels
+from trainer.prepared import prepare
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -123,6 +125,13 @@ class BokehAdapter(nn.Module):
     def bokeh_tokens(self, bokeh: BokehLevels, batch_size: int) -> torch.Tensor:
         """The ``[batch_size, 1, bokeh_context_dim]`` tokens for levels K (0..30, negative = none)."""
         return self.embedding_layer.tokens(bokeh, batch_size)
+
+    def attention_kwargs(self, bokeh: BokehLevels, pivot_ids: PivotIds, batch_size: int, device: torch.device) -> dict[str, Any]:
+        """The attention keyword arguments of one model call: bokeh tokens, pivot index and what every
+        block would otherwise compute for itself (:func:`trainer.prepared.prepare`)."""
+        tokens = self.bokeh_tokens(bokeh, batch_size)
+        return dict(bokeh_embeds=tokens, pivot_index=pivot_index(pivot_ids, batch_size, device),
+                    prepared=prepare(self.adapter_modules, tokens))
 
     # ------------------------------------------------------------------ scales and training
     def _set_processor_attr(self, attr: str, value: float) -> None:

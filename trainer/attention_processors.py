@@ -1,7 +1,8 @@
 """Diffusers attention processors for Bokeh Diffusion: decoupled bokeh cross-attention and grounding.
 
 Every processor accepts the per-call keyword arguments ``bokeh_embeds`` (``[B, tokens, C]`` bokeh
-tokens) and ``pivot_index`` (``[B]`` long tensor: the row whose queries each row uses, or None) and
+tokens), ``pivot_index`` (``[B]`` long tensor: the row whose queries each row uses, or None) and
+``prepared`` (:class:`trainer.prepared.PreparedAdapter`: tensors computed once for all blocks, or None) and
 ignores what it does not use, so one ``cross_attention_kwargs`` / ``joint_attention_kwargs`` dict
 reaches every attention layer of a model without warnings.
 
@@ -21,7 +22,8 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 
-from trainer.lora import LowRankLinear
+from trainer.lora import LowRankLinear, scaled
+from trainer.prepared import PreparedAdapter, bokeh_value_for, weights_for
 
 PivotIds = Optional[Union[Sequence[Optional[int]], torch.Tensor]]
 
@@ -90,12 +92,6 @@ def bokeh_attention(
     return out.transpose(1, 2).reshape(batch, seq, heads * head_dim)
 
 
-def scaled(tensor: torch.Tensor, scale: float) -> torch.Tensor:
-    """``scale * tensor``, with no multiply (forward or backward) at the usual scale 1: one kernel launch
-    less per use, and launches are what bound FLUX's batch-1 step (README)."""
-    return tensor if scale == 1 else scale * tensor
-
-
 def _no_mask_when_grounded(attention_mask: Optional[torch.Tensor]) -> None:
     if attention_mask is not None:
         raise ValueError("grounded attention does not support an attention mask")
@@ -104,7 +100,9 @@ def _no_mask_when_grounded(attention_mask: Optional[torch.Tensor]) -> None:
 class _AdapterHooks(nn.Module):
     """The three places an adapter hooks into attention; the plain processors leave all three alone."""
 
-    def adapt_qk(self, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def adapt_qk(
+        self, query: torch.Tensor, key: torch.Tensor, prepared: Optional[PreparedAdapter]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Projected q and k (``[B, S, inner]``; FLUX: the ``hidden_states`` stream) after the adapter."""
         return query, key
 
@@ -115,7 +113,9 @@ class _AdapterHooks(nn.Module):
         """Per-head q, k, v after grounding (UNet ``[B, H, S, D]``, FLUX joint sequence ``[B, S, H, D]``)."""
         return query, key, value
 
-    def bokeh_term(self, query: torch.Tensor, bokeh_embeds: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    def bokeh_term(
+        self, query: torch.Tensor, bokeh_embeds: Optional[torch.Tensor], prepared: Optional[PreparedAdapter]
+    ) -> Optional[torch.Tensor]:
         """What is added to the attention output before the output projection(s)."""
         return None
 
@@ -136,6 +136,7 @@ class UNetAttnProcessor(_AdapterHooks):
         temb: Optional[torch.Tensor] = None,
         bokeh_embeds: Optional[torch.Tensor] = None,
         pivot_index: Optional[torch.Tensor] = None,
+        prepared: Optional[PreparedAdapter] = None,
     ) -> torch.Tensor:
         residual = hidden_states
         if attn.spatial_norm is not None:
@@ -156,7 +157,7 @@ class UNetAttnProcessor(_AdapterHooks):
         elif attn.norm_cross:
             context = attn.norm_encoder_hidden_states(encoder_hidden_states)
 
-        query, key = self.adapt_qk(attn.to_q(hidden_states), attn.to_k(context))
+        query, key = self.adapt_qk(attn.to_q(hidden_states), attn.to_k(context), prepared)
         value = attn.to_v(context)
         head_dim = key.shape[-1] // attn.heads
         query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
@@ -173,7 +174,7 @@ class UNetAttnProcessor(_AdapterHooks):
         )
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
-        extra = self.bokeh_term(query, bokeh_embeds)
+        extra = self.bokeh_term(query, bokeh_embeds, prepared)
         if extra is not None:
             hidden_states = hidden_states + extra.to(hidden_states.dtype)
 
@@ -202,7 +203,7 @@ class BokehCrossAttnProcessor(UNetAttnProcessor):
         self.to_v_bokeh = nn.Linear(context_dim, value_dim, bias=False, device=device, dtype=dtype)
         nn.init.zeros_(self.to_v_bokeh.weight)
 
-    def bokeh_term(self, query: torch.Tensor, bokeh_embeds: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    def bokeh_term(self, query, bokeh_embeds, prepared):
         if bokeh_embeds is None:
             return None
         return scaled(bokeh_attention(query, bokeh_embeds, self.to_k_bokeh, self.to_v_bokeh), self.bokeh_scale)
@@ -220,8 +221,9 @@ class GroundedSelfAttnProcessor(UNetAttnProcessor):
         self.to_q_adp = LowRankLinear(query_dim, query_dim, rank, alpha, device=device, dtype=dtype)
         self.to_k_adp = LowRankLinear(key_dim, key_dim, rank, alpha, device=device, dtype=dtype)
 
-    def adapt_qk(self, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return query + scaled(self.to_q_adp(query), self.lora_scale), key + scaled(self.to_k_adp(key), self.lora_scale)
+    def adapt_qk(self, query, key, prepared):
+        return (self.to_q_adp.add_to(query, self.lora_scale, weights_for(prepared, self.to_q_adp)),
+                self.to_k_adp.add_to(key, self.lora_scale, weights_for(prepared, self.to_k_adp)))
 
     def ground_qkv(self, query, key, value, attention_mask, index):
         if index is None:
@@ -263,11 +265,12 @@ class FluxJointAttnProcessor(_AdapterHooks):
         image_rotary_emb: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
         bokeh_embeds: Optional[torch.Tensor] = None,
         pivot_index: Optional[torch.Tensor] = None,
+        prepared: Optional[PreparedAdapter] = None,
     ):
         query, key, value, text_query, text_key, text_value = _flux_projections(
             attn, hidden_states, encoder_hidden_states
         )
-        query, key = self.adapt_qk(query, key)
+        query, key = self.adapt_qk(query, key, prepared)
         query = attn.norm_q(query.unflatten(-1, (-1, attn.head_dim)))
         key = attn.norm_k(key.unflatten(-1, (-1, attn.head_dim)))
         value = value.unflatten(-1, (-1, attn.head_dim))
@@ -288,7 +291,7 @@ class FluxJointAttnProcessor(_AdapterHooks):
             backend=self._attention_backend, parallel_config=self._parallel_config,
         )
         hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
-        extra = self.bokeh_term(query, bokeh_embeds)
+        extra = self.bokeh_term(query, bokeh_embeds, prepared)
         if extra is not None:
             hidden_states = hidden_states + extra.to(hidden_states.dtype)
 
@@ -331,11 +334,11 @@ class BokehFluxAttnProcessor(FluxJointAttnProcessor):
         self.to_q_adp = LowRankLinear(hidden_dim, hidden_dim, **low_rank) if unfreeze_q else None
         self.to_k_adp = LowRankLinear(hidden_dim, hidden_dim, **low_rank) if unfreeze_k else None
 
-    def adapt_qk(self, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def adapt_qk(self, query, key, prepared):
         if self.to_q_adp is not None:
-            query = query + scaled(self.to_q_adp(query), self.lora_scale)
+            query = self.to_q_adp.add_to(query, self.lora_scale, weights_for(prepared, self.to_q_adp))
         if self.to_k_adp is not None:
-            key = key + scaled(self.to_k_adp(key), self.lora_scale)
+            key = self.to_k_adp.add_to(key, self.lora_scale, weights_for(prepared, self.to_k_adp))
         return query, key
 
     def ground_qkv(self, query, key, value, attention_mask, index):
@@ -344,7 +347,10 @@ class BokehFluxAttnProcessor(FluxJointAttnProcessor):
         _no_mask_when_grounded(attention_mask)
         return ground(query, key, value, index, seq_dim=1, extend_keys=self.to_k_adp is not None)
 
-    def bokeh_term(self, query: torch.Tensor, bokeh_embeds: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    def bokeh_term(self, query, bokeh_embeds, prepared):
         if bokeh_embeds is None:
             return None
-        return scaled(bokeh_attention(query.transpose(1, 2), bokeh_embeds, self.to_k_bokeh, self.to_v_bokeh), self.bokeh_scale)
+        value = bokeh_value_for(prepared, self.to_v_bokeh)
+        if value is None:
+            value = bokeh_attention(query.transpose(1, 2), bokeh_embeds, self.to_k_bokeh, self.to_v_bokeh)
+        return scaled(value, self.bokeh_scale)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from trainer.adapter_base import DEFAULT_AVOID, BokehAdapter, model_device
-from trainer.attention_processors import BokehFluxAttnProcessor, FluxJointAttnProcessor, PivotIds, pivot_index
+from trainer.attention_processors import BokehFluxAttnProcessor, FluxJointAttnProcessor, PivotIds
 from trainer.bokeh_embedding import BokehLevels
 
 
@@ -128,9 +128,7 @@ class BokehFluxAdapter(BokehAdapter):
         """
         self.check_installed(transformer)
         batch = hidden_states.shape[0]
-        kwargs = dict(joint_attention_kwargs or {})
-        kwargs["bokeh_embeds"] = self.bokeh_tokens(bokeh, batch)
-        kwargs["pivot_index"] = pivot_index(pivot_ids, batch, hidden_states.device)
+        kwargs = {**(joint_attention_kwargs or {}), **self.attention_kwargs(bokeh, pivot_ids, batch, hidden_states.device)}
         return transformer(
             hidden_states=hidden_states,
             encoder_hidden_states=encoder_hidden_states,

@@ -4,15 +4,30 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+#: A low-rank layer's (down, up) weights as one call uses them (its own, or cast once for every block).
+LowRankWeights = tuple[torch.Tensor, torch.Tensor]
 
-def _autocast_on(device_type: str) -> bool:
+
+def autocast_on(device_type: str) -> bool:
     """Whether autocast is on for this device type (False for types without autocast, e.g. meta)."""
     try:
         return torch.is_autocast_enabled(device_type)
     except RuntimeError:
         return False
+
+
+def compute_dtype(device_type: str, weight_dtype: torch.dtype) -> torch.dtype:
+    """The dtype matmuls of weights in ``weight_dtype`` run in: autocast's when it is on, else the weights'."""
+    return torch.get_autocast_dtype(device_type) if autocast_on(device_type) else weight_dtype
+
+
+def scaled(tensor: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scale * tensor``, with no multiply (forward or backward) at the usual scale 1: one kernel launch
+    less per use, and launches are what bound FLUX's batch-1 step (README)."""
+    return tensor if scale == 1 else scale * tensor
 
 
 class LowRankLinear(nn.Module):
@@ -22,6 +37,8 @@ class LowRankLinear(nn.Module):
     fresh adapter leaves the base model unchanged. The input is cast to the weights' dtype and the
     output back to the input's dtype, so an fp32 adapter can sit in a bf16 model; under autocast the
     casts are left to autocast (an fp32 copy of every activation would be cast straight back).
+    ``weights`` replaces the layer's own (down, up) for one call: the same values already cast for
+    autocast (:mod:`trainer.prepared`).
     """
 
     def __init__(
@@ -47,8 +64,23 @@ class LowRankLinear(nn.Module):
         nn.init.normal_(self.down.weight, std=1.0 / self.rank)
         nn.init.zeros_(self.up.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.up(self.down(x if _autocast_on(x.device.type) else x.to(self.down.weight.dtype)))
-        if self.alpha is not None:
-            out = out * (self.alpha / self.rank)
-        return out.to(x.dtype)
+    @property
+    def factor(self) -> float:
+        """The output multiplier: ``alpha / rank``, or 1 without alpha."""
+        return 1.0 if self.alpha is None else self.alpha / self.rank
+
+    def forward(self, x: torch.Tensor, weights: Optional[LowRankWeights] = None) -> torch.Tensor:
+        down, up = weights or (self.down.weight, self.up.weight)
+        out = F.linear(F.linear(x if autocast_on(x.device.type) else x.to(down.dtype), down), up)
+        return scaled(out, self.factor).to(x.dtype)
+
+    def add_to(self, x: torch.Tensor, scale: float = 1.0, weights: Optional[LowRankWeights] = None) -> torch.Tensor:
+        """``x + scale * self(x)`` (the q / k adapters' residual form), the add and the scale fused into the
+        up projection's matmul (addmm): per call two launches less forward, one less backward."""
+        down, up = weights or (self.down.weight, self.up.weight)
+        if x.dtype != compute_dtype(x.device.type, down.dtype):  # the sum would round x to another dtype
+            return x + scaled(self(x, weights), scale)
+        hidden = F.linear(x, down)
+        out = torch.addmm(x.reshape(-1, x.shape[-1]), hidden.reshape(-1, hidden.shape[-1]), up.t(),
+                          alpha=scale * self.factor)
+        return out.view(x.shape).to(x.dtype)

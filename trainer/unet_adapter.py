@@ -21,7 +21,6 @@ from trainer.attention_processors import (
     GroundedSelfAttnProcessor,
     PivotIds,
     UNetAttnProcessor,
-    pivot_index,
 )
 from trainer.bokeh_embedding import BokehLevels, bokeh_condition
 
@@ -141,9 +140,8 @@ class BokehUNetAdapter(BokehAdapter):
         A UNet that takes the bokeh condition as its class label (``takes_bokeh_class_label``) gets it there too."""
         self.check_installed(unet)
         batch = sample.shape[0]
-        kwargs = dict(unet_kwargs.pop("cross_attention_kwargs", None) or {})
-        kwargs["bokeh_embeds"] = self.bokeh_tokens(bokeh, batch)
-        kwargs["pivot_index"] = pivot_index(pivot_ids, batch, sample.device)
+        kwargs = {**(unet_kwargs.pop("cross_attention_kwargs", None) or {}),
+                  **self.attention_kwargs(bokeh, pivot_ids, batch, sample.device)}
         if takes_bokeh_class_label(unet) and "class_labels" not in unet_kwargs:
             unet_kwargs["class_labels"] = bokeh_condition(bokeh, batch, sample.device, sample.dtype)
         return unet(

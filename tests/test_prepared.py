@@ -1,0 +1,121 @@
+"""Tensors prepared once per call for all blocks (cast weights, batched V_b) against the per-block path."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from tiny_diffusion import flux_batch, single_thread, tiny_flux, tiny_unet, unet_batch
+from trainer import BokehFluxAdapter, BokehUNetAdapter
+from trainer.attention_processors import pivot_index
+from trainer.lora import LowRankLinear
+
+TINY = dict(bokeh_hidden_dim=8, bokeh_context_dim=12, lora_rank=4)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with single_thread():
+        yield
+
+
+def _randomize(module, std=0.3, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+class _Ops(TorchDispatchMode):
+    """Names of the backend operations run inside the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.name())
+        return func(*args, **(kwargs or {}))
+
+
+def test_add_to_is_the_residual_low_rank_sum_with_the_add_fused():
+    torch.manual_seed(0)
+    layer = LowRankLinear(16, 16, rank=4, alpha=2.0)
+    torch.nn.init.normal_(layer.up.weight)
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    with _Ops() as ops:
+        got = layer.add_to(x, 0.7)
+    by_hand = x + 0.7 * (x @ layer.down.weight.T @ layer.up.weight.T) * (2.0 / 4)
+    torch.testing.assert_close(got, by_hand)
+    assert "aten::addmm" in ops.names and not any(n.startswith(("aten::add.", "aten::mul.")) for n in ops.names)
+    grads = torch.autograd.grad(got.square().sum(), [x, layer.down.weight, layer.up.weight])
+    expected = torch.autograd.grad(by_hand.square().sum(), [x, layer.down.weight, layer.up.weight])
+    for a, b in zip(grads, expected):
+        torch.testing.assert_close(a, b)
+    # bf16 activations with fp32 weights, without autocast (product in fp32) and under it (in bf16)
+    xb = x.detach().to(torch.bfloat16)
+    exact = xb.float() + 0.7 * (xb.float() @ layer.down.weight.T @ layer.up.weight.T) * (2.0 / 4)
+    for autocast in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            half = layer.add_to(xb, 0.7)
+        assert half.dtype == torch.bfloat16
+        torch.testing.assert_close(half.float(), exact.detach(), rtol=2e-2, atol=2e-2)
+
+
+def _per_block(model, adapter, levels, pivots, call):
+    """The model run with only tokens and pivot index: every block computes its own tensors."""
+    kwargs = dict(bokeh_embeds=adapter.bokeh_tokens(levels, len(levels)),
+                  pivot_index=pivot_index(pivots, len(levels)))
+    return call(kwargs)
+
+
+def _compare(adapter, params, prepared_out, per_block_out, target, rtol, atol):
+    F.mse_loss(prepared_out.float(), target).backward()
+    prepared_grads = [p.grad.clone() for p in params]
+    adapter.zero_grad(set_to_none=True)
+    F.mse_loss(per_block_out.float(), target).backward()
+    torch.testing.assert_close(prepared_out, per_block_out, rtol=rtol, atol=atol)
+    for got, expected in zip(prepared_grads, (p.grad for p in params)):
+        torch.testing.assert_close(got, expected, rtol=rtol, atol=atol)
+
+
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_flux_prepared_call_equals_per_block_path(autocast):
+    base = tiny_flux()
+    adapter = BokehFluxAdapter(base, **TINY)
+    _randomize(adapter)
+    params = adapter.set_trainable(base)
+    inputs = flux_batch(batch=3)
+    levels, pivots = [4.0, 30.0, -1.0], [2, None, 2]
+    target = torch.randn_like(inputs["hidden_states"])
+    adapted = len(adapter.adapter_modules)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        prepared = adapter.attention_kwargs(levels, pivots, 3, torch.device("cpu"))["prepared"]
+        assert len(prepared.bokeh_values) == adapted  # V_b of every block from one batched product
+        assert len(prepared.weights) == (2 * adapted if autocast else 0)  # q / k weights cast once, under autocast
+        ours = adapter(base, levels, pivots, **inputs)
+        theirs = _per_block(base, adapter, levels, pivots, lambda kw: base(
+            **inputs, joint_attention_kwargs=kw, return_dict=False)[0])
+    tolerance = dict(rtol=2e-2, atol=2e-2) if autocast else dict(rtol=1e-5, atol=1e-6)
+    _compare(adapter, params, ours, theirs, target, **tolerance)
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_unet_prepared_call_equals_per_block_path(autocast):
+    unet = tiny_unet()
+    adapter = BokehUNetAdapter(unet, **TINY)
+    _randomize(adapter)
+    params = adapter.set_trainable(unet)
+    batch = unet_batch(batch=2)
+    sample, t, text = batch["sample"], batch["timestep"], batch["encoder_hidden_states"]
+    levels, pivots = [6.0, 24.0], [1, 1]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        grounded = [m for m in adapter.adapter_modules if hasattr(m, "to_q_adp")]
+        prepared = adapter.attention_kwargs(levels, pivots, 2, torch.device("cpu"))["prepared"]
+        assert len(prepared.weights) == (2 * len(grounded) if autocast else 0)
+        assert not prepared.bokeh_values  # the UNet's V_b is dense: each block runs its own
+        ours = adapter(unet, sample, t, text, bokeh=levels, pivot_ids=pivots)
+        theirs = _per_block(unet, adapter, levels, pivots, lambda kw: unet(
+            sample, t, text, cross_attention_kwargs=kw, return_dict=False)[0])
+    tolerance = dict(rtol=2e-2, atol=2e-2) if autocast else dict(rtol=1e-5, atol=1e-6)
+    _compare(adapter, params, ours, theirs, torch.randn_like(sample), **tolerance)
