@@ -33,9 +33,6 @@ EDGE_PERCENTILE = 75
 #: Scales (of the image at short side <= 512) at which edge blur is measured, and the smallest side used.
 PYRAMID_SCALES = (1.0, 0.5, 0.25, 0.125)
 MIN_PYRAMID_SIDE = 64
-#: A coarser scale whose background edges per pixel fall below this fraction of the next finer scale's
-#: is seeing a fine texture (stripes, mesh) averaged away, not blur: blur keeps edges at coarse scales.
-MIN_EDGE_DENSITY_RATIO = 0.5
 
 
 @dataclass
@@ -125,30 +122,28 @@ def image_bokeh_level(
     or the subject itself when there is no mask) are among the candidates. The re-blur ratio of a wide blur drowns in
     noise at full size, while a coarse scale hides a narrow one, so the image is measured at short
     sides 512, 256, 128 and 64 (never enlarged, never below 64) and the largest resolved estimate is kept.
-    Downscaling a blurred background keeps its edges (per pixel, they grow), while a sharp texture finer
-    than the coarse pixels averages away into a few wide-looking edges (fine stripes read K 25-35 at 64 px):
-    a scale that keeps under ``MIN_EDGE_DENSITY_RATIO`` of the finer scale's edge density is not used.
+    A coarse level reads only radii above one of its own pixels, and only counts when the next finer
+    level, where the same blur spans twice the pixels, reads at least half that: a sharp texture finer than
+    the coarse pixels (stripes, foliage) averages away there into a few wide-looking edges, which read
+    K 8-35 at 64 px while 128 px reads 0.
     """
     gray, to_512 = downscale_to_reference(gray)
     best: tuple[Optional[float], int] = (None, 0)
-    finer_density = 0.0
+    finer: Optional[float] = None
     for scale in PYRAMID_SCALES:
         if scale < 1 and min(gray.shape) * scale < MIN_PYRAMID_SIDE:
             break
         size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
+        pixel = to_512 / scale  # one pixel of this level, in px at short side 512
         k, count = _edge_bokeh_level(
             cv2.resize(gray, size, interpolation=cv2.INTER_AREA) if scale < 1 else gray,
             None if disparity is None else cv2.resize(disparity.astype(np.float32), size, interpolation=cv2.INTER_LINEAR),
             focus_disparity,
             None if background is None else cv2.resize(background.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0,
-            to_512 / scale,
+            pixel,
         )
-        density = count / (size[0] * size[1])
-        # A coarse scale cannot resolve radii under one of its pixels: only a larger reading counts.
-        resolved = scale == 1 or (
-            k is not None and k > to_512 / scale and density >= MIN_EDGE_DENSITY_RATIO * finer_density
-        )
-        finer_density = density
+        resolved = scale == 1 or (k is not None and k > pixel and (finer is None or finer >= pixel / 2))
+        finer = k
         if k is not None and resolved and (best[0] is None or k > best[0]):
             best = (k, count)
     return best
