@@ -203,7 +203,9 @@ class BokehCrossAttnProcessor(UNetAttnProcessor):
         self.to_v_bokeh = nn.Linear(context_dim, value_dim, bias=False, device=device, dtype=dtype)
         nn.init.zeros_(self.to_v_bokeh.weight)
 
-    def bokeh_term(self, query, bokeh_embeds, prepared):
+    def bokeh_term(
+        self, query: torch.Tensor, bokeh_embeds: Optional[torch.Tensor], prepared: Optional[PreparedAdapter]
+    ) -> Optional[torch.Tensor]:
         if bokeh_embeds is None:
             return None
         return scaled(bokeh_attention(query, bokeh_embeds, self.to_k_bokeh, self.to_v_bokeh), self.bokeh_scale)
@@ -221,7 +223,9 @@ class GroundedSelfAttnProcessor(UNetAttnProcessor):
         self.to_q_adp = LowRankLinear(query_dim, query_dim, rank, alpha, device=device, dtype=dtype)
         self.to_k_adp = LowRankLinear(key_dim, key_dim, rank, alpha, device=device, dtype=dtype)
 
-    def adapt_qk(self, query, key, prepared):
+    def adapt_qk(
+        self, query: torch.Tensor, key: torch.Tensor, prepared: Optional[PreparedAdapter]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return (self.to_q_adp.add_to(query, self.lora_scale, weights_for(prepared, self.to_q_adp)),
                 self.to_k_adp.add_to(key, self.lora_scale, weights_for(prepared, self.to_k_adp)))
 
@@ -334,7 +338,9 @@ class BokehFluxAttnProcessor(FluxJointAttnProcessor):
         self.to_q_adp = LowRankLinear(hidden_dim, hidden_dim, **low_rank) if unfreeze_q else None
         self.to_k_adp = LowRankLinear(hidden_dim, hidden_dim, **low_rank) if unfreeze_k else None
 
-    def adapt_qk(self, query, key, prepared):
+    def adapt_qk(
+        self, query: torch.Tensor, key: torch.Tensor, prepared: Optional[PreparedAdapter]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.to_q_adp is not None:
             query = self.to_q_adp.add_to(query, self.lora_scale, weights_for(prepared, self.to_q_adp))
         if self.to_k_adp is not None:
@@ -347,10 +353,12 @@ class BokehFluxAttnProcessor(FluxJointAttnProcessor):
         _no_mask_when_grounded(attention_mask)
         return ground(query, key, value, index, seq_dim=1, extend_keys=self.to_k_adp is not None)
 
-    def bokeh_term(self, query, bokeh_embeds, prepared):
+    def bokeh_term(
+        self, query: torch.Tensor, bokeh_embeds: Optional[torch.Tensor], prepared: Optional[PreparedAdapter]
+    ) -> Optional[torch.Tensor]:
         if bokeh_embeds is None:
             return None
-        value = bokeh_value_for(prepared, self.to_v_bokeh)
+        value = bokeh_value_for(prepared, self.to_v_bokeh, bokeh_embeds)
         if value is None:
             value = bokeh_attention(query.transpose(1, 2), bokeh_embeds, self.to_k_bokeh, self.to_v_bokeh)
         return scaled(value, self.bokeh_scale)

@@ -11,7 +11,7 @@ from torch import nn
 LowRankWeights = tuple[torch.Tensor, torch.Tensor]
 
 
-def autocast_on(device_type: str) -> bool:
+def _autocast_on(device_type: str) -> bool:
     """Whether autocast is on for this device type (False for types without autocast, e.g. meta)."""
     try:
         return torch.is_autocast_enabled(device_type)
@@ -21,7 +21,13 @@ def autocast_on(device_type: str) -> bool:
 
 def compute_dtype(device_type: str, weight_dtype: torch.dtype) -> torch.dtype:
     """The dtype matmuls of weights in ``weight_dtype`` run in: autocast's when it is on, else the weights'."""
-    return torch.get_autocast_dtype(device_type) if autocast_on(device_type) else weight_dtype
+    return torch.get_autocast_dtype(device_type) if _autocast_on(device_type) else weight_dtype
+
+
+def matmul_input(x: torch.Tensor, weight_dtype: torch.dtype) -> torch.Tensor:
+    """``x`` as a product with weights in ``weight_dtype`` takes it: cast to their dtype, or left to autocast
+    when it is on (an fp32 copy of a bf16 activation would only be cast straight back)."""
+    return x if _autocast_on(x.device.type) else x.to(weight_dtype)
 
 
 def scaled(tensor: torch.Tensor, scale: float) -> torch.Tensor:
@@ -38,7 +44,8 @@ class LowRankLinear(nn.Module):
     output back to the input's dtype, so an fp32 adapter can sit in a bf16 model; under autocast the
     casts are left to autocast (an fp32 copy of every activation would be cast straight back).
     ``weights`` replaces the layer's own (down, up) for one call: the same values already cast for
-    autocast (:mod:`trainer.prepared`).
+    autocast (:mod:`trainer.prepared`). The weights go to ``F.linear`` directly, so forward hooks on
+    ``down`` / ``up`` (e.g. per-module offloading) do not run.
     """
 
     def __init__(
@@ -71,7 +78,7 @@ class LowRankLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: Optional[LowRankWeights] = None) -> torch.Tensor:
         down, up = weights or (self.down.weight, self.up.weight)
-        out = F.linear(F.linear(x if autocast_on(x.device.type) else x.to(down.dtype), down), up)
+        out = F.linear(F.linear(matmul_input(x, down.dtype), down), up)
         return scaled(out, self.factor).to(x.dtype)
 
     def add_to(self, x: torch.Tensor, scale: float = 1.0, weights: Optional[LowRankWeights] = None) -> torch.Tensor:

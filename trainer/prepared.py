@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from trainer.lora import LowRankLinear, LowRankWeights, autocast_on, compute_dtype, scaled
+from trainer.lora import LowRankLinear, LowRankWeights, compute_dtype, matmul_input, scaled
 
 #: The processor attributes whose low-rank layers are prepared: grounding q / k adapters and V_b.
 QK_LAYERS = ("to_q_adp", "to_k_adp")
@@ -23,8 +23,10 @@ VALUE_LAYER = "to_v_bokeh"
 
 @dataclass
 class PreparedAdapter:
-    """Per-call tensors of every block, keyed by the layer they stand for (None: compute it in the block)."""
+    """Per-call tensors of every block, keyed by the layer they stand for (absent: the block computes it).
+    ``tokens`` are the bokeh tokens the values were computed from."""
 
+    tokens: torch.Tensor
     weights: dict[nn.Module, LowRankWeights] = field(default_factory=dict)
     bokeh_values: dict[nn.Module, torch.Tensor] = field(default_factory=dict)
 
@@ -34,9 +36,14 @@ def weights_for(prepared: Optional[PreparedAdapter], layer: Optional[nn.Module])
     return None if prepared is None else prepared.weights.get(layer)
 
 
-def bokeh_value_for(prepared: Optional[PreparedAdapter], layer: nn.Module) -> Optional[torch.Tensor]:
-    """V_b of the bokeh token (``[B, 1, out]``) for the block owning ``layer``, or None: compute it there."""
-    return None if prepared is None else prepared.bokeh_values.get(layer)
+def bokeh_value_for(
+    prepared: Optional[PreparedAdapter], layer: nn.Module, tokens: torch.Tensor
+) -> Optional[torch.Tensor]:
+    """V_b of ``tokens`` (``[B, 1, out]``) for the block owning ``layer``, or None: compute it there (also
+    when the call passes other tokens than those the values came from)."""
+    if prepared is None or prepared.tokens is not tokens:
+        return None
+    return prepared.bokeh_values.get(layer)
 
 
 def _groups(layers: Sequence[LowRankLinear]) -> list[list[LowRankLinear]]:
@@ -64,7 +71,7 @@ def prepare(processors: Sequence[nn.Module], tokens: torch.Tensor) -> PreparedAd
     its own as they are); V_b values only for one bokeh token per row (``tokens`` ``[B, 1, C]``; with more
     the blocks attend over them).
     """
-    prepared = PreparedAdapter()
+    prepared = PreparedAdapter(tokens)
     device_type = tokens.device.type
 
     def layers(names: Sequence[str]) -> list[LowRankLinear]:
@@ -80,7 +87,7 @@ def prepare(processors: Sequence[nn.Module], tokens: torch.Tensor) -> PreparedAd
     flat = tokens.flatten(0, 1)  # [B, C]
     for group in _groups(layers((VALUE_LAYER,))):
         downs, ups = _stacked(group, compute_dtype(device_type, group[0].down.weight.dtype))
-        inputs = flat if autocast_on(device_type) else flat.to(downs.dtype)
+        inputs = matmul_input(flat, downs.dtype)
         # Transposed (weights on the left): the weights' gradients then come out in their own layout,
         # with no copy per block when they are accumulated.
         values = scaled(torch.matmul(ups, torch.matmul(downs, inputs.t())), group[0].factor)  # [N, out, B]
