@@ -10,11 +10,10 @@ from diffusers.models.embeddings import apply_rotary_emb
 from safetensors.torch import load_file, save_file
 
 from estimators.model_loading import ModelUnavailableError
-from tiny_diffusion import TINY_FLUX_CONFIG, flux_batch, meta_flux, single_thread, tiny_flux
+from tiny_diffusion import TINY_ADAPTER as TINY, TINY_FLUX_CONFIG, flux_batch, meta_flux, randomize, single_thread, tiny_flux
 from trainer import BokehFluxAdapter
 from trainer.attention_processors import BokehFluxAttnProcessor
 
-TINY = dict(bokeh_hidden_dim=8, bokeh_context_dim=12, lora_rank=4)
 HEADS, HEAD_DIM = TINY_FLUX_CONFIG["num_attention_heads"], TINY_FLUX_CONFIG["attention_head_dim"]
 
 
@@ -22,14 +21,6 @@ HEADS, HEAD_DIM = TINY_FLUX_CONFIG["num_attention_heads"], TINY_FLUX_CONFIG["att
 def _one_thread():
     with single_thread():
         yield
-
-
-def _randomize(adapter, std=0.3, seed=3):
-    """Non-zero weights everywhere (a fresh adapter's up projections are zero)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in adapter.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
 # ------------------------------------------------------------------ layout on FLUX.1-dev dimensions
@@ -153,7 +144,7 @@ def test_flux_adapter_matches_released_processor(blocks, alpha):
     base = tiny_flux()
     pristine = copy.deepcopy(base)
     adapter = BokehFluxAdapter(base, blocks=blocks, lora_alpha=alpha, **TINY)
-    _randomize(adapter)
+    randomize(adapter)
     ref, embed = _released_reference(pristine, adapter, adapter.config["blocks"], alpha, TINY["lora_rank"])
     cases = [  # (K per row, our pivot_ids, released batch_swap_ids)
         ([12.0, -1.0], None, None),
@@ -183,7 +174,7 @@ def test_grounded_attention_formula_single_stream():
     base = tiny_flux()
     attn = base.single_transformer_blocks[0].attn
     proc = BokehFluxAttnProcessor(HEADS * HEAD_DIM, 12, rank=4, lora_scale=0.7)
-    _randomize(proc, std=0.2)
+    randomize(proc, std=0.2)
     torch.manual_seed(5)
     x = torch.randn(3, 6, HEADS * HEAD_DIM)
     index = [2, 1, 2]
@@ -208,7 +199,7 @@ def test_grounded_attention_formula_single_stream():
 def test_bokeh_term_is_v_b_before_the_output_projection():
     base = tiny_flux()
     adapter = BokehFluxAdapter(base, **TINY)
-    _randomize(adapter)
+    randomize(adapter)
     adapter.set_bokeh_scale(0.5)
     tokens = adapter.bokeh_tokens([6.0, 21.0], 2)
     v_b = adapter.adapter_modules[1].to_v_bokeh(tokens)  # [2, 1, inner]
@@ -232,7 +223,7 @@ def test_bokeh_term_is_v_b_before_the_output_projection():
 def test_no_condition_k_is_minus_one():
     base = tiny_flux()
     adapter = BokehFluxAdapter(base, **TINY)
-    _randomize(adapter)
+    randomize(adapter)
     inputs = flux_batch(batch=2)
     with torch.no_grad():
         minus_one = adapter(base, bokeh=-1.0, **inputs)
@@ -250,7 +241,7 @@ def test_scale_zero_and_fresh_adapter_reproduce_the_base_exactly():
         fresh = BokehFluxAdapter(base, **TINY)  # zero up-projections: no change at all
         assert torch.equal(fresh(base, bokeh=[3.0, 27.0], **inputs), plain)
         adapter = BokehFluxAdapter(base, **TINY)
-        _randomize(adapter)
+        randomize(adapter)
         adapter.set_bokeh_scale(0.0)
         adapter.set_lora_scale(0.0)
         assert torch.equal(adapter(base, bokeh=[3.0, 27.0], **inputs), plain)
@@ -267,7 +258,7 @@ def test_save_load_round_trip(tmp_path):
     base = tiny_flux()
     twin = copy.deepcopy(base)
     adapter = BokehFluxAdapter(base, lora_alpha=8.0, **TINY)
-    _randomize(adapter)
+    randomize(adapter)
     adapter.save_pretrained(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
     config = json.loads((tmp_path / "config.json").read_text())
@@ -348,7 +339,7 @@ def _grads(params):
 def test_gradient_checkpointing_and_autocast():
     base = tiny_flux()
     adapter = BokehFluxAdapter(base, **TINY)
-    _randomize(adapter)
+    randomize(adapter)
     params = adapter.set_trainable(base)
     inputs = flux_batch(batch=2)
     target = torch.randn_like(inputs["hidden_states"])
@@ -376,7 +367,7 @@ def test_fp32_adapter_on_a_bf16_base():
     """The usual GPU set-up: frozen base in bf16, trained adapter in fp32."""
     base = tiny_flux().to(torch.bfloat16)
     adapter = BokehFluxAdapter(base, **TINY)
-    _randomize(adapter)
+    randomize(adapter)
     params = adapter.set_trainable(base)
     inputs = {k: v.to(torch.bfloat16) for k, v in flux_batch(batch=2).items()}
     out = adapter(base, [3.0, 20.0], [1, 1], **inputs)

@@ -9,24 +9,16 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
 from estimators.model_loading import ModelUnavailableError
-from tiny_diffusion import meta_unet, single_thread, tiny_unet, unet_batch
+from tiny_diffusion import TINY_ADAPTER as TINY, meta_unet, randomize, single_thread, tiny_unet, unet_batch
 from trainer import BokehUNetAdapter
 from trainer.attention_processors import BokehCrossAttnProcessor, GroundedSelfAttnProcessor, UNetAttnProcessor
 
-TINY = dict(bokeh_hidden_dim=8, bokeh_context_dim=12, lora_rank=4)
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
     with single_thread():
         yield
-
-
-def _randomize(module, std=0.3, seed=3):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
 def test_sd15_adapter_shapes_and_count():
@@ -91,7 +83,7 @@ def _softmax_attention(q, k, v, heads):
 def test_decoupled_bokeh_cross_attention_formula():
     cross, _ = _attention_module()
     proc = BokehCrossAttnProcessor(context_dim=12, key_dim=16, value_dim=16, bokeh_scale=0.6)
-    _randomize(proc)
+    randomize(proc)
     x, text, tokens = torch.randn(2, 9, 16), torch.randn(2, 5, 24), torch.randn(2, 1, 12)
     with torch.no_grad():
         cross.set_processor(proc)
@@ -108,7 +100,7 @@ def test_decoupled_bokeh_cross_attention_formula():
 def test_grounded_self_attention_formula():
     _, self_attn = _attention_module()
     proc = GroundedSelfAttnProcessor(16, 16, rank=3, lora_scale=0.8)
-    _randomize(proc)
+    randomize(proc)
     self_attn.set_processor(proc)
     x = torch.randn(3, 7, 16)
     index = [2, 1, 2]
@@ -138,7 +130,7 @@ def test_scale_zero_and_fresh_adapter_reproduce_the_base_exactly():
         fresh = BokehUNetAdapter(unet, **TINY)
         assert torch.equal(fresh(unet, **inputs, bokeh=[2.0, 28.0]), plain)
         adapter = BokehUNetAdapter(unet, **TINY)
-        _randomize(adapter)
+        randomize(adapter)
         changed = adapter(unet, **inputs, bokeh=[2.0, 28.0], pivot_ids=[1, 1])
         assert (changed - plain).abs().max() > 1e-3
         assert (adapter(unet, **inputs, bokeh=-1) - adapter(unet, **inputs, bokeh=0)).abs().max() > 1e-4
@@ -156,7 +148,7 @@ def test_unet_with_class_input_takes_the_bokeh_condition_there():
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**TINY_UNET_CONFIG, class_embed_type="projection", projection_class_embeddings_input_dim=1).eval()
-    _randomize(unet.class_embedding)
+    randomize(unet.class_embedding)
     inputs = unet_batch()
     adapter = BokehUNetAdapter(unet, **TINY)
     with torch.no_grad():
@@ -171,7 +163,7 @@ def test_save_load_round_trip(tmp_path):
     unet = tiny_unet()
     twin = copy.deepcopy(unet)
     adapter = BokehUNetAdapter(unet, lora_alpha=2.0, **TINY)
-    _randomize(adapter)
+    randomize(adapter)
     adapter.save_pretrained(tmp_path / "ckpt")
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     assert config == dict(blocks=["up_blocks"], grounded_blocks=["up_blocks"], bokeh_input_dim=1, bokeh_hidden_dim=8,
@@ -206,7 +198,7 @@ def test_training_adapter_only_with_checkpointing_and_autocast():
         loss.backward()
         return [p.grad.clone() for p in params]
 
-    _randomize(adapter, std=0.05)
+    randomize(adapter, std=0.05)
     for plain, checkpointed in zip(loss_and_grads(False), loss_and_grads(True)):
         torch.testing.assert_close(checkpointed, plain)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -4,25 +4,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tiny_diffusion import flux_batch, single_thread, tiny_flux, tiny_unet, unet_batch
+from tiny_diffusion import TINY_ADAPTER as TINY, flux_batch, randomize, single_thread, tiny_flux, tiny_unet, unet_batch
 from trainer import BokehFluxAdapter, BokehUNetAdapter
 from trainer.attention_processors import pivot_index
 from trainer.lora import LowRankLinear
-
-TINY = dict(bokeh_hidden_dim=8, bokeh_context_dim=12, lora_rank=4)
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
     with single_thread():
         yield
-
-
-def _randomize(module, std=0.3, seed=3):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
 class _Ops(TorchDispatchMode):
@@ -94,7 +85,7 @@ def test_flux_prepared_call_equals_per_block_path(setup):
     options, autocast, checkpointing, dtype = FLUX_SETUPS[setup]
     base = tiny_flux().to(dtype)
     adapter = BokehFluxAdapter(base, **TINY, **options)
-    _randomize(adapter)
+    randomize(adapter)
     adapter.to(dtype)
     params = adapter.set_trainable(base)
     if checkpointing:
@@ -121,7 +112,7 @@ def test_blocks_use_the_prepared_tensors():
     """Zeroed prepared tensors must act as the per-block path with that branch switched off (scale 0)."""
     base = tiny_flux()
     adapter = BokehFluxAdapter(base, **TINY)
-    _randomize(adapter)
+    randomize(adapter)
     inputs = flux_batch(batch=2)
     levels, pivots = [5.0, 25.0], [1, 1]
 
@@ -163,7 +154,7 @@ def test_blocks_use_the_prepared_tensors():
 def test_unet_prepared_call_equals_per_block_path(autocast):
     unet = tiny_unet()
     adapter = BokehUNetAdapter(unet, **TINY)
-    _randomize(adapter)
+    randomize(adapter)
     params = adapter.set_trainable(unet)
     batch = unet_batch(batch=2)
     sample, t, text = batch["sample"], batch["timestep"], batch["encoder_hidden_states"]

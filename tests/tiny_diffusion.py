@@ -121,6 +121,18 @@ def flux_batch(batch: int = 2, seed: int = 1, height: int = 4, width: int = 4, t
     )
 
 
+#: Small adapter dimensions for the tiny bases (the tests' default).
+TINY_ADAPTER = dict(bokeh_hidden_dim=8, bokeh_context_dim=12, lora_rank=4)
+
+
+def randomize(module: torch.nn.Module, std: float = 0.3, seed: int = 3) -> None:
+    """Non-zero weights everywhere, from a fixed seed (a fresh adapter's up projections are zero)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
 @contextmanager
 def single_thread():
     """Run torch on one thread: tiny models gain nothing from more, and on a busy 2-core machine
