@@ -83,7 +83,7 @@ class LowRankLinear(nn.Module):
 
     def add_to(self, x: torch.Tensor, scale: float = 1.0, weights: Optional[LowRankWeights] = None) -> torch.Tensor:
         """``x + scale * self(x)`` (the q / k adapters' residual form), the add and the scale fused into the
-        up projection's matmul (addmm): per call two launches less forward, one less backward."""
+        up projection's matmul (addmm): the add, and the multiplies by ``scale`` and alpha / rank, launch nothing."""
         down, up = weights or (self.down.weight, self.up.weight)
         if x.dtype != compute_dtype(x.device.type, down.dtype):  # the sum would round x to another dtype
             return x + scaled(self(x, weights), scale)

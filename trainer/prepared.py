@@ -4,7 +4,7 @@ FLUX's batch-1 training step is bound by kernel launches (README), and each of t
 used to cast its low-rank weights for autocast and run its own V_b projection of the one bokeh token:
 hundreds of tiny launches, forward and backward. Here the same-shape low-rank layers of all blocks
 are stacked, cast once, and the bokeh values V_b(token) of every block come from two batched matmuls;
-each block then only looks its tensors up. Same values as the per-block path (tested).
+each block then only looks its tensors up. Same values as the per-block path, up to bf16 rounding (tested).
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def _groups(layers: Sequence[LowRankLinear]) -> list[list[LowRankLinear]]:
 
 def _stacked(layers: Sequence[LowRankLinear], dtype: torch.dtype) -> LowRankWeights:
     """The layers' down ``[N, rank, in]`` and up ``[N, out, rank]`` weights, stacked and cast to ``dtype``
-    (two casts for all N layers; the backward pass likewise sums up in two)."""
+    (two casts for all N layers instead of 2N; backward gathers their gradients in two stack operations)."""
     downs = torch.stack([layer.down.weight for layer in layers]).to(dtype)
     ups = torch.stack([layer.up.weight for layer in layers]).to(dtype)
     return downs, ups
