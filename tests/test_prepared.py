@@ -6,7 +6,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from tiny_diffusion import TINY_ADAPTER as TINY, flux_batch, randomize, single_thread, tiny_flux, tiny_unet, unet_batch
 from trainer import BokehFluxAdapter, BokehUNetAdapter
-from trainer.attention_processors import pivot_index
 from trainer.lora import LowRankLinear
 
 
@@ -53,10 +52,9 @@ def test_add_to_is_the_residual_low_rank_sum_with_the_add_fused():
 
 
 def _per_block(model, adapter, levels, pivots, call):
-    """The model run with only tokens and pivot index: every block computes its own tensors."""
-    kwargs = dict(bokeh_embeds=adapter.bokeh_tokens(levels, len(levels)),
-                  pivot_index=pivot_index(pivots, len(levels)))
-    return call(kwargs)
+    """The model run with the adapter's attention arguments less the prepared tensors: every block
+    computes its own."""
+    return call({**adapter.attention_kwargs(levels, pivots, len(levels), torch.device("cpu")), "prepared": None})
 
 
 def _compare(adapter, params, prepared_out, per_block_out, target, rtol, atol):

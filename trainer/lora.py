@@ -40,9 +40,8 @@ class LowRankLinear(nn.Module):
     """``up(down(x))``, times ``alpha / rank`` when ``alpha`` is set; starts at zero output.
 
     ``down`` is drawn from N(0, 1/rank^2) and ``up`` is zero, as in the released FLUX adapter, so a
-    fresh adapter leaves the base model unchanged. The input is cast to the weights' dtype and the
-    output back to the input's dtype, so an fp32 adapter can sit in a bf16 model; under autocast the
-    casts are left to autocast (an fp32 copy of every activation would be cast straight back).
+    fresh adapter leaves the base model unchanged. The input goes in as :func:`matmul_input` has it and the
+    output comes back in the input's dtype, so an fp32 adapter can sit in a bf16 model.
     ``weights`` replaces the layer's own (down, up) for one call: the same values already cast for
     autocast (:mod:`trainer.prepared`). The weights go to ``F.linear`` directly, so forward hooks on
     ``down`` / ``up`` (e.g. per-module offloading) do not run.
