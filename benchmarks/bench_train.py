@@ -9,11 +9,12 @@ Bases: ``sd15`` (Stable Diffusion 1.5 UNet, 64x64 latents = 512 px), ``flux`` (F
 transformer, 32x32 packed tokens = 512 px, 512 text tokens), ``tiny`` (tests' tiny UNet, for CPU).
 Weights are random (no download); timing does not depend on their values.
 
-    python benchmarks/bench_train.py --model sd15 [--batch 4] [--steps 10] [--dtype bf16] [--checkpointing] [--cudnn-attention]
+    python benchmarks/bench_train.py --model sd15 [--batch 4] [--steps 10] [--rounds 3] [--dtype bf16] [--checkpointing] [--cudnn-attention]
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 from typing import Callable
@@ -26,8 +27,10 @@ sys.path.insert(0, str(ROOT))
 
 from timing import measure  # noqa: E402
 from tiny_diffusion import FLUX_DEV_CONFIG, SD15_UNET_CONFIG, TINY_UNET_CONFIG  # noqa: E402
+from trainer.config import OptimConfig  # noqa: E402
 from trainer.flux_adapter import BokehFluxAdapter  # noqa: E402
 from trainer.objectives import latent_image_ids, pack_latents  # noqa: E402
+from trainer.training import adamw  # noqa: E402
 from trainer.unet_adapter import BokehUNetAdapter  # noqa: E402
 
 
@@ -115,12 +118,27 @@ def count_kernel_ops(step: Callable[[], None]) -> int:
     return counter.count
 
 
+def gpu_kernel_seconds(step: Callable[[], None]) -> float:
+    """GPU time of one call of ``step``: the durations of the kernels and copies it ran, summed (one stream,
+    so no overlap). Far below the step's wall time, the step waits on the CPU launching them."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    return sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == DeviceType.CUDA) / 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=("sd15", "flux", "tiny"), default="tiny",
                         help="base: SD 1.5 UNet or FLUX.1-dev at full size (random weights), or the tests' tiny UNet (default)")
     parser.add_argument("--batch", type=int, default=2, help="batch size (default 2)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per variant, after 2 warm-up steps; the median is printed (default 5)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat the variants' timing in turns this many times and print the median of the rounds' medians with "
+                             "their range: short steps vary from one spell of the machine to the next (default 1)")
     parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None, help="base dtype (default bf16 on CUDA and with --count-ops, else fp32)")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in the base")
     parser.add_argument("--cudnn-attention", action="store_true",
@@ -151,14 +169,9 @@ def main() -> None:
         with torch.no_grad():
             run(None, x, None, None)
 
-    if args.count_ops:
-        reference_ops = count_kernel_ops(frozen_step)
-    else:
-        results = {"adapter off (frozen base)": measure(frozen_step, device, args.steps),
-                   "base forward only": measure(forward_only, device, args.steps)}
     adapter = make_adapter().to(device, torch.float32)
     params = adapter.set_trainable(base)
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    optimizer = adamw(params, OptimConfig(learning_rate=1e-5), device)  # as `bokeh train` makes it
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
     def adapter_step(pivots, optimize: bool = True) -> Callable[[], None]:
@@ -171,24 +184,47 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
         return step
 
+    # label -> (step, whether the adapter's processors are installed for it)
+    variants = {"adapter off (frozen base)": (frozen_step, False), "base forward only": (forward_only, False),
+                "adapter on": (adapter_step(None, not args.count_ops), True),
+                "adapter on + grounding": (adapter_step(grounded, not args.count_ops), True)}
     if args.count_ops:
-        counts = {"adapter off (frozen base)": reference_ops, "adapter on": count_kernel_ops(adapter_step(None, False)),
-                  "adapter on + grounding": count_kernel_ops(adapter_step(grounded, False))}
+        del variants["base forward only"]
+        counts = {}
+        for label, (step, installed) in variants.items():
+            (adapter.install if installed else adapter.uninstall)(base)
+            counts[label] = count_kernel_ops(step)
+        reference_ops = counts["adapter off (frozen base)"]
         print(f"bench_train --count-ops: {args.model} blocks at small widths, batch {args.batch}, {dtype}, trained adapter "
               f"tensors {len(params)}, gradient checkpointing {'on' if args.checkpointing else 'off'}")
         for label, n in counts.items():
             print(f"  {label:28s} {n:7d} ops/step  overhead {100 * (n / reference_ops - 1):+6.1f} %")
         return
-    results["adapter on"] = measure(adapter_step(None), device, args.steps)
-    results["adapter on + grounding"] = measure(adapter_step(grounded), device, args.steps)
+    times: dict[str, list[float]] = {label: [] for label in variants}
+    peaks: dict[str, float] = {}
+    kernel_ms: dict[str, float] = {}
+    for _ in range(args.rounds):  # variants take turns, so a slow spell of the machine hits them all
+        for label, (step, installed) in variants.items():
+            (adapter.install if installed else adapter.uninstall)(base)
+            seconds, peaks[label] = measure(step, device, args.steps)
+            times[label].append(seconds)
+    if device.type == "cuda":
+        for label, (step, installed) in variants.items():
+            (adapter.install if installed else adapter.uninstall)(base)
+            kernel_ms[label] = 1000 * gpu_kernel_seconds(step)
     n_params = sum(p.numel() for p in params)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"bench_train: {args.model}, batch {args.batch}, {dtype}, {name}, adapter params {n_params:,}, "
-          f"gradient checkpointing {'on' if args.checkpointing else 'off'}")
-    base_time = results["adapter off (frozen base)"][0]
-    for label, (seconds, peak) in results.items():
-        overhead = 100 * (seconds / base_time - 1)
-        print(f"  {label:28s} {seconds * 1000:9.1f} ms/step  peak {peak:6.2f} GiB  overhead {overhead:+6.1f} %")
+          f"gradient checkpointing {'on' if args.checkpointing else 'off'}, {args.rounds} round(s) of {args.steps} steps")
+    medians = {label: statistics.median(values) for label, values in times.items()}
+    base_time = medians["adapter off (frozen base)"]
+    base_kernels = kernel_ms.get("adapter off (frozen base)")
+    for label, seconds in medians.items():
+        spread = f"  rounds {min(times[label]) * 1000:.1f}-{max(times[label]) * 1000:.1f} ms" if args.rounds > 1 else ""
+        kernels = (f"  GPU kernels {kernel_ms[label]:7.1f} ms ({100 * (kernel_ms[label] / base_kernels - 1):+6.1f} %)"
+                   if kernel_ms else "")
+        print(f"  {label:28s} {seconds * 1000:9.1f} ms/step  peak {peaks[label]:6.2f} GiB  "
+              f"overhead {100 * (seconds / base_time - 1):+6.1f} %{kernels}{spread}")
 
 
 if __name__ == "__main__":

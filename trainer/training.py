@@ -22,7 +22,7 @@ from torch import nn
 from estimators.cli_util import UserError
 from trainer.backbones import DTYPES, UNetBackbone, load_backbone
 from trainer.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
-from trainer.config import TrainConfig
+from trainer.config import OptimConfig, TrainConfig
 from trainer.data import BatchPlan, BatchSampler, ImageLoader, load_rows
 
 
@@ -96,6 +96,13 @@ def trainable_parameters(adapter: nn.Module, backbone: Any, trained: dict[str, n
         own = {id(p) for p in params}
         params += [p for p in backbone.text_encoder.parameters() if id(p) not in own]
     return params
+
+
+def adamw(params: list[nn.Parameter], o: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW as configured; on CUDA the fused implementation (FLUX adapter, 346 tensors, H200: 3.8 ms a step
+    against 8.1 ms for the default foreach one, which launches more kernels in a step bound by launches)."""
+    return torch.optim.AdamW(params, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2), weight_decay=o.weight_decay,
+                             eps=o.adam_epsilon, fused=device.type == "cuda")
 
 
 def _trained_modules(config: TrainConfig, backbone: Any) -> dict[str, nn.Module]:
@@ -215,8 +222,7 @@ def _train(config: TrainConfig, resume: Optional[str]) -> dict[str, Any]:
     if config.model.gradient_checkpointing:
         backbone.model.enable_gradient_checkpointing()
     o = config.optim
-    optimizer = torch.optim.AdamW(params, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2),
-                                  weight_decay=o.weight_decay, eps=o.adam_epsilon)
+    optimizer = adamw(params, o, accelerator.device)
     # accelerate steps a prepared scheduler once per process at each optimizer step: count in those units.
     procs = accelerator.num_processes
     try:
