@@ -401,7 +401,6 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(ROOT / "configs" / "tiny.yaml", ["optim.difference_weight=-1"])
 
 
-
 def test_adamw_takes_the_config_and_fuses_on_cuda_only():
     from trainer.training import adamw
 
@@ -411,6 +410,7 @@ def test_adamw_takes_the_config_and_fuses_on_cuda_only():
     for device, fused in ((torch.device("cpu"), False), (torch.device("cuda"), True)):
         d = adamw(params, o, device).defaults
         assert (d["lr"], d["betas"], d["weight_decay"], d["eps"], bool(d["fused"])) == (3e-4, (0.8, 0.95), 0.02, 1e-6, fused)
+
 
 def test_pixel_weights_reach_the_loss_averaged_over_each_latent_position():
     """TrainStep pools [B, 1, R, R] pixel weights to the latent grid: the mean of each p x p patch."""
