@@ -184,6 +184,10 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
         return step
 
+    def processors(installed: bool) -> None:
+        """The adapter's processors on the base, or the library's plain ones."""
+        (adapter.install if installed else adapter.uninstall)(base)
+
     # label -> (step, whether the adapter's processors are installed for it)
     variants = {"adapter off (frozen base)": (frozen_step, False), "base forward only": (forward_only, False),
                 "adapter on": (adapter_step(None, not args.count_ops), True),
@@ -192,7 +196,7 @@ def main() -> None:
         del variants["base forward only"]
         counts = {}
         for label, (step, installed) in variants.items():
-            (adapter.install if installed else adapter.uninstall)(base)
+            processors(installed)
             counts[label] = count_kernel_ops(step)
         reference_ops = counts["adapter off (frozen base)"]
         print(f"bench_train --count-ops: {args.model} blocks at small widths, batch {args.batch}, {dtype}, trained adapter "
@@ -205,12 +209,12 @@ def main() -> None:
     kernel_ms: dict[str, float] = {}
     for _ in range(args.rounds):  # variants take turns, so a slow spell of the machine hits them all
         for label, (step, installed) in variants.items():
-            (adapter.install if installed else adapter.uninstall)(base)
+            processors(installed)
             seconds, peaks[label] = measure(step, device, args.steps)
             times[label].append(seconds)
     if device.type == "cuda":
         for label, (step, installed) in variants.items():
-            (adapter.install if installed else adapter.uninstall)(base)
+            processors(installed)
             kernel_ms[label] = 1000 * gpu_kernel_seconds(step)
     n_params = sum(p.numel() for p in params)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
