@@ -14,7 +14,7 @@ from estimators.model_loading import ModelUnavailableError
 from test_train_data import write_dataset
 from tiny_diffusion import TINY_FLUX_CONFIG, single_thread, tiny_flux
 from trainer.config import config_from_dict, load_config
-from trainer.objectives import (ddpm_target, flux_loss, pack_latents, row_mse, shifted_sigmas, snr_weights, tied_difference_mse,
+from trainer.objectives import (ddpm_target, flux_loss, gradient_mse, pack_latents, row_mse, shifted_sigmas, snr_weights, tied_difference_mse,
                                 unet_loss)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,6 +172,34 @@ def test_row_mse_by_hand():
     assert row_mse(pred, target, torch.tensor([[[[1.0, 3.0]]]])).tolist() == [70 / 8]
 
 
+def test_gradient_mse_by_hand():
+    """Neighbour differences of the error, horizontal and vertical pairs pooled: 0 for a flat offset, 4 for a
+    one-pixel checker (every difference is +-2), in pixels when the channels are 2 x 2 pixel patches."""
+    zero = torch.zeros(1, 3, 4, 4)
+    assert gradient_mse(zero + 5.0, zero).tolist() == [0.0]
+    checker = (torch.arange(4)[:, None] + torch.arange(4)) % 2 * 2.0 - 1
+    assert gradient_mse(checker.expand(1, 3, 4, 4), zero).tolist() == [4.0]
+    # a ramp along x by 1 per pixel: horizontal differences 1 (12 pairs), vertical ones 0 (12 pairs)
+    ramp = torch.arange(4.0).expand(1, 1, 4, 4)
+    assert gradient_mse(ramp, zero[:, :1]).tolist() == [0.5]
+    # weights: the ramp's first column weighs 3, so the pairs (0, 1) weigh 2 and column 0's vertical pairs 3;
+    # sum of weighted squares 4 * 2 + 8 * 1 = 16 over weights 4 * 2 + 8 + 3 * 3 + 9 = 34
+    weights = torch.ones(1, 1, 4, 4)
+    weights[..., 0] = 3.0
+    assert gradient_mse(ramp, zero[:, :1], weights).item() == pytest.approx(16 / 34)
+    # the checker as 2 x 2 patches is flat per channel: 0 as latent positions, 4 as pixels
+    patches = torch.nn.functional.pixel_unshuffle(checker.expand(1, 3, 4, 4), 2)
+    assert gradient_mse(patches, torch.zeros_like(patches)).tolist() == [0.0]
+    assert gradient_mse(patches, torch.zeros_like(patches), patch=2).tolist() == [4.0]
+    # patch weights spread to their pixels: a weight on one patch is a weight on its 4 pixels
+    patch_weights = torch.ones(1, 1, 2, 2)
+    patch_weights[0, 0, 0, 0] = 3.0
+    pixel_weights = patch_weights.repeat_interleave(2, -1).repeat_interleave(2, -2)
+    ramp3 = ramp.expand(1, 3, 4, 4)
+    assert gradient_mse(torch.nn.functional.pixel_unshuffle(ramp3, 2), torch.zeros_like(patches), patch_weights, 2).item() \
+        == pytest.approx(gradient_mse(ramp3, zero, pixel_weights).item())
+
+
 def test_tied_difference_mse_by_hand():
     """Only rows tied to a pivot score, on (prediction - pivot's) against (target - pivot's)."""
     pred = torch.tensor([[0.0, 0.0], [1.0, 2.0], [5.0, 5.0]]).view(3, 1, 1, 2)
@@ -202,6 +230,11 @@ def test_unet_loss_adds_the_tied_difference_before_the_snr_weights():
     assert unet_loss(*args, difference_weight=2.0).item() == pytest.approx((1 + 4 + 2) / 2)
     assert unet_loss(*args, snr_gamma=5.0, difference_weight=2.0).item() == pytest.approx(0.5625 * 7 / 2, rel=1e-5)
     assert unet_loss(*args).item() == pytest.approx(2.5)
+    # the detail loss: row 0's x0 a ramp 0, 1 along x (squared errors 0, 1: mean 0.5, gradient 1 on the 2 of
+    # 4 pairs that are horizontal: 0.5), row 1 flat (2: own error 4, gradient 0); both SNR-weighted
+    x0[0, 0, :, 0] = 0.0
+    assert unet_loss(*args, detail_weight=3.0).item() == pytest.approx((0.5 + 3 * 0.5 + 4) / 2)
+    assert unet_loss(*args, snr_gamma=5.0, detail_weight=3.0).item() == pytest.approx(0.5625 * 6 / 2, rel=1e-5)
 
 
 def test_flux_loss_weights_the_positions_they_belong_to():
@@ -399,6 +432,10 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(ROOT / "configs" / "tiny.yaml", ["data.subject_weight=0"])
     with pytest.raises(UserError, match="difference_weight"):
         load_config(ROOT / "configs" / "tiny.yaml", ["optim.difference_weight=-1"])
+    with pytest.raises(UserError, match="detail_weight"):
+        load_config(ROOT / "configs" / "tiny.yaml", ["optim.detail_weight=nan"])
+    with pytest.raises(UserError, match="detail_weight"):
+        load_config(ROOT / "configs" / "flux.yaml", ["optim.detail_weight=1"])
 
 
 def test_adamw_takes_the_config_and_fuses_on_cuda_only():

@@ -58,6 +58,8 @@ class UNetBackbone:
         self.snr_floor: Optional[float] = None
         #: weight of the tied rows' difference loss (``optim.difference_weight``; objectives.tied_difference_mse)
         self.difference_weight = 0.0
+        #: weight of the image-gradient loss (``optim.detail_weight``; objectives.gradient_mse)
+        self.detail_weight = 0.0
 
     @classmethod
     def load(cls, base: str, dtype: torch.dtype = torch.float32) -> "UNetBackbone":
@@ -126,7 +128,7 @@ class UNetBackbone:
              noise: torch.Tensor, u: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The training loss; ``weights`` [B, 1, h, w] weigh the latent positions (None = all alike)."""
         return unet_loss(adapter, self.unet, self.scheduler, latents, text["encoder_hidden_states"], levels, pivot_ids, noise, u,
-                         self.snr_gamma, self.snr_floor, weights, self.difference_weight)
+                         self.snr_gamma, self.snr_floor, weights, self.difference_weight, self.detail_weight, self.patch)
 
     def latent_shape(self, resolution: int) -> tuple[int, int, int]:
         return self.unet.config.in_channels, resolution // self.latent_factor, resolution // self.latent_factor

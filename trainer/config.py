@@ -66,6 +66,9 @@ class OptimConfig:
     # Extra loss on rows tied to their pivot (its scene, noise and timestep): the error of (prediction - pivot's)
     # against (target - pivot's), i.e. of what their K changes, times this weight; 0 = off.
     difference_weight: float = 0.0
+    # Extra loss on the error's image gradients (UNet backbones; pixels for the tiny model) times this weight: errors
+    # in fine detail, which blur removes, count up to 1 + 4x this weight as much as flat ones; 0 = off.
+    detail_weight: float = 0.0
 
 
 @dataclass
@@ -139,6 +142,9 @@ class TrainConfig:
                 raise UserError(f"run.{name} must be >= 1, got {getattr(self.run, name)}")
         if not 0 < self.data.subject_weight < math.inf:
             raise UserError(f"data.subject_weight must be a finite number > 0 (1 = the subject weighs like the rest), got {self.data.subject_weight}")
+        if not 0 <= self.optim.detail_weight < math.inf or (self.optim.detail_weight and self.model.family == "flux"):
+            raise UserError(f"optim.detail_weight must be a finite number >= 0 (0 = off) and applies to the UNet families "
+                            f"(tiny, unet), not flux; got {self.optim.detail_weight}")
         if not 0 <= self.optim.difference_weight < math.inf:
             raise UserError(f"optim.difference_weight must be a finite number >= 0 (0 = off), got {self.optim.difference_weight}")
         if self.data.resolution < 8 or self.data.resolution % 8:

@@ -200,6 +200,7 @@ def _train(config: TrainConfig, resume: Optional[str]) -> dict[str, Any]:
         backbone, base_dir = build_backbone(config, output_dir, rows)
     if config.model.family != "flux":
         backbone.snr_gamma, backbone.snr_floor = config.optim.snr_gamma, config.optim.snr_floor
+        backbone.detail_weight = config.optim.detail_weight
     backbone.difference_weight = config.optim.difference_weight
     accelerator = Accelerator(mixed_precision=run.mixed_precision, gradient_accumulation_steps=run.gradient_accumulation_steps)
     if accelerator.device.type == "cpu" and run.mixed_precision != "no":
