@@ -1,7 +1,8 @@
 """Step time of the tiny model's whole training step (text encoder, UNet and bokeh adapter all
-training: forward, loss, backward, AdamW) for configs/tiny.yaml as shipped and with the UNet on
-p x p pixel patches (``model.tiny.patch_size``), same batch of 64 px images, CPU or GPU. The ratio
-is against the shipped config in the same run.
+training: forward, loss with the config's weights, backward, AdamW) for configs/tiny.yaml as shipped
+(2 x 2 pixel patches) and variants: the UNet on whole pixels (p = 1, the earlier config), other patch
+sizes and widths (``model.tiny.patch_size``), no detail loss; same batch of 64 px images, CPU or GPU.
+The ratio is against the shipped config in the same run.
 
     python benchmarks/bench_tiny_step.py [--threads 2] [--batch 8] [--steps 10]
 """
@@ -24,20 +25,23 @@ from trainer.tiny_model import build_tiny_model  # noqa: E402
 from trainer.training import trainable_parameters  # noqa: E402
 
 CAPTIONS = ["a red star in front of a leafy green hedge", "a purple cylinder on a wooden floor in front of trees"]
-#: (label, overrides of the shipped model.tiny settings)
+#: (label, overrides of the shipped model.tiny settings, overrides of its optim settings)
 VARIANTS = [
-    ("configs/tiny.yaml as shipped", {}),
-    ("patch 2, same channels", dict(patch_size=2)),
-    ("patch 2, channels [64, 64, 96, 96]", dict(patch_size=2, block_out_channels=[64, 64, 96, 96])),
-    ("patch 4, channels [96, 128, 128]", dict(patch_size=4, block_out_channels=[96, 128, 128])),
+    ("configs/tiny.yaml as shipped (p = 2)", {}, {}),
+    ("without the detail loss", {}, dict(detail_weight=0.0)),
+    ("p = 1, no caption in the time embedding", dict(patch_size=1, text_time_embedding=False), {}),
+    ("p = 2, channels [64, 64, 96, 96]", dict(block_out_channels=[64, 64, 96, 96]), {}),
+    ("p = 4, channels [96, 128, 128]", dict(patch_size=4, block_out_channels=[96, 128, 128]), {}),
 ]
 
 
-def step_seconds(sizes: dict, adapter_args: dict, resolution: int, batch: int, steps: int, device: torch.device) -> tuple[float, int]:
+def step_seconds(sizes: dict, adapter_args: dict, optim: dict, subject_weight: float, resolution: int, batch: int,
+                 steps: int, device: torch.device) -> tuple[float, int]:
     """Median seconds of one training step and the number of trained parameters."""
     with tempfile.TemporaryDirectory() as tmp:
         build_tiny_model(tmp, CAPTIONS, resolution, **sizes)
         backbone = UNetBackbone.load(tmp)
+    backbone.snr_gamma, backbone.detail_weight = optim.get("snr_gamma"), optim.get("detail_weight", 0.0)
     backbone.unet.to(device).train()
     backbone.text_encoder.to(device).train()
     adapter = backbone.make_adapter(adapter_args).to(device)
@@ -49,12 +53,15 @@ def step_seconds(sizes: dict, adapter_args: dict, resolution: int, batch: int, s
     captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(batch)]
     levels = [float(3 * i % 31) for i in range(batch)]
     pivots = [-1] + [0] * (batch - 1)
+    weights = torch.ones(batch, 1, *noise_shape[-2:], device=device)  # the subject weight on the central quarter
+    h, w = noise_shape[-2:]
+    weights[..., h // 4:3 * h // 4, w // 4:3 * w // 4] = subject_weight
 
     def step() -> None:
         text = backbone.encode_text(captions, device)
         noise = torch.randn(noise_shape, generator=g).to(device)
         u = torch.rand(batch, generator=g).to(device)
-        loss = backbone.loss(adapter, backbone.encode_images(pixels), text, levels, pivots, noise, u)
+        loss = backbone.loss(adapter, backbone.encode_images(pixels), text, levels, pivots, noise, u, weights)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -83,10 +90,11 @@ def main() -> None:
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {args.threads} threads"
     print(f"bench_tiny_step: batch {batch} at {resolution} px, {where}, median of {args.steps} steps")
     reference = None
-    for label, overrides in VARIANTS:
-        seconds, n_params = step_seconds({**shipped, **overrides}, adapter_args, resolution, batch, args.steps, device)
+    for label, overrides, optim in VARIANTS:
+        seconds, n_params = step_seconds({**shipped, **overrides}, adapter_args, {**config["optim"], **optim},
+                                         config["data"].get("subject_weight", 1.0), resolution, batch, args.steps, device)
         reference = reference or seconds
-        print(f"  {label:36s} {seconds * 1000:8.1f} ms/step  {n_params / 1e6:5.2f} M params  x{reference / seconds:4.2f} steps per minute")
+        print(f"  {label:40s} {seconds * 1000:8.1f} ms/step  {n_params / 1e6:5.2f} M params  x{reference / seconds:4.2f} steps per minute")
 
 
 if __name__ == "__main__":

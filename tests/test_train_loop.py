@@ -522,6 +522,20 @@ def test_difference_weight_reaches_the_loss(dataset, tmp_path):
         train(config)
 
 
+def test_detail_weight_reaches_the_loss(dataset, tmp_path):
+    """Same batches and noise at lr 0: the image-gradient term (>= 0; by hand above) raises every step's loss."""
+    from trainer.training import train
+
+    losses = {}
+    for weight in (0.0, 2.0):
+        config = tiny_config(dataset, tmp_path / f"g{weight}", max_steps=2, checkpoint_every=0)
+        config.optim.learning_rate, config.optim.detail_weight = 0.0, weight
+        with single_thread():
+            train(config)
+        losses[weight] = [r["loss"] for r in _log(tmp_path / f"g{weight}")]
+    assert all(d > 1.01 * u for d, u in zip(losses[2.0], losses[0.0]))
+
+
 @pytest.mark.parametrize("name,model_id", [("sd15", "stable-diffusion-v1-5"), ("flux", "FLUX.1-dev")])
 def test_bokeh_train_missing_base_model_is_one_line(dataset, tmp_path, capsys, monkeypatch, name, model_id):
     from pipelines.cli import main

@@ -63,7 +63,7 @@ def gradient_mse(pred: torch.Tensor, target: torch.Tensor, weights: Optional[tor
     per axis, 0 for flat offsets, up to 4x at the 2 px period, where blur and fine detail live. ``patch`` > 1:
     tensors of 3 p^2 channels are pixel patches and are compared as pixels. ``weights`` [B, 1, h, w] weigh
     each difference by the mean of its two positions'."""
-    err = (pred.float() - target.float())
+    err = pred.float() - target.float()
     if patch > 1:
         err = torch.nn.functional.pixel_shuffle(err, patch)
         if weights is not None:
@@ -113,8 +113,9 @@ def unet_loss(
 ) -> torch.Tensor:
     """Mean squared error of the adapted UNet's prediction on ``latents`` noised at ``u`` (per position
     weighted by ``weights`` [B, 1, h, w] when given) plus ``difference_weight`` times
-    :func:`tied_difference_mse`, per row weighted by ``snr_weights`` when ``snr_gamma`` or ``snr_floor``
-    is set."""
+    :func:`tied_difference_mse` and ``detail_weight`` times :func:`gradient_mse` (on pixels when the latents
+    are ``patch`` x ``patch`` pixel patches), per row weighted by ``snr_weights`` when ``snr_gamma`` or
+    ``snr_floor`` is set."""
     timesteps = ddpm_timesteps(u, scheduler.config.num_train_timesteps).to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     target = ddpm_target(scheduler, latents, noise, timesteps)
