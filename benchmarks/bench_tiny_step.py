@@ -9,20 +9,21 @@ The ratio is against the shipped config in the same run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from timing import measure  # noqa: E402
 from trainer.backbones import UNetBackbone  # noqa: E402
+from trainer.config import TrainConfig, load_config  # noqa: E402
 from trainer.tiny_model import build_tiny_model  # noqa: E402
-from trainer.training import trainable_parameters  # noqa: E402
+from trainer.training import set_loss_weights, trainable_parameters  # noqa: E402
 
 CAPTIONS = ["a red star in front of a leafy green hedge", "a purple cylinder on a wooden floor in front of trees"]
 #: (label, overrides of the shipped model.tiny settings, overrides of its optim settings)
@@ -35,16 +36,16 @@ VARIANTS = [
 ]
 
 
-def step_seconds(sizes: dict, adapter_args: dict, optim: dict, subject_weight: float, resolution: int, batch: int,
-                 steps: int, device: torch.device) -> tuple[float, int]:
-    """Median seconds of one training step and the number of trained parameters."""
+def step_seconds(config: TrainConfig, batch: int, steps: int, device: torch.device) -> tuple[float, int]:
+    """Median seconds of one training step of ``config``'s tiny model and the number of trained parameters."""
+    resolution = config.data.resolution
     with tempfile.TemporaryDirectory() as tmp:
-        build_tiny_model(tmp, CAPTIONS, resolution, **sizes)
+        build_tiny_model(tmp, CAPTIONS, resolution, **config.model.tiny)
         backbone = UNetBackbone.load(tmp)
-    backbone.snr_gamma, backbone.detail_weight = optim.get("snr_gamma"), optim.get("detail_weight", 0.0)
+    set_loss_weights(backbone, config)
     backbone.unet.to(device).train()
     backbone.text_encoder.to(device).train()
-    adapter = backbone.make_adapter(adapter_args).to(device)
+    adapter = backbone.make_adapter(config.adapter).to(device)
     params = trainable_parameters(adapter, backbone, {"unet": backbone.unet, "text_encoder": backbone.text_encoder})
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     g = torch.Generator().manual_seed(0)
@@ -55,7 +56,7 @@ def step_seconds(sizes: dict, adapter_args: dict, optim: dict, subject_weight: f
     pivots = [-1] + [0] * (batch - 1)
     weights = torch.ones(batch, 1, *noise_shape[-2:], device=device)  # the subject weight on the central quarter
     h, w = noise_shape[-2:]
-    weights[..., h // 4:3 * h // 4, w // 4:3 * w // 4] = subject_weight
+    weights[..., h // 4:3 * h // 4, w // 4:3 * w // 4] = config.data.subject_weight
 
     def step() -> None:
         text = backbone.encode_text(captions, device)
@@ -82,17 +83,16 @@ def main() -> None:
     transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
-    shipped = config["model"]["tiny"]
-    adapter_args = dict(config["adapter"])
-    resolution, batch = config["data"]["resolution"], args.batch or config["data"]["batch_size"]
+    config = load_config(ROOT / "configs" / "tiny.yaml")
+    resolution, batch = config.data.resolution, args.batch or config.data.batch_size
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {args.threads} threads"
     print(f"bench_tiny_step: batch {batch} at {resolution} px, {where}, median of {args.steps} steps")
     reference = None
     for label, overrides, optim in VARIANTS:
-        seconds, n_params = step_seconds({**shipped, **overrides}, adapter_args, {**config["optim"], **optim},
-                                         config["data"].get("subject_weight", 1.0), resolution, batch, args.steps, device)
+        variant = dataclasses.replace(config, model=dataclasses.replace(config.model, tiny={**config.model.tiny, **overrides}),
+                                      optim=dataclasses.replace(config.optim, **optim))
+        seconds, n_params = step_seconds(variant, batch, args.steps, device)
         reference = reference or seconds
         print(f"  {label:40s} {seconds * 1000:8.1f} ms/step  {n_params / 1e6:5.2f} M params  x{reference / seconds:4.2f} steps per minute")
 

@@ -87,6 +87,15 @@ def build_backbone(config: TrainConfig, output_dir: Path, rows: Any) -> tuple[An
     return backbone, local if local.is_dir() else None
 
 
+def set_loss_weights(backbone: Any, config: TrainConfig) -> None:
+    """The config's loss settings on the backbone: the SNR clamp and the detail loss (UNet families) and the
+    tied rows' difference loss."""
+    o = config.optim
+    if config.model.family != "flux":
+        backbone.snr_gamma, backbone.snr_floor, backbone.detail_weight = o.snr_gamma, o.snr_floor, o.detail_weight
+    backbone.difference_weight = o.difference_weight
+
+
 def trainable_parameters(adapter: nn.Module, backbone: Any, trained: dict[str, nn.Module]) -> list[nn.Parameter]:
     """What the optimizer steps, each once: the adapter's parameters (and the base model's when it is in
     ``trained``), plus the text encoder's when it is in ``trained``."""
@@ -198,10 +207,7 @@ def _train(config: TrainConfig, resume: Optional[str]) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     with state.main_process_first():  # the main process builds the tiny model, the others read it
         backbone, base_dir = build_backbone(config, output_dir, rows)
-    if config.model.family != "flux":
-        backbone.snr_gamma, backbone.snr_floor = config.optim.snr_gamma, config.optim.snr_floor
-        backbone.detail_weight = config.optim.detail_weight
-    backbone.difference_weight = config.optim.difference_weight
+    set_loss_weights(backbone, config)
     accelerator = Accelerator(mixed_precision=run.mixed_precision, gradient_accumulation_steps=run.gradient_accumulation_steps)
     if accelerator.device.type == "cpu" and run.mixed_precision != "no":
         warnings.warn(f"run.mixed_precision={run.mixed_precision} on a CPU: autocast made the tiny model's step 9x slower "
