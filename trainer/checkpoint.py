@@ -4,6 +4,8 @@
 - ``model/<name>/`` every base network that trains (safetensors, by save_pretrained), plus the
   tokenizer and scheduler when the base is a local folder (so the tiny model is a complete folder);
 - ``optimizer.pt``, ``lr_scheduler.pt``, ``rng.pt``: read back with ``torch.load(weights_only=True)``;
+- ``trained_weights.safetensors`` when the run averages its weights (``optim.ema_decay``): then ``adapter/`` and
+  ``model/`` hold the average, what sampling should use, and this file the optimizer's own weights, to resume;
 - ``state.json``: the step (the data position is the step: batches are drawn per index).
 
 A checkpoint is written under a temporary name and renamed into place, so a run killed while
@@ -15,7 +17,7 @@ import json
 import random
 import re
 import shutil
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -24,8 +26,10 @@ import torch
 from torch import nn
 
 from estimators.cli_util import UserError
+from trainer.ema import WeightAverage, load_trained, save_trained
 
 PATTERN = re.compile(r"^step-(\d+)$")
+TRAINED_WEIGHTS = "trained_weights.safetensors"
 
 
 def checkpoint_dirs(output_dir: Path) -> list[Path]:
@@ -105,17 +109,22 @@ def save_checkpoint(
     lr_scheduler: Any,
     keep_last: int,
     base_dir: Optional[Path] = None,
+    average: Optional[WeightAverage] = None,
 ) -> Path:
-    """Write the checkpoint of ``step`` and delete all but the newest ``keep_last``; returns its folder."""
+    """Write the checkpoint of ``step`` and delete all but the newest ``keep_last``; returns its folder. With
+    ``average`` the adapter and model folders get the averaged weights."""
     root = Path(output_dir) / "checkpoints"
     final = root / f"step-{step:07d}"
     tmp = root / f".step-{step:07d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    adapter.save_pretrained(tmp / "adapter")
-    for name, module in trained.items():
-        with _plain(adapter, module):
-            module.save_pretrained(tmp / "model" / name, safe_serialization=True)
+    with average.swapped() if average is not None else nullcontext():
+        adapter.save_pretrained(tmp / "adapter")
+        for name, module in trained.items():
+            with _plain(adapter, module):
+                module.save_pretrained(tmp / "model" / name, safe_serialization=True)
+    if average is not None:
+        save_trained(_optimized(optimizer), tmp / TRAINED_WEIGHTS)
     if trained and base_dir is not None:
         for extra in ("tokenizer", "scheduler"):
             if (Path(base_dir) / extra).is_dir():
@@ -129,6 +138,11 @@ def save_checkpoint(
     for old in checkpoint_dirs(output_dir)[:-keep_last]:
         shutil.rmtree(old)
     return final
+
+
+def _optimized(optimizer: Any) -> list[nn.Parameter]:
+    """The parameters the optimizer steps, in its order."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def _without_inert(state: dict, adapter: Any, optimizer: Any) -> dict:
@@ -146,8 +160,10 @@ def _without_inert(state: dict, adapter: Any, optimizer: Any) -> dict:
             "param_groups": [{**groups[0], "params": list(range(len(kept)))}]}
 
 
-def load_checkpoint(folder: Path, adapter: Any, trained: dict[str, nn.Module], optimizer: Any, lr_scheduler: Any) -> int:
-    """Load a checkpoint into the live objects (strict keys everywhere); returns its step."""
+def load_checkpoint(folder: Path, adapter: Any, trained: dict[str, nn.Module], optimizer: Any, lr_scheduler: Any,
+                    average: Optional[WeightAverage] = None) -> int:
+    """Load a checkpoint into the live objects (strict keys everywhere); returns its step. ``average`` restarts
+    from the checkpoint's averaged weights (or from its weights when it was saved without one)."""
     from safetensors.torch import load_file
 
     try:
@@ -166,6 +182,10 @@ def load_checkpoint(folder: Path, adapter: Any, trained: dict[str, nn.Module], o
             except RuntimeError as exc:
                 lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
                 raise UserError(f"checkpoint {folder / 'model' / name} does not fit this config: {' '.join(lines[1:2])[:300]}") from exc
+    if average is not None:
+        average.restart()
+    if (folder / TRAINED_WEIGHTS).is_file():
+        load_trained(_optimized(optimizer), folder / TRAINED_WEIGHTS)
     saved = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
     try:
         optimizer.load_state_dict(_without_inert(saved, adapter, optimizer))

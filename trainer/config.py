@@ -69,6 +69,9 @@ class OptimConfig:
     # Extra loss on the error's image gradients (UNet backbones; pixels for the tiny model) times this weight: errors
     # in fine detail, which blur removes, count up to 1 + 4x this weight as much as flat ones; 0 = off.
     detail_weight: float = 0.0
+    # Publish an exponential moving average of the trained weights with this decay (e.g. 0.999; 0 = off): the
+    # checkpoints' adapter/ and model/ and the validation grids hold the average (trainer/ema.py).
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -142,6 +145,8 @@ class TrainConfig:
                 raise UserError(f"run.{name} must be >= 1, got {getattr(self.run, name)}")
         if not 0 < self.data.subject_weight < math.inf:
             raise UserError(f"data.subject_weight must be a finite number > 0 (1 = the subject weighs like the rest), got {self.data.subject_weight}")
+        if not 0 <= self.optim.ema_decay < 1:
+            raise UserError(f"optim.ema_decay must be in [0, 1) (0 = off; 0.999 averages about the last 1000 steps), got {self.optim.ema_decay}")
         if not 0 <= self.optim.detail_weight < math.inf or (self.optim.detail_weight and self.model.family == "flux"):
             raise UserError(f"optim.detail_weight must be a finite number >= 0 (0 = off) and applies to the UNet families "
                             f"(tiny, unet), not flux; got {self.optim.detail_weight}")

@@ -24,6 +24,7 @@ from trainer.backbones import DTYPES, UNetBackbone, load_backbone
 from trainer.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from trainer.config import OptimConfig, TrainConfig
 from trainer.data import BatchPlan, BatchSampler, ImageLoader, load_rows
+from trainer.ema import WeightAverage
 
 
 class TrainStep(nn.Module):
@@ -239,11 +240,12 @@ def _train(config: TrainConfig, resume: Optional[str]) -> dict[str, Any]:
         raise UserError(f"optim.lr_scheduler {o.lr_scheduler!r}: {exc}") from exc
     step_module = TrainStep(backbone, adapter, trained).train()
     step_module, optimizer, lr_scheduler = accelerator.prepare(step_module, optimizer, lr_scheduler)
+    average = WeightAverage(params, o.ema_decay) if o.ema_decay else None
 
     step = 0
     log_path = output_dir / "logs" / "train.jsonl"
     if checkpoint is not None:
-        step = load_checkpoint(checkpoint, adapter, trained, optimizer, lr_scheduler)
+        step = load_checkpoint(checkpoint, adapter, trained, optimizer, lr_scheduler, average)
         if accelerator.is_main_process:
             _truncate_log(log_path, step)
     if accelerator.is_main_process:
@@ -275,6 +277,8 @@ def _train(config: TrainConfig, resume: Optional[str]) -> dict[str, Any]:
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach())
+        if average is not None:
+            average.update(step)
         step += 1
         last_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
         lr = lr_scheduler.get_last_lr()[0]
@@ -290,11 +294,12 @@ def _train(config: TrainConfig, resume: Optional[str]) -> dict[str, Any]:
         if run.checkpoint_every and (step % run.checkpoint_every == 0 or step == run.max_steps):
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                save_checkpoint(output_dir, step, adapter, trained, optimizer, lr_scheduler, run.keep_last, base_dir)
+                save_checkpoint(output_dir, step, adapter, trained, optimizer, lr_scheduler, run.keep_last, base_dir, average)
         val = config.validation
         if accelerator.is_main_process and val.every and val.prompts and (step % val.every == 0 or step == run.max_steps):
             step_module.eval()
-            grid = validation_grid(backbone, adapter, config, accelerator.device)
+            with average.swapped() if average is not None else contextlib.nullcontext():
+                grid = validation_grid(backbone, adapter, config, accelerator.device)
             step_module.train()
             (output_dir / "validation").mkdir(exist_ok=True)
             grid.save(output_dir / "validation" / f"step-{step:07d}.png")
