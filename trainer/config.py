@@ -146,7 +146,7 @@ class TrainConfig:
         if not 0 < self.data.subject_weight < math.inf:
             raise UserError(f"data.subject_weight must be a finite number > 0 (1 = the subject weighs like the rest), got {self.data.subject_weight}")
         if not 0 <= self.optim.ema_decay < 1:
-            raise UserError(f"optim.ema_decay must be in [0, 1) (0 = off; 0.999 averages about the last 1000 steps), got {self.optim.ema_decay}")
+            raise UserError(f"optim.ema_decay must be in [0, 1) (0 = off; 0.999 averages over about the last 1000 steps once past the warm-up), got {self.optim.ema_decay}")
         if not 0 <= self.optim.detail_weight < math.inf or (self.optim.detail_weight and self.model.family == "flux"):
             raise UserError(f"optim.detail_weight must be a finite number >= 0 (0 = off) and applies to the UNet families "
                             f"(tiny, unet), not flux; got {self.optim.detail_weight}")
