@@ -147,8 +147,8 @@ def single_thread():
 
 
 def assert_same_floats(a: list[float], b: list[float]) -> None:
-    """Exactly equal on CPUs; on CUDA within 1e-5 relative: its convolution backward kernels add in no fixed
-    order, so a resumed run drifts in the 7th digit (an H200: 1.0960734 vs 1.0960733 at step 4 of 4)."""
+    """Exactly equal on CPUs; on CUDA within 1e-5 relative: there a resumed run drifted in the 7th digit (an H200:
+    1.0960734 vs 1.0960733 at step 4 of 4), presumably from kernels that add in no fixed order."""
     if torch.cuda.is_available():
         assert a == pytest.approx(b, rel=1e-5)
     else:
