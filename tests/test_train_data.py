@@ -104,6 +104,31 @@ def test_sampler_ratio_grouping_ties_dropout(rows):
             assert p.crops[i].size == 1.0
 
 
+def test_uncond_dropout_drops_k_and_caption_together(rows):
+    n = 3000
+    plain = BatchSampler(rows, batch_size=3, seed=1)
+    joint = BatchSampler(rows, batch_size=3, seed=1, uncond_dropout=0.2)
+    pairs = [(plain.plan(i), joint.plan(i)) for i in range(n)]
+    k_only = caption_only = both = 0
+    for a, b in pairs:
+        assert (a.rows, a.pivot_ids, a.crops) == (b.rows, b.pivot_ids, b.crops)  # only the drops differ
+        for i in range(len(a.rows)):
+            # A row dropped without the joint draw stays dropped: the joint draw only adds drops.
+            assert b.levels[i] == -1.0 or a.levels[i] == b.levels[i]
+            assert b.captions[i] == "" or a.captions[i] == b.captions[i]
+            k, c = b.levels[i] == -1.0, b.captions[i] == ""
+            k_only += k and not c
+            caption_only += c and not k
+            both += k and c
+    m = sum(len(a.rows) for a, _ in pairs)
+    # Both dropped: 0.2 + 0.8 * 0.1 * 0.1 = 0.208; K alone: 0.8 * 0.1 * 0.9 = 0.072, the caption alone the same.
+    assert abs(both / m - 0.208) < 4 * np.sqrt(0.208 * 0.792 / m)
+    assert abs(k_only / m - 0.072) < 4 * np.sqrt(0.072 * 0.928 / m)
+    assert abs(caption_only / m - 0.072) < 4 * np.sqrt(0.072 * 0.928 / m)
+    with pytest.raises(UserError, match="uncond_dropout"):
+        BatchSampler(rows, 3, uncond_dropout=1.5)
+
+
 def test_sampler_is_a_function_of_seed_and_index(rows):
     a, b, c = BatchSampler(rows, 4, seed=3), BatchSampler(rows, 4, seed=3), BatchSampler(rows, 4, seed=4)
     assert [a.plan(i) for i in range(20)] == [b.plan(i) for i in range(20)]

@@ -41,6 +41,8 @@ class DataConfig:
     tie_probability: float = 0.2
     k_dropout: float = 0.1
     caption_dropout: float = 0.1
+    # Probability that a row loses K and caption together (the guidance's negative pass; see BatchSampler).
+    uncond_dropout: float = 0.0
     real_rows: str = "all"
     crop_min_fraction: float = 1.0
     cache_images: bool = False

@@ -199,7 +199,7 @@ def _train(config: TrainConfig, resume: Optional[str]) -> dict[str, Any]:
     weighted = d.subject_weight != 1
     rows = load_rows(d.dataset, d.split, masks=weighted)
     sampler = BatchSampler(rows, d.batch_size, run.seed, d.contrastive_ratio, d.tie_probability, d.k_dropout,
-                           d.caption_dropout, d.real_rows, d.crop_min_fraction)
+                           d.caption_dropout, d.real_rows, d.crop_min_fraction, d.uncond_dropout)
     loader = ImageLoader(rows, d.resolution, cache=d.cache_images)
     if config.optim.difference_weight and not (sampler.contrastive_ratio and d.tie_probability):
         warnings.warn("optim.difference_weight does nothing here: no row is ever tied to a pivot (data.contrastive_ratio or "
