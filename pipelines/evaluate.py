@@ -40,6 +40,7 @@ class EvalSettings:
     grounded: bool = False
     pivot: float = 15.0
     grounding_steps: int = 24
+    colour_transfer: bool = True
     steps: Optional[int] = None
     guidance: Optional[float] = None
     bokeh_guidance: Optional[float] = None
@@ -263,7 +264,8 @@ class Evaluator:
     def _sample(self, prompt: str, seed: int, mode: str) -> list[Image.Image]:
         s = self.settings
         bokeh = [-1.0] * len(s.levels) if mode == "baseline" else list(s.levels)
-        extra = {"pivot": s.pivot, "grounding_steps": s.grounding_steps} if mode == "grounded" else {"pivot": None}
+        extra = ({"pivot": s.pivot, "grounding_steps": s.grounding_steps, "colour_transfer": s.colour_transfer}
+                 if mode == "grounded" else {"pivot": None})
         images = self.pipe(prompt, bokeh=bokeh, seed=seed, num_inference_steps=s.steps, guidance_scale=s.guidance,
                            bokeh_guidance=None if mode == "baseline" else s.bokeh_guidance, **extra)
         if self.progress is not None:
@@ -328,7 +330,8 @@ class Evaluator:
         return {
             "settings": {
                 "levels": s.levels, "seeds": list(s.seeds), "modes": modes, "pivot": s.pivot if s.grounded else None,
-                "grounding_steps": s.grounding_steps if s.grounded else None, "steps": s.steps, "guidance": s.guidance,
+                "grounding_steps": s.grounding_steps if s.grounded else None,
+                "colour_transfer": s.colour_transfer if s.grounded else None, "steps": s.steps, "guidance": s.guidance,
                 "bokeh_guidance": s.bokeh_guidance, "reference": self.reference, "consistency_metric": CONSISTENCY_METRIC,
             },
             "notes": list(self.notes),

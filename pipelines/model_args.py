@@ -42,6 +42,14 @@ def add_bokeh_guidance_argument(group: Any) -> None:
                        "strengthens the blur K asks for (default: K guided with the prompt, no extra pass)")
 
 
+def add_colour_transfer_argument(group: Any) -> None:
+    """--no-colour-transfer (shared by sample and eval)."""
+    group.add_argument("--no-colour-transfer", dest="colour_transfer", action="store_false",
+                       help="grounded mode: keep each image's own colours instead of shifting its LAB means to the "
+                       "pivot's (the released code shifts them; defocus in linear light brightens a blurred background, "
+                       "and the shift that undoes it moves the subject's colours too)")
+
+
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     """--pivot / --grounding-steps / --steps / --guidance-scale / --bokeh-guidance / --negative-prompt /
     --true-cfg / size."""
@@ -50,6 +58,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                    help="grounded mode: a pivot image at this K anchors the scene (released FLUX: 10-20 recommended)")
     g.add_argument("--grounding-steps", type=non_negative_int, default=24, metavar="N",
                    help="grounded mode: steps that use the pivot's attention queries (default 24 of 30; 0 = unbounded)")
+    add_colour_transfer_argument(g)
     g.add_argument("--steps", type=positive_int, metavar="N", help="denoising steps (default 30)")
     g.add_argument("--guidance-scale", type=non_negative_float, metavar="G",
                    help="FLUX: distilled guidance (default 3.0); UNet: classifier-free guidance (default 7.5, "
@@ -76,7 +85,7 @@ def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return dict(
         pivot=args.pivot, grounding_steps=args.grounding_steps, num_inference_steps=args.steps,
         guidance_scale=args.guidance_scale, negative_prompt=args.negative_prompt, true_cfg=args.true_cfg,
-        bokeh_guidance=args.bokeh_guidance, height=args.height, width=args.width,
+        bokeh_guidance=args.bokeh_guidance, height=args.height, width=args.width, colour_transfer=args.colour_transfer,
     )
 
 

@@ -135,13 +135,16 @@ class BokehPipeline(ABC):
         height: Optional[int] = None,
         width: Optional[int] = None,
         bokeh_guidance: Optional[float] = None,
+        colour_transfer: bool = True,
     ) -> list[Image.Image]:
         """One image per K in ``bokeh`` (K < 0: no bokeh condition), all from the noise of ``seed``.
 
         Unbounded mode (``pivot`` None or ``grounding_steps`` 0): the K rows denoise independently.
         Grounded mode: a pivot row at K = ``pivot`` joins the batch; for the first ``grounding_steps``
         steps every row attends with the pivot's queries (grounded self-attention), and at the end each
-        image takes the pivot's LAB colour means.
+        image takes the pivot's LAB colour means (as the released code does; ``colour_transfer=False`` keeps
+        each image's own: defocus in linear light brightens a blurred background, and the shift that undoes
+        it moves the subject's colours too).
 
         ``bokeh_guidance`` guides K on its own (one more model pass per step, see
         ``trainer.guidance.guided``). None: K is guided with the prompt, by the classifier-free scale when
@@ -178,5 +181,6 @@ class BokehPipeline(ABC):
         images = self.decode(latents, height, width)
         if grounded:
             pivot_image = images.pop()
-            images = [lab_mean_transfer(pivot_image, image) for image in images]
+            if colour_transfer:
+                images = [lab_mean_transfer(pivot_image, image) for image in images]
         return images

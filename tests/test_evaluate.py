@@ -68,7 +68,8 @@ def test_a_physical_render_scores_lvcorr_near_one_and_calibration_one(street):
     image, scene = street
     pipe = RenderPipeline(image, scene)
     ticks = []
-    settings = EvalSettings(LEVELS, [0, 1], grounded=True, pivot=12, grounding_steps=5, steps=3, bokeh_guidance=4.0)
+    settings = EvalSettings(LEVELS, [0, 1], grounded=True, pivot=12, grounding_steps=5, colour_transfer=False, steps=3,
+                            bokeh_guidance=4.0)
     evaluator = Evaluator(pipe, settings, lambda prompt, im: scene, "render", device="cpu", progress=lambda: ticks.append(1))
     result = evaluator.run(["a street"]).scores
     assert len(ticks) == evaluator.calls(["a street"]) == 2 * 3
@@ -77,6 +78,7 @@ def test_a_physical_render_scores_lvcorr_near_one_and_calibration_one(street):
     assert modes == {(None, 0.0), (12, 0.0), (None, -1.0)}
     assert all(c["num_inference_steps"] == 3 and c["guidance_scale"] is None for c in pipe.calls)
     assert [c["grounding_steps"] for c in pipe.calls if c["pivot"] == 12] == [5, 5]
+    assert [c.get("colour_transfer") for c in pipe.calls if c["pivot"] == 12] == [False, False]
     # K guidance for the model's modes; the baseline has no K to guide (no wasted pass)
     assert {(c["bokeh"][0], c["bokeh_guidance"]) for c in pipe.calls} == {(0.0, 4.0), (-1.0, None)}
     unbounded = result["overall"]["unbounded"]

@@ -169,6 +169,21 @@ def test_zero_grounding_steps_is_unbounded_and_batching_changes_nothing(root_nam
     assert not np.array_equal(pixels(grounded[1]), pixels(unbounded[1]))
 
 
+def test_colour_transfer_is_the_last_step_and_can_be_left_out(sd_dir):
+    from pipelines.colour_transfer import lab_mean_transfer
+
+    pipe = load(sd_dir, "random")
+    common = dict(seed=3, num_inference_steps=4, height=16, width=16)
+    shifted = pipe(PROMPT, [0, 30], pivot=15, grounding_steps=3, **common)
+    own = pipe(PROMPT, [0, 30], pivot=15, grounding_steps=3, colour_transfer=False, **common)
+    # The pivot row attends with its own queries over its keys twice: plain attention, so its image is the
+    # unbounded one at K = 15 (to batching's rounding).
+    pivot = pipe(PROMPT, [15], **common)[0]
+    for got, raw in zip(shifted, own):
+        assert np.abs(pixels(got) - pixels(lab_mean_transfer(pivot, raw))).max() <= 2
+    assert any(not np.array_equal(pixels(a), pixels(b)) for a, b in zip(shifted, own))
+
+
 def test_guided_formula_by_hand():
     from trainer.guidance import guided
 
