@@ -51,8 +51,8 @@ def add_colour_transfer_argument(group: Any) -> None:
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
-    """--pivot / --grounding-steps / --steps / --guidance-scale / --bokeh-guidance / --negative-prompt /
-    --true-cfg / size."""
+    """--pivot / --grounding-steps / --no-colour-transfer / --steps / --guidance-scale / --bokeh-guidance /
+    --negative-prompt / --true-cfg / size."""
     g = p.add_argument_group("sampling")
     g.add_argument("--pivot", type=bokeh_level, metavar="K",
                    help="grounded mode: a pivot image at this K anchors the scene (released FLUX: 10-20 recommended)")

@@ -59,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
     prefix = f"{prompt_slug(args.prompt)}-s{seed}"
     for k, image in zip(args.bokeh, images):
         image.save(out / f"{prefix}-K{k:g}.png")
-    mode = f"grounded on K={args.pivot:g}" if args.pivot is not None and args.grounding_steps > 0 else "unbounded"
+    mode = "unbounded"
+    if args.pivot is not None and args.grounding_steps > 0:
+        mode = f"grounded on K={args.pivot:g}" + ("" if args.colour_transfer else ", own colours")
     sheet = contact_sheet(images, [f"K={k:g}" for k in args.bokeh], height=max(SHEET_HEIGHT, images[0].height))
     sheet.save(out / f"{prefix}-sheet.png")
     print(f"wrote {len(images)} images ({images[0].width}x{images[0].height}, seed {seed}, {mode}) and "
