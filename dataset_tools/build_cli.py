@@ -5,7 +5,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from estimators.cli_util import UserError, non_negative_float, non_negative_int, positive_int
+from estimators.cli_util import UserError, comma_list, non_negative_float, non_negative_int, positive_int
+
+#: Renders per all-in-focus photo when neither --synthetic-levels nor --levels is given.
+DEFAULT_SYNTHETIC_LEVELS = 4
 
 
 def _seconds(text: str) -> float:
@@ -13,6 +16,14 @@ def _seconds(text: str) -> float:
     value = non_negative_float(text)
     if value == 0:
         raise argparse.ArgumentTypeError("must be > 0, got 0")
+    return value
+
+
+def render_level(text: str) -> float:
+    """argparse type: a render level K in (0, 30]."""
+    value = non_negative_float(text)
+    if not 0 < value <= 30:
+        raise argparse.ArgumentTypeError(f"a render level must be in (0, 30], got {text}")
     return value
 
 
@@ -37,9 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "<stem>.txt sidecars or the caption column")
     p.add_argument("-o", "--out", required=True, metavar="OUT",
                    help="output directory (new or empty, unless --resume/--overwrite)")
-    p.add_argument("--synthetic-levels", type=non_negative_int, default=4, metavar="N",
+    p.add_argument("--synthetic-levels", type=non_negative_int, metavar="N",
                    help="renders per all-in-focus photo, at K ~ U(1, 30) seeded from (--seed, photo id) "
-                   "(default 4; 0 = none)")
+                   f"(default {DEFAULT_SYNTHETIC_LEVELS}; 0 = none)")
     p.add_argument("--resolution", type=positive_int, default=512, metavar="PX",
                    help="short side of the stored images in px; smaller photos are not enlarged (default 512). "
                    "bokeh_level is always K at short side 512")
@@ -61,6 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--balance", action="store_true",
                    help="draw each group's render levels one per equal stratum of [1, 30] (stratified) instead of "
                    "independently, so every group spans the range and the synthetic K histogram is flat")
+    p.add_argument("--levels", type=comma_list(render_level, "5,10,15,20,25,30"), metavar="K,K,...",
+                   help="render every all-in-focus photo at exactly these levels (0 < K <= 30) instead of drawing "
+                   "--synthetic-levels of them, e.g. so that every group reaches K = 30")
     p.add_argument("--ray-address", metavar="auto|HOST:PORT",
                    help="join this Ray cluster (auto = the one `ray start` runs on this machine); default: start a "
                    "local Ray bound to 127.0.0.1. On several nodes, inputs and OUT must be on shared storage")
@@ -94,8 +108,15 @@ def run_build(args: argparse.Namespace) -> int:
         raise UserError("--workers sizes the local Ray; with --ray-address the cluster's resources are used")
     if args.ray_timeout is not None and args.ray_address is None:
         raise UserError("--ray-timeout limits joining a cluster: give it with --ray-address")
+    if args.levels is not None and (args.balance or args.synthetic_levels is not None):
+        raise UserError("--levels fixes the render levels: leave out --synthetic-levels and --balance")
+    if args.levels is not None and len(set(args.levels)) < len(args.levels):
+        raise UserError(f"--levels repeats a level: {','.join(f'{k:g}' for k in args.levels)}")
+    synthetic_levels = len(args.levels) if args.levels is not None else args.synthetic_levels
+    if synthetic_levels is None:
+        synthetic_levels = DEFAULT_SYNTHETIC_LEVELS
     config = BuildConfig(
-        synthetic_levels=args.synthetic_levels,
+        synthetic_levels=synthetic_levels,
         resolution=args.resolution,
         shard_size=args.shard_size,
         depth=args.depth,
@@ -104,6 +125,7 @@ def run_build(args: argparse.Namespace) -> int:
         sam_model=args.sam_model,
         min_sharpness=args.min_sharpness,
         balance=args.balance,
+        levels=None if args.levels is None else tuple(sorted(args.levels)),
         seed=args.seed,
         image_column=args.image_column,
         caption_column=args.caption_column,

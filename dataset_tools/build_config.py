@@ -1,7 +1,8 @@
 """The settings of one ``bokeh build``: what every worker stage needs, and what a resumed build must repeat."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import json
+from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from estimators.image_io import MAX_PIXELS
@@ -24,6 +25,8 @@ class BuildConfig:
     sam_model: Optional[str] = None
     min_sharpness: float = DEFAULT_MIN_SHARPNESS
     balance: bool = False
+    #: Fixed render levels for every all-in-focus photo (``--levels``), instead of drawn ones.
+    levels: Optional[tuple[float, ...]] = None
     seed: int = 0
     image_column: str = "image"
     caption_column: str = "caption"
@@ -35,5 +38,6 @@ class BuildConfig:
         return asdict(self)
 
     def differences(self, stored: dict[str, Any]) -> list[str]:
-        """Names of the settings that differ from a stored ``to_dict()``."""
-        return [f.name for f in fields(self) if stored.get(f.name) != getattr(self, f.name)]
+        """Names of the settings that differ from a stored ``to_dict()`` (compared as JSON, where tuples are lists)."""
+        current = json.loads(json.dumps(self.to_dict()))
+        return [name for name, value in current.items() if stored.get(name) != value]

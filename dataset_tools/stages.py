@@ -302,7 +302,7 @@ class GroupStage(Stage):
             return
         seed = group_seed(self.config.seed, state.id)
         count = self.config.synthetic_levels
-        levels = balanced_levels(seed, count) if self.config.balance else None
+        levels = self.config.levels or (balanced_levels(seed, count) if self.config.balance else None)
         group = self.make_group(state.image, state.depth.disparity, state.mask, levels, seed, count=count,
                            device=self.device, group_id=state.id)
         for member in group.renders:

@@ -242,6 +242,41 @@ def test_stored_images_and_balanced_levels(tmp_path):
         assert len(levels) == 2 and 1 <= levels[0] <= 15.5 <= levels[1] <= 30
 
 
+def test_fixed_levels_render_every_group_at_them(tmp_path, capsys):
+    """No Ray: --levels renders every all-in-focus photo at exactly the given K, stored sorted, and a resumed
+    build compares them as its other settings (the stored JSON has a list where the config has a tuple)."""
+    import json
+
+    from dataset_tools.build_config import BuildConfig
+    from dataset_tools.demo_scenes import write_demo_data
+
+    write_demo_data(tmp_path / "in", 2, width=300, height=200, progress=False)
+    out = tmp_path / "out"
+    args = ["build", str(tmp_path / "in"), "-o", str(out), "--workers", "0", "--depth", "sidecar",
+            "--resolution", "100", "--min-sharpness", "0"]
+    assert main([*args, "--levels", "30,7.5"]) == 0
+    rows = pq.read_table(next((out / "data").glob("*.parquet"))).to_pylist()
+    pivots = [r for r in rows if r["kind"] == "real" and r["is_all_in_focus"]]
+    assert pivots
+    for pivot in pivots:
+        levels = sorted(r["bokeh_level"] for r in rows if r["group_id"] == pivot["id"] and r["kind"] == "synthetic")
+        assert levels == [7.5, 30.0]
+    stored = json.loads(json.dumps(BuildConfig(levels=(7.5, 30.0)).to_dict()))
+    assert BuildConfig(levels=(7.5, 30.0)).differences(stored) == []
+    assert BuildConfig(levels=(7.5, 20.0)).differences(stored) == ["levels"]
+    capsys.readouterr()
+    for extra, message in ((["--balance"], "--levels fixes the render levels"),
+                           (["--synthetic-levels", "2"], "--levels fixes the render levels")):
+        assert main([*args, "--overwrite", "--levels", "5,30", *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert main([*args, "--overwrite", "--levels", "5,5"]) == 2
+    assert "--levels repeats a level: 5,5" in capsys.readouterr().err
+    for bad in ("0,5", "31"):
+        with pytest.raises(SystemExit):
+            main([*args, "--overwrite", "--levels", bad])
+    assert "a render level must be in (0, 30]" in capsys.readouterr().err
+
+
 def test_join_failure_names_the_token_fix():
     from dataset_tools.ray_join import join_failure
 
