@@ -26,3 +26,13 @@ def metric_dir(tmp_path_factory):
 def sam_dir(tmp_path_factory):
     """A tiny SAM checkpoint directory with its processor."""
     return build_tiny_sam(tmp_path_factory.mktemp("sam"))
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one state per process (device, mixed precision): reset before and after a test that sets it."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)

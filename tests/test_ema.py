@@ -22,15 +22,10 @@ def dataset(tmp_path_factory):
 
 
 @pytest.fixture
-def on_cpu(monkeypatch):
+def on_cpu(monkeypatch, fresh_accelerate_state):
     """Training on the CPU also where a GPU is visible: the test compares separate runs bit for bit, which CUDA runs
     are not (on an H200 the test failed there)."""
-    from accelerate.state import AcceleratorState
-
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def test_average_follows_the_warmed_up_decay_by_hand():

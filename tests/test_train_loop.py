@@ -392,18 +392,13 @@ def test_validation_grid_written_and_cudnn_attention_off_during_the_run(dataset,
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the warning is for CPU runs")
-def test_mixed_precision_on_cpu_warns_and_trains(dataset, tmp_path):
-    from accelerate.state import AcceleratorState
-
+def test_mixed_precision_on_cpu_warns_and_trains(dataset, tmp_path, fresh_accelerate_state):
     from trainer.training import train
 
     config = tiny_config(dataset, tmp_path, max_steps=1, checkpoint_every=0, mixed_precision="bf16")
-    AcceleratorState._reset_state(reset_partial_state=True)  # accelerate keeps one precision per process: earlier tests set "no"
-    try:
-        with single_thread(), pytest.warns(UserWarning, match="run.mixed_precision=bf16 on a CPU.*run.mixed_precision=no"):
-            result = train(config)
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
+    # accelerate keeps one precision per process (earlier tests set "no"): the fixture resets it around this test
+    with single_thread(), pytest.warns(UserWarning, match="run.mixed_precision=bf16 on a CPU.*run.mixed_precision=no"):
+        result = train(config)
     assert result["step"] == 1 and math.isfinite(result["loss"])
 
 
