@@ -278,6 +278,7 @@ def test_resume_continues_bit_for_bit_and_checkpoints(dataset, tmp_path):
     a, b = _log(tmp_path / "full"), _log(cut)
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     assert_same_floats([r["loss"] for r in a], [r["loss"] for r in b])  # exact floats on CPUs
+    assert_same_floats([r["grad_norm"] for r in a], [r["grad_norm"] for r in b])
     assert [r["lr"] for r in a] == [r["lr"] for r in b]
     from safetensors.torch import load_file
 
@@ -529,6 +530,22 @@ def test_detail_weight_reaches_the_loss(dataset, tmp_path):
             train(config)
         losses[weight] = [r["loss"] for r in _log(tmp_path / f"g{weight}")]
     assert all(d > 1.01 * u for d, u in zip(losses[2.0], losses[0.0]))
+
+
+def test_logged_gradient_norm_is_taken_before_clipping(dataset, tmp_path):
+    """At lr 0 the weights never move, so each step's gradient depends on its batch only: clipping to 1e-4 or not
+    at all logs the same norms, far above 1e-4 (the norm before clipping, which shows a spike)."""
+    from trainer.training import train
+
+    norms = {}
+    for clip in (0.0, 1e-4):
+        config = tiny_config(dataset, tmp_path / f"c{clip}", max_steps=3, checkpoint_every=0)
+        config.optim.learning_rate, config.optim.max_grad_norm = 0.0, clip
+        with single_thread():
+            train(config)
+        norms[clip] = [r["grad_norm"] for r in _log(tmp_path / f"c{clip}")]
+    assert_same_floats(norms[0.0], norms[1e-4])
+    assert all(n > 100 * 1e-4 and math.isfinite(n) for n in norms[0.0])
 
 
 @pytest.mark.parametrize("name,model_id", [("sd15", "stable-diffusion-v1-5"), ("flux", "FLUX.1-dev")])

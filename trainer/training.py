@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 import warnings
@@ -257,7 +258,7 @@ def _train(config: TrainConfig, resume: Optional[str]) -> dict[str, Any]:
 
     accum = run.gradient_accumulation_steps
     bar = tqdm(total=run.max_steps, initial=step, desc="train", disable=not (run.progress and accelerator.is_main_process))
-    last_loss = float("nan")
+    last_loss, grad_norm = float("nan"), None
     started = time.time()
     while step < run.max_steps:
         losses = []
@@ -271,8 +272,9 @@ def _train(config: TrainConfig, resume: Optional[str]) -> dict[str, Any]:
             with accelerator.accumulate(step_module):
                 loss = step_module(pixels, plan, generator, weights)
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and o.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(params, o.max_grad_norm)
+                if accelerator.sync_gradients:
+                    # The norm before clipping is logged (a spike before a divergence shows there); inf clips nothing.
+                    grad_norm = accelerator.clip_grad_norm_(params, o.max_grad_norm if o.max_grad_norm > 0 else math.inf)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -285,12 +287,15 @@ def _train(config: TrainConfig, resume: Optional[str]) -> dict[str, Any]:
         bar.update(1)
         bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}")
         if accelerator.is_main_process and (step % run.log_every == 0 or step == run.max_steps):
-            record = {"step": step, "loss": last_loss, "lr": lr, "elapsed_s": round(time.time() - started, 3)}
+            norm = None if grad_norm is None else float(grad_norm)  # None: DeepSpeed clips inside its engine
+            record = {"step": step, "loss": last_loss, "grad_norm": norm, "lr": lr, "elapsed_s": round(time.time() - started, 3)}
             with log_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             if writer is not None:
                 writer.add_scalar("train/loss", last_loss, step)
                 writer.add_scalar("train/lr", lr, step)
+                if norm is not None:
+                    writer.add_scalar("train/grad_norm", norm, step)
         if run.checkpoint_every and (step % run.checkpoint_every == 0 or step == run.max_steps):
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
