@@ -7,10 +7,6 @@ from pathlib import Path
 
 from estimators.cli_util import UserError, comma_list, non_negative_float, non_negative_int, positive_int
 
-#: Renders per all-in-focus photo when neither --synthetic-levels nor --levels is given.
-DEFAULT_SYNTHETIC_LEVELS = 4
-
-
 def _seconds(text: str) -> float:
     """argparse type: a finite number of seconds > 0."""
     value = non_negative_float(text)
@@ -29,7 +25,7 @@ def render_level(text: str) -> float:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``bokeh build`` to the ``bokeh`` parser."""
-    from .build_config import DEFAULT_MIN_SHARPNESS
+    from .build_config import DEFAULT_MIN_SHARPNESS, DEFAULT_SYNTHETIC_LEVELS
     from .ray_join import DEFAULT_RAY_TIMEOUT
 
     p = sub.add_parser(
@@ -101,7 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_build(args: argparse.Namespace) -> int:
     """Run the build and print the summary; exit 1 when the pipeline broke or no photo was kept."""
     from .build import BuildFailed, build
-    from .build_config import BuildConfig
+    from .build_config import DEFAULT_SYNTHETIC_LEVELS, BuildConfig
     from .ray_join import DEFAULT_RAY_TIMEOUT
 
     if args.ray_address is not None and args.workers is not None:
@@ -110,26 +106,24 @@ def run_build(args: argparse.Namespace) -> int:
         raise UserError("--ray-timeout limits joining a cluster: give it with --ray-address")
     if args.levels is not None and (args.balance or args.synthetic_levels is not None):
         raise UserError("--levels fixes the render levels: leave out --synthetic-levels and --balance")
-    if args.levels is not None and len(set(args.levels)) < len(args.levels):
-        raise UserError(f"--levels repeats a level: {','.join(f'{k:g}' for k in args.levels)}")
-    synthetic_levels = len(args.levels) if args.levels is not None else args.synthetic_levels
-    if synthetic_levels is None:
-        synthetic_levels = DEFAULT_SYNTHETIC_LEVELS
-    config = BuildConfig(
-        synthetic_levels=synthetic_levels,
-        resolution=args.resolution,
-        shard_size=args.shard_size,
-        depth=args.depth,
-        depth_model=args.depth_model,
-        mask=args.mask,
-        sam_model=args.sam_model,
-        min_sharpness=args.min_sharpness,
-        balance=args.balance,
-        levels=None if args.levels is None else tuple(sorted(args.levels)),
-        seed=args.seed,
-        image_column=args.image_column,
-        caption_column=args.caption_column,
-    )
+    try:
+        config = BuildConfig(
+            synthetic_levels=DEFAULT_SYNTHETIC_LEVELS if args.synthetic_levels is None else args.synthetic_levels,
+            resolution=args.resolution,
+            shard_size=args.shard_size,
+            depth=args.depth,
+            depth_model=args.depth_model,
+            mask=args.mask,
+            sam_model=args.sam_model,
+            min_sharpness=args.min_sharpness,
+            balance=args.balance,
+            levels=None if args.levels is None else tuple(args.levels),
+            seed=args.seed,
+            image_column=args.image_column,
+            caption_column=args.caption_column,
+        )
+    except ValueError as exc:  # BuildConfig checks the fixed levels itself (a repeat)
+        raise UserError(f"--levels: {exc}") from exc
     try:
         stats = build(args.inputs, Path(args.out), config, ray_address=args.ray_address, workers=args.workers,
                       ray_timeout=args.ray_timeout or DEFAULT_RAY_TIMEOUT, resume=args.resume, overwrite=args.overwrite)

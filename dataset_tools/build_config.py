@@ -11,12 +11,15 @@ from estimators.image_io import MAX_PIXELS
 #: Sharp subjects measure tens to thousands; a subject blurred by a Gaussian of sigma 2 px measures about 2.
 DEFAULT_MIN_SHARPNESS = 10.0
 
+#: Renders per all-in-focus photo when neither ``--synthetic-levels`` nor ``--levels`` is given.
+DEFAULT_SYNTHETIC_LEVELS = 4
+
 
 @dataclass(frozen=True)
 class BuildConfig:
     """Every setting that changes the rows of a build (plus the worker-side limits)."""
 
-    synthetic_levels: int = 4
+    synthetic_levels: int = DEFAULT_SYNTHETIC_LEVELS
     resolution: int = 512
     shard_size: int = 1000
     depth: str = "sidecar"
@@ -25,13 +28,29 @@ class BuildConfig:
     sam_model: Optional[str] = None
     min_sharpness: float = DEFAULT_MIN_SHARPNESS
     balance: bool = False
-    #: Fixed render levels for every all-in-focus photo (``--levels``), instead of drawn ones.
+    #: Fixed render levels for every all-in-focus photo (``--levels``), instead of drawn ones; stored sorted, and
+    #: ``synthetic_levels`` becomes their count.
     levels: Optional[tuple[float, ...]] = None
     seed: int = 0
     image_column: str = "image"
     caption_column: str = "caption"
     jpeg_quality: int = 95
     max_pixels: int = MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        """Fixed levels decide the render count, so a config built by hand cannot disagree with itself."""
+        if self.levels is None:
+            return
+        levels = tuple(sorted(float(k) for k in self.levels))
+        text = ",".join(f"{k:g}" for k in levels)
+        if self.balance:
+            raise ValueError("fixed levels are not drawn: balance does not apply to them")
+        if len(set(levels)) < len(levels):
+            raise ValueError(f"a level repeats: {text}")
+        if not all(0 < k <= 30 for k in levels):
+            raise ValueError(f"every level must be in (0, 30]: {text}")
+        object.__setattr__(self, "levels", levels)  # frozen: set once, here
+        object.__setattr__(self, "synthetic_levels", len(levels))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (stored in OUT/_work/config.json and stats.json)."""

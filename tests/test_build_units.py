@@ -264,13 +264,20 @@ def test_fixed_levels_render_every_group_at_them(tmp_path, capsys):
     stored = json.loads(json.dumps(BuildConfig(levels=(7.5, 30.0)).to_dict()))
     assert BuildConfig(levels=(7.5, 30.0)).differences(stored) == []
     assert BuildConfig(levels=(7.5, 20.0)).differences(stored) == ["levels"]
+    # a config built by hand gets the count from its levels, whatever synthetic_levels said
+    assert BuildConfig(levels=[30, 7.5], synthetic_levels=6) == BuildConfig(levels=(7.5, 30.0))
+    assert BuildConfig(levels=(30, 7.5)).synthetic_levels == 2
+    for bad, message in ((dict(levels=(5, 5)), "a level repeats: 5,5"), (dict(levels=(0, 5)), r"every level must be in \(0, 30\]: 0,5"),
+                         (dict(levels=(5,), balance=True), "balance does not apply")):
+        with pytest.raises(ValueError, match=message):
+            BuildConfig(**bad)
     capsys.readouterr()
     for extra, message in ((["--balance"], "--levels fixes the render levels"),
                            (["--synthetic-levels", "2"], "--levels fixes the render levels")):
         assert main([*args, "--overwrite", "--levels", "5,30", *extra]) == 2
         assert message in capsys.readouterr().err
     assert main([*args, "--overwrite", "--levels", "5,5"]) == 2
-    assert "--levels repeats a level: 5,5" in capsys.readouterr().err
+    assert "--levels: a level repeats: 5,5" in capsys.readouterr().err
     for bad in ("0,5", "31"):
         with pytest.raises(SystemExit):
             main([*args, "--overwrite", "--levels", bad])
