@@ -9,7 +9,8 @@ from typing import Any, Optional
 
 from estimators.cli_util import UserError, comma_list, non_negative_float, non_negative_int, positive_int
 from pipelines.model_args import (
-    add_bokeh_guidance_argument, add_colour_transfer_argument, add_model_arguments, bokeh_level, pipeline_from_args,
+    add_bokeh_guidance_argument, add_colour_transfer_argument, add_model_arguments, add_shared_steps_argument, bokeh_level,
+    pipeline_from_args,
 )
 
 DEFAULT_LEVELS = "0,6,12,18,24,30"
@@ -39,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     grid.add_argument("--grounded", action="store_true", help="also sample in grounded mode (pivot row and grounded self-attention)")
     grid.add_argument("--pivot", type=bokeh_level, default=15.0, help="K of the pivot row in grounded mode (default: 15)")
     grid.add_argument("--grounding-steps", type=positive_int, default=24, help="denoising steps with grounded self-attention (default: 24)")
+    add_shared_steps_argument(grid)
     add_colour_transfer_argument(grid)
     grid.add_argument("--steps", type=positive_int, help="denoising steps (default: the pipeline's)")
     grid.add_argument("--guidance-scale", type=non_negative_float, metavar="G",
@@ -113,7 +115,7 @@ def run_eval(args: argparse.Namespace) -> int:
         settings = EvalSettings(
             levels=args.levels, seeds=args.seeds,
             grounded=args.grounded, pivot=args.pivot, grounding_steps=args.grounding_steps,
-            colour_transfer=args.colour_transfer, steps=args.steps,
+            colour_transfer=args.colour_transfer, shared_steps=args.shared_steps, steps=args.steps,
             guidance=args.guidance_scale, bokeh_guidance=args.bokeh_guidance, baseline=args.baseline,
         )
     except ValueError as exc:

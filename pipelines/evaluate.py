@@ -41,6 +41,8 @@ class EvalSettings:
     pivot: float = 15.0
     grounding_steps: int = 24
     colour_transfer: bool = True
+    #: Grounded mode only: the first steps at the pivot's K for every image (``BokehPipeline.__call__``).
+    shared_steps: int = 0
     steps: Optional[int] = None
     guidance: Optional[float] = None
     bokeh_guidance: Optional[float] = None
@@ -58,6 +60,8 @@ class EvalSettings:
             raise ValueError("at least one seed is needed")
         if self.grounded and not (0 <= self.pivot <= 30 and self.grounding_steps > 0):
             raise ValueError(f"grounded mode needs a pivot in 0..30 and grounding_steps > 0, got {self.pivot} and {self.grounding_steps}")
+        if self.shared_steps < 0 or (self.shared_steps and not self.grounded):
+            raise ValueError(f"shared steps (got {self.shared_steps}) are a grounded-mode setting: >= 0, with grounded mode on")
 
     @property
     def modes(self) -> list[str]:
@@ -264,7 +268,8 @@ class Evaluator:
     def _sample(self, prompt: str, seed: int, mode: str) -> list[Image.Image]:
         s = self.settings
         bokeh = [-1.0] * len(s.levels) if mode == "baseline" else list(s.levels)
-        extra = ({"pivot": s.pivot, "grounding_steps": s.grounding_steps, "colour_transfer": s.colour_transfer}
+        extra = ({"pivot": s.pivot, "grounding_steps": s.grounding_steps, "colour_transfer": s.colour_transfer,
+                  "shared_steps": s.shared_steps}
                  if mode == "grounded" else {"pivot": None})
         images = self.pipe(prompt, bokeh=bokeh, seed=seed, num_inference_steps=s.steps, guidance_scale=s.guidance,
                            bokeh_guidance=None if mode == "baseline" else s.bokeh_guidance, **extra)
@@ -331,7 +336,8 @@ class Evaluator:
             "settings": {
                 "levels": s.levels, "seeds": list(s.seeds), "modes": modes, "pivot": s.pivot if s.grounded else None,
                 "grounding_steps": s.grounding_steps if s.grounded else None,
-                "colour_transfer": s.colour_transfer if s.grounded else None, "steps": s.steps, "guidance": s.guidance,
+                "colour_transfer": s.colour_transfer if s.grounded else None,
+                "shared_steps": s.shared_steps if s.grounded else None, "steps": s.steps, "guidance": s.guidance,
                 "bokeh_guidance": s.bokeh_guidance, "reference": self.reference, "consistency_metric": CONSISTENCY_METRIC,
             },
             "notes": list(self.notes),

@@ -50,14 +50,23 @@ def add_colour_transfer_argument(group: Any) -> None:
                        "and the shift that undoes it moves the subject's colours too)")
 
 
+def add_shared_steps_argument(group: Any) -> None:
+    """--shared-steps (shared by sample and eval)."""
+    group.add_argument("--shared-steps", type=non_negative_int, default=0, metavar="S",
+                       help="with a pivot: the first S steps denoise every image at the pivot's K, one shared trajectory "
+                       "while the layout forms, then each image at its own K; holds a scene that would change with K "
+                       "(default 0, as released)")
+
+
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
-    """--pivot / --grounding-steps / --no-colour-transfer / --steps / --guidance-scale / --bokeh-guidance /
+    """--pivot / --grounding-steps / --shared-steps / --no-colour-transfer / --steps / --guidance-scale / --bokeh-guidance /
     --negative-prompt / --true-cfg / size."""
     g = p.add_argument_group("sampling")
     g.add_argument("--pivot", type=bokeh_level, metavar="K",
                    help="grounded mode: a pivot image at this K anchors the scene (released FLUX: 10-20 recommended)")
     g.add_argument("--grounding-steps", type=non_negative_int, default=24, metavar="N",
                    help="grounded mode: steps that use the pivot's attention queries (default 24 of 30; 0 = unbounded)")
+    add_shared_steps_argument(g)
     add_colour_transfer_argument(g)
     g.add_argument("--steps", type=positive_int, metavar="N", help="denoising steps (default 30)")
     g.add_argument("--guidance-scale", type=non_negative_float, metavar="G",
@@ -86,6 +95,7 @@ def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         pivot=args.pivot, grounding_steps=args.grounding_steps, num_inference_steps=args.steps,
         guidance_scale=args.guidance_scale, negative_prompt=args.negative_prompt, true_cfg=args.true_cfg,
         bokeh_guidance=args.bokeh_guidance, height=args.height, width=args.width, colour_transfer=args.colour_transfer,
+        shared_steps=args.shared_steps,
     )
 
 

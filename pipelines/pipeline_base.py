@@ -136,6 +136,7 @@ class BokehPipeline(ABC):
         width: Optional[int] = None,
         bokeh_guidance: Optional[float] = None,
         colour_transfer: bool = True,
+        shared_steps: int = 0,
     ) -> list[Image.Image]:
         """One image per K in ``bokeh`` (K < 0: no bokeh condition), all from the noise of ``seed``.
 
@@ -145,6 +146,11 @@ class BokehPipeline(ABC):
         image takes the pivot's LAB colour means (as the released code does; ``colour_transfer=False`` keeps
         each image's own: defocus in linear light brightens a blurred background, and the shift that undoes
         it moves the subject's colours too).
+
+        ``shared_steps`` S (needs ``pivot``; default 0, as released): the first S steps denoise every row at the
+        pivot's K, so all rows follow one trajectory while the layout forms at high noise, and each takes its own
+        K for the rest, where blur forms. A scene that would otherwise change with K (another subject, pose or
+        place) is held; those S steps cost as much as the others.
 
         ``bokeh_guidance`` guides K on its own (one more model pass per step, see
         ``trainer.guidance.guided``). None: K is guided with the prompt, by the classifier-free scale when
@@ -157,6 +163,8 @@ class BokehPipeline(ABC):
             raise ValueError(f"num_inference_steps must be >= 1, got {steps}")
         if grounding_steps < 0:
             raise ValueError(f"grounding_steps must be >= 0, got {grounding_steps}")
+        if shared_steps < 0 or (shared_steps and pivot is None):
+            raise ValueError(f"shared_steps must be >= 0 and needs a pivot (its K is shared), got {shared_steps} with pivot {pivot}")
         guidance_scale = self.default_guidance if guidance_scale is None else float(guidance_scale)
         negative_prompt = self.default_negative_prompt if negative_prompt is None else negative_prompt
         seed = self.default_seed if seed is None else int(seed)
@@ -176,7 +184,8 @@ class BokehPipeline(ABC):
 
         for i, t in enumerate(tqdm(timesteps, desc="sample", leave=False, disable=not self.progress)):
             grounding = pivot_ids if i < grounding_steps else None
-            prediction = self.predict(latents, t, text, batch_levels, grounding, guidance_scale, true_cfg, bokeh_guidance)
+            step_levels = [float(pivot)] * rows if i < shared_steps else batch_levels
+            prediction = self.predict(latents, t, text, step_levels, grounding, guidance_scale, true_cfg, bokeh_guidance)
             latents = self.step(prediction, t, latents)
         images = self.decode(latents, height, width)
         if grounded:

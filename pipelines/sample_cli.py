@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     mode = "unbounded"
     if args.pivot is not None and args.grounding_steps > 0:
         mode = f"grounded on K={args.pivot:g}" + ("" if args.colour_transfer else ", own colours")
+    if args.shared_steps:
+        mode += f", first {args.shared_steps} steps at K={args.pivot:g}"
     sheet = contact_sheet(images, [f"K={k:g}" for k in args.bokeh], height=max(SHEET_HEIGHT, images[0].height))
     sheet.save(out / f"{prefix}-sheet.png")
     print(f"wrote {len(images)} images ({images[0].width}x{images[0].height}, seed {seed}, {mode}) and "

@@ -69,7 +69,7 @@ def test_a_physical_render_scores_lvcorr_near_one_and_calibration_one(street):
     pipe = RenderPipeline(image, scene)
     ticks = []
     settings = EvalSettings(LEVELS, [0, 1], grounded=True, pivot=12, grounding_steps=5, colour_transfer=False, steps=3,
-                            bokeh_guidance=4.0)
+                            bokeh_guidance=4.0, shared_steps=2)
     evaluator = Evaluator(pipe, settings, lambda prompt, im: scene, "render", device="cpu", progress=lambda: ticks.append(1))
     result = evaluator.run(["a street"]).scores
     assert len(ticks) == evaluator.calls(["a street"]) == 2 * 3
@@ -79,6 +79,8 @@ def test_a_physical_render_scores_lvcorr_near_one_and_calibration_one(street):
     assert all(c["num_inference_steps"] == 3 and c["guidance_scale"] is None for c in pipe.calls)
     assert [c["grounding_steps"] for c in pipe.calls if c["pivot"] == 12] == [5, 5]
     assert [c.get("colour_transfer") for c in pipe.calls if c["pivot"] == 12] == [False, False]
+    assert [c.get("shared_steps") for c in pipe.calls] == [None, 2, None] * 2  # grounded sweeps only
+    assert result["settings"]["shared_steps"] == 2
     # K guidance for the model's modes; the baseline has no K to guide (no wasted pass)
     assert {(c["bokeh"][0], c["bokeh_guidance"]) for c in pipe.calls} == {(0.0, 4.0), (-1.0, None)}
     unbounded = result["overall"]["unbounded"]
@@ -123,6 +125,9 @@ def test_settings_and_evaluator_reject_bad_input(street):
             EvalSettings(levels, [0])
     with pytest.raises(ValueError):
         EvalSettings(LEVELS, [])
+    for bad in (dict(shared_steps=2), dict(grounded=True, shared_steps=-1)):
+        with pytest.raises(ValueError, match="shared steps"):
+            EvalSettings(LEVELS, [0], **bad)
     with pytest.raises(ValueError, match="lowest level must be 0"):
         Evaluator(None, EvalSettings([5, 10], [0]), lambda p, im: street[1], "render")
     with pytest.raises(ValueError, match="needs subject masks"):

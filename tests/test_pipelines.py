@@ -184,6 +184,39 @@ def test_colour_transfer_is_the_last_step_and_can_be_left_out(sd_dir):
     assert any(not np.array_equal(pixels(a), pixels(b)) for a, b in zip(shifted, own))
 
 
+@pytest.mark.parametrize("root_name", ["sd_dir", "flux_dir"])
+def test_all_steps_shared_give_the_pivot_image_at_every_k(root_name, request):
+    """Every step at the pivot's K, from one noise: each image is the plain K = pivot sample (grounded on the
+    pivot row or not: its queries over keys the rows share are plain attention)."""
+    pipe = load(request.getfixturevalue(root_name), "random")
+    common = dict(seed=4, num_inference_steps=3, height=16, width=16)
+    pivot = pixels(pipe(PROMPT, [18], **common)[0])
+    for grounding_steps in (0, 2):
+        images = pipe(PROMPT, [0, 30], pivot=18, grounding_steps=grounding_steps, shared_steps=3, colour_transfer=False, **common)
+        for image in images:
+            assert np.abs(pixels(image) - pivot).max() <= 1
+
+
+def test_shared_steps_by_hand(sd_dir):
+    """The first S steps at the pivot's K for every row, the rest at each row's own K: the pipeline's steps
+    driven by hand (unbounded rows, no guidance pass) give the same images."""
+    pipe = load(sd_dir, "random")
+    levels, pivot, steps, shared = [0.0, 30.0], 12.0, 4, 2
+    got = pipe(PROMPT, levels, pivot=pivot, grounding_steps=0, shared_steps=shared, seed=6, num_inference_steps=steps,
+               guidance_scale=1.0, height=16, width=16)
+    with torch.no_grad():
+        text = pipe.encode(PROMPT, "", 2, False)
+        latents = pipe.initial_latents(6, 2, 16, 16)
+        for i, t in enumerate(pipe.set_timesteps(steps, latents)):
+            rows = [pivot, pivot] if i < shared else levels
+            latents = pipe.step(pipe.predict(latents, t, text, rows, None, 1.0, 1.0, None), t, latents)
+        want = pipe.decode(latents, 16, 16)
+    for a, b in zip(got, want):
+        assert np.abs(pixels(a) - pixels(b)).max() <= 1
+    plain = pipe(PROMPT, levels, seed=6, num_inference_steps=steps, guidance_scale=1.0, height=16, width=16)
+    assert not np.array_equal(pixels(got[1]), pixels(plain[1]))  # sharing changed the K = 30 image
+
+
 def test_guided_formula_by_hand():
     from trainer.guidance import guided
 
@@ -278,6 +311,8 @@ def test_a_vae_less_unet_must_take_rgb_patches(sd_dir, tmp_path):
     (dict(bokeh=[5.0], pivot=40.0), "pivot"),
     (dict(bokeh=[5.0], height=18), "multiples of 4"),
     (dict(bokeh=[5.0], true_cfg=2.0), "FLUX option"),
+    (dict(bokeh=[5.0], shared_steps=1), "needs a pivot"),
+    (dict(bokeh=[5.0], pivot=15.0, shared_steps=-1), "shared_steps must be >= 0"),
 ])
 def test_bad_requests_are_one_line_errors(sd_dir, kwargs, message):
     pipe = load(sd_dir, "fresh")
