@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {out} exists and is not a folder")
+    if args.shared_steps and args.pivot is None:  # before loading the model
+        raise UserError("--shared-steps shares the pivot's K: give --pivot")
     pipe = pipeline_from_args(args)
     seed = pipe.default_seed if args.seed is None else args.seed
     images = run_pipeline(pipe, args.prompt, args.bokeh, seed, **sampling_kwargs(args))

@@ -48,6 +48,14 @@ def test_sample_writes_one_image_per_level_and_a_sheet(run_dir, tmp_path, capsys
     sheet = Image.open(out / f"{prefix}-sheet.png")
     assert sheet.width > 3 * 256  # three labelled thumbnails side by side
     assert "grounded on K=10" in capsys.readouterr().out
+    with single_thread():
+        assert main(["sample", "--checkpoint", str(run_dir), "--prompt", PROMPT, "--bokeh", "0", "30", "--seed", "4",
+                     "--steps", "3", "--pivot", "10", "--shared-steps", "2", "-o", str(out)]) == 0
+        assert "first 2 steps at K=10" in capsys.readouterr().out
+        assert main(["sample", "--checkpoint", str(run_dir), "--prompt", PROMPT, "--bokeh", "0", "--shared-steps", "2",
+                     "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--shared-steps shares the pivot's K: give --pivot" in err
 
 
 def test_missing_base_is_one_line(tmp_path, capsys):
