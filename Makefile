@@ -27,22 +27,24 @@ test: setup
 # in sharpness (even an exact render of street_8 is 8.7x off them), too coarse a yardstick for 8 scenes.
 DEMO_OUT ?= demo_out
 # Few scenes: the tiny model has ~20 CPU minutes to learn them (README: what it learns in that time).
-# --balance: each scene's 6 renders one per sixth of K 1-30, so every scene has one near K = 30 (drawn
-# independently, the red-star scene's highest was 16 and the model under-blurred at K = 30; README).
+# --levels: every scene rendered at K = 5, 10, ..., 30, so each has one at K = 30 (drawn independently, the
+# red-star scene's highest was 16 and the model under-blurred at K = 30; README).
+# --shared-steps 10: grounded sweeps take their first 10 of 25 steps at the pivot's K, which holds a caption
+# that would draw another scene at high K (README).
 DEMO_SCENES ?= 8
 demo: setup
 	rm -rf $(DEMO_OUT)
 	$(BIN)/bokeh estimate demo/photos/*.jpg --depth sidecar --mask depth
 	$(BIN)/bokeh render demo/photos/street_8.jpg --sweep 0,5,10,20,30 -o $(DEMO_OUT)/render
 	$(BIN)/bokeh demo-data -o $(DEMO_OUT)/scenes --count $(DEMO_SCENES)
-	$(BIN)/bokeh build $(DEMO_OUT)/scenes demo/photos -o $(DEMO_OUT)/dataset --depth sidecar --mask depth --synthetic-levels 6 --balance
+	$(BIN)/bokeh build $(DEMO_OUT)/scenes demo/photos -o $(DEMO_OUT)/dataset --depth sidecar --mask depth --levels 5,10,15,20,25,30
 	$(BIN)/bokeh report $(DEMO_OUT)/dataset -o $(DEMO_OUT)/report.html
 	$(BIN)/bokeh train configs/tiny.yaml data.dataset=$(DEMO_OUT)/dataset run.output_dir=$(DEMO_OUT)/tiny
 	head -q -n1 $(DEMO_OUT)/scenes/scene_0000[0-2].txt > $(DEMO_OUT)/prompts.txt
 	$(BIN)/bokeh sample --checkpoint $(DEMO_OUT)/tiny --prompt "$$(head -n1 $(DEMO_OUT)/prompts.txt)" \
-	    --bokeh 0 6 12 18 24 30 --pivot 15 --grounding-steps 20 --steps 25 --seed 100 -o $(DEMO_OUT)/samples
+	    --bokeh 0 6 12 18 24 30 --pivot 15 --grounding-steps 20 --shared-steps 10 --steps 25 --seed 100 -o $(DEMO_OUT)/samples
 	$(BIN)/bokeh eval --checkpoint $(DEMO_OUT)/tiny --prompts $(DEMO_OUT)/prompts.txt --dataset $(DEMO_OUT)/dataset --reference render \
-	    --seeds 100,101 --grounded --grounding-steps 20 --steps 25 --reference-photos demo/photos/street_8.jpg -o $(DEMO_OUT)/eval
+	    --seeds 100,101 --grounded --grounding-steps 20 --shared-steps 10 --steps 25 --reference-photos demo/photos/street_8.jpg -o $(DEMO_OUT)/eval
 	@echo "demo done: open $(DEMO_OUT)/report.html, $(DEMO_OUT)/samples/ and $(DEMO_OUT)/eval/eval.html"
 
 clean:
