@@ -285,9 +285,9 @@ def _train(config: TrainConfig, resume: Optional[str]) -> dict[str, Any]:
         last_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
         lr = lr_scheduler.get_last_lr()[0]
         bar.update(1)
-        bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}")
+        norm = None if grad_norm is None else float(grad_norm)  # None: DeepSpeed clips inside its engine
+        bar.set_postfix(loss=f"{last_loss:.4f}", grad_norm="-" if norm is None else f"{norm:.3g}", lr=f"{lr:.2e}")
         if accelerator.is_main_process and (step % run.log_every == 0 or step == run.max_steps):
-            norm = None if grad_norm is None else float(grad_norm)  # None: DeepSpeed clips inside its engine
             record = {"step": step, "loss": last_loss, "grad_norm": norm, "lr": lr, "elapsed_s": round(time.time() - started, 3)}
             with log_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
