@@ -7,6 +7,7 @@ from pathlib import Path
 
 from estimators.cli_util import UserError, comma_list, non_negative_float, non_negative_int, positive_int
 
+
 def _seconds(text: str) -> float:
     """argparse type: a finite number of seconds > 0."""
     value = non_negative_float(text)
@@ -16,10 +17,12 @@ def _seconds(text: str) -> float:
 
 
 def render_level(text: str) -> float:
-    """argparse type: a render level K in (0, 30]."""
+    """argparse type: a render level K in (0, MAX_RENDER_LEVEL]."""
+    from .build_config import MAX_RENDER_LEVEL
+
     value = non_negative_float(text)
-    if not 0 < value <= 30:
-        raise argparse.ArgumentTypeError(f"a render level must be in (0, 30], got {text}")
+    if not 0 < value <= MAX_RENDER_LEVEL:
+        raise argparse.ArgumentTypeError(f"a render level must be in (0, {MAX_RENDER_LEVEL:g}], got {text}")
     return value
 
 

@@ -14,6 +14,9 @@ DEFAULT_MIN_SHARPNESS = 10.0
 #: Renders per all-in-focus photo when neither ``--synthetic-levels`` nor ``--levels`` is given.
 DEFAULT_SYNTHETIC_LEVELS = 4
 
+#: The highest bokeh level a render may have (fixed ``--levels`` lie in (0, this]).
+MAX_RENDER_LEVEL = 30.0
+
 
 @dataclass(frozen=True)
 class BuildConfig:
@@ -47,8 +50,8 @@ class BuildConfig:
             raise ValueError("fixed levels are not drawn: balance does not apply to them")
         if len(set(levels)) < len(levels):
             raise ValueError(f"a level repeats: {text}")
-        if not all(0 < k <= 30 for k in levels):
-            raise ValueError(f"every level must be in (0, 30]: {text}")
+        if not all(0 < k <= MAX_RENDER_LEVEL for k in levels):
+            raise ValueError(f"every level must be in (0, {MAX_RENDER_LEVEL:g}]: {text}")
         object.__setattr__(self, "levels", levels)  # frozen: set once, here
         object.__setattr__(self, "synthetic_levels", len(levels))
 

@@ -176,6 +176,7 @@ class BokehPipeline(ABC):
         batch_levels = levels + [float(pivot)] if grounded else levels
         rows = len(batch_levels)
         pivot_ids = [rows - 1] * rows if grounded else None
+        shared_levels = [float(pivot)] * rows if shared_steps else None
 
         text = self.encode(prompt, negative_prompt, rows, self.uses_guidance_pass(guidance_scale, true_cfg))
         latents = self.initial_latents(seed, rows, height, width)
@@ -184,7 +185,7 @@ class BokehPipeline(ABC):
 
         for i, t in enumerate(tqdm(timesteps, desc="sample", leave=False, disable=not self.progress)):
             grounding = pivot_ids if i < grounding_steps else None
-            step_levels = [float(pivot)] * rows if i < shared_steps else batch_levels
+            step_levels = shared_levels if i < shared_steps else batch_levels
             prediction = self.predict(latents, t, text, step_levels, grounding, guidance_scale, true_cfg, bokeh_guidance)
             latents = self.step(prediction, t, latents)
         images = self.decode(latents, height, width)
