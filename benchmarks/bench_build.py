@@ -74,7 +74,8 @@ def run_build(inputs: Path, workers: int, args: argparse.Namespace) -> dict:
     command = [sys.executable, "-m", "pipelines.cli", "build", str(inputs), "-o", str(out / "ds"), "--depth", "sidecar",
                "--mask", args.mask, "--synthetic-levels", str(args.levels), "--resolution", str(args.resolution),
                "--shard-size", str(args.shard_size), "--workers", str(workers)]
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": str(ROOT)}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": path}
     start = time.perf_counter()
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sampler = TreeMemory(proc.pid)
@@ -134,8 +135,8 @@ def main() -> None:
               f"cores used {run['cpu_s'] / run['wall_s']:.2f}; "
               f"peak memory driver {run['peak_driver_mb']:.0f} MB, all processes {run['peak_tree_mb']:.0f} MB")
         print("   photos/s per core by stage: " + ", ".join(f"{k} {v}" for k, v in sorted(per_stage.items())))
-    if len(results["speed"]) >= 2:
-        one, two = results["speed"][0], results["speed"][-1]
+    one = results["speed"][0]
+    for two in results["speed"][1:]:
         start_one, start_two = results["ray_start_s"][one["workers"]], results["ray_start_s"][two["workers"]]
         print(f"speed-up {two['workers']} vs {one['workers']} workers: {one['wall_s'] / two['wall_s']:.2f}x end to end, "
               f"{(one['wall_s'] - start_one) / (two['wall_s'] - start_two):.2f}x without Ray start")
