@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from estimators.cli_util import UserError, comma_list, non_negative_float, non_negative_int, positive_int
+from estimators.lens import MAX_BOKEH_LEVEL
 
 
 def _seconds(text: str) -> float:
@@ -17,12 +18,10 @@ def _seconds(text: str) -> float:
 
 
 def render_level(text: str) -> float:
-    """argparse type: a render level K in (0, MAX_RENDER_LEVEL]."""
-    from .build_config import MAX_RENDER_LEVEL
-
+    """argparse type: a render level K in (0, MAX_BOKEH_LEVEL]."""
     value = non_negative_float(text)
-    if not 0 < value <= MAX_RENDER_LEVEL:
-        raise argparse.ArgumentTypeError(f"a render level must be in (0, {MAX_RENDER_LEVEL:g}], got {text}")
+    if not 0 < value <= MAX_BOKEH_LEVEL:
+        raise argparse.ArgumentTypeError(f"a render level must be in (0, {MAX_BOKEH_LEVEL:g}], got {text}")
     return value
 
 

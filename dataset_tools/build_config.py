@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from estimators.image_io import MAX_PIXELS
+from estimators.lens import MAX_BOKEH_LEVEL
 
 #: Default floor on the subject's sharpness (variance of the Laplacian at short side 512, gray 0-255).
 #: Sharp subjects measure tens to thousands; a subject blurred by a Gaussian of sigma 2 px measures about 2.
@@ -13,9 +14,6 @@ DEFAULT_MIN_SHARPNESS = 10.0
 
 #: Renders per all-in-focus photo when neither ``--synthetic-levels`` nor ``--levels`` is given.
 DEFAULT_SYNTHETIC_LEVELS = 4
-
-#: The highest bokeh level a render may have (fixed ``--levels`` lie in (0, this]).
-MAX_RENDER_LEVEL = 30.0
 
 
 @dataclass(frozen=True)
@@ -50,8 +48,8 @@ class BuildConfig:
             raise ValueError("fixed levels are not drawn: balance does not apply to them")
         if len(set(levels)) < len(levels):
             raise ValueError(f"a level repeats: {text}")
-        if not all(0 < k <= MAX_RENDER_LEVEL for k in levels):
-            raise ValueError(f"every level must be in (0, {MAX_RENDER_LEVEL:g}]: {text}")
+        if not all(0 < k <= MAX_BOKEH_LEVEL for k in levels):
+            raise ValueError(f"every level must be in (0, {MAX_BOKEH_LEVEL:g}]: {text}")
         object.__setattr__(self, "levels", levels)  # frozen: set once, here
         object.__setattr__(self, "synthetic_levels", len(levels))
 

@@ -21,7 +21,7 @@ from estimators.bokeh_level import estimate_bokeh_level
 from estimators.depth import DepthUnavailableError, load_depth_sidecar
 from estimators.exif import ExifInfo, read_exif
 from estimators.image_io import ImageLoadError, load_image, to_array, to_gray
-from estimators.lens import REFERENCE_SHORT_SIDE
+from estimators.lens import MAX_BOKEH_LEVEL, REFERENCE_SHORT_SIDE
 from estimators.mask import MaskUnavailableError, load_mask_sidecar
 from estimators.sharpness import subject_background_sharpness
 
@@ -32,7 +32,7 @@ from .input_shards import Chunk, item_from_row, read_chunk
 from .photo_state import PhotoState, Render, StageFailure, one_line, pack, unpack
 
 #: Synthetic levels are drawn from this range (DESIGN.md section 2).
-SYNTHETIC_RANGE = (1.0, 30.0)
+SYNTHETIC_RANGE = (1.0, MAX_BOKEH_LEVEL)
 
 #: ImageLoadError message starts -> reason code (stats group failures by code).
 _DECODE_CODES = (

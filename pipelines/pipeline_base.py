@@ -11,9 +11,8 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from PIL import Image
 
+from estimators.lens import MAX_BOKEH_LEVEL
 from pipelines.colour_transfer import lab_mean_transfer
-
-MAX_K = 30.0
 
 
 def checked_levels(bokeh: Sequence[float] | float, pivot: Optional[float]) -> list[float]:
@@ -22,10 +21,11 @@ def checked_levels(bokeh: Sequence[float] | float, pivot: Optional[float]) -> li
     if not levels:
         raise ValueError("bokeh needs at least one level K")
     for k in levels:
-        if not math.isfinite(k) or k > MAX_K:
-            raise ValueError(f"bokeh level K must be in 0..{MAX_K:g} (or negative for no condition), got {k:g}")
-    if pivot is not None and not (math.isfinite(pivot) and 0 <= pivot <= MAX_K):
-        raise ValueError(f"pivot K must be in 0..{MAX_K:g}, got {pivot:g}")
+        if not math.isfinite(k) or k > MAX_BOKEH_LEVEL:
+            raise ValueError(
+                f"bokeh level K must be in 0..{MAX_BOKEH_LEVEL:g} (or negative for no condition), got {k:g}")
+    if pivot is not None and not (math.isfinite(pivot) and 0 <= pivot <= MAX_BOKEH_LEVEL):
+        raise ValueError(f"pivot K must be in 0..{MAX_BOKEH_LEVEL:g}, got {pivot:g}")
     return levels
 
 

@@ -13,12 +13,13 @@ import numpy as np
 import torch
 
 from estimators.depth import focus_disparity_from_mask as focus_from_mask
+from estimators.lens import MAX_BOKEH_LEVEL
 
 from .aperture import Aperture, blade_count
 from .renderer import ArrayLike, render
 
 #: Bokeh levels are drawn from U(LEVEL_RANGE) when not given (DESIGN.md §2).
-LEVEL_RANGE = (1.0, 30.0)
+LEVEL_RANGE = (1.0, MAX_BOKEH_LEVEL)
 #: Renders per group when levels are drawn.
 DEFAULT_GROUP_SIZE = 4
 

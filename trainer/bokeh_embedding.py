@@ -6,7 +6,8 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-MAX_BOKEH_LEVEL = 30.0
+from estimators.lens import MAX_BOKEH_LEVEL
+
 NO_CONDITION = -1.0
 
 BokehLevels = Union[float, int, Sequence[float], torch.Tensor]

@@ -25,8 +25,8 @@ from PIL import Image
 
 from dataset_tools.schema import cell_bytes
 from estimators.cli_util import UserError
+from estimators.lens import MAX_BOKEH_LEVEL
 
-MAX_K = 30.0
 COLUMNS = ("id", "group_id", "kind", "image", "caption", "bokeh_level")
 MASK_COLUMN = "subject_mask"
 
@@ -63,12 +63,12 @@ class TrainingRows:
         if missing:
             raise UserError(f"training data lacks the column(s) {missing}; it needs {list(COLUMNS)} (as `bokeh build` writes)")
         levels = table.column("bokeh_level").to_pylist()
-        keep = [k is not None and 0 <= k <= MAX_K for k in levels]
+        keep = [k is not None and 0 <= k <= MAX_BOKEH_LEVEL for k in levels]
         if not all(keep):
-            warnings.warn(f"skipping {keep.count(False)} of {len(keep)} rows whose bokeh_level is missing or outside 0..30", stacklevel=2)
+            warnings.warn(f"skipping {keep.count(False)} of {len(keep)} rows whose bokeh_level is missing or outside 0..{MAX_BOKEH_LEVEL:g}", stacklevel=2)
             table = table.filter(pa.array(keep))
         if table.num_rows == 0:
-            raise UserError("training data has no row with bokeh_level in 0..30")
+            raise UserError(f"training data has no row with bokeh_level in 0..{MAX_BOKEH_LEVEL:g}")
         self._images = table.column("image")
         self.ids = [str(v) for v in table.column("id").to_pylist()]
         self.group_ids = [str(v) for v in table.column("group_id").to_pylist()]
@@ -219,7 +219,7 @@ class BatchSampler:
 
     def _crop(self, rng: np.random.Generator, max_level: float) -> tuple[Crop, float]:
         """A crop and its K factor R / c (1 without zoom), keeping ``max_level * factor`` <= 30."""
-        low = max(self.crop_min_fraction, max_level / MAX_K)
+        low = max(self.crop_min_fraction, max_level / MAX_BOKEH_LEVEL)
         size = 1.0 if low >= 1 else float(rng.uniform(low, 1.0))
         return Crop(size, float(rng.random()), float(rng.random())), 1.0 / size
 
@@ -249,7 +249,7 @@ class BatchSampler:
         if self.uncond_dropout:  # drawn last, so that 0 leaves every batch as it was
             drop_both = rng.random(len(rows)) < self.uncond_dropout
             drop_k, drop_caption = drop_k | drop_both, drop_caption | drop_both
-        levels = [-1.0 if d else min(MAX_K, float(self.rows.levels[r]) * f) for r, f, d in zip(rows, factors, drop_k)]
+        levels = [-1.0 if d else min(MAX_BOKEH_LEVEL, float(self.rows.levels[r]) * f) for r, f, d in zip(rows, factors, drop_k)]
         captions = ["" if d else self.rows.captions[r] for r, d in zip(rows, drop_caption)]
         return BatchPlan(rows, levels, captions, pivot_ids, crops, contrastive)
 
