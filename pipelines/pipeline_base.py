@@ -150,7 +150,7 @@ class BokehPipeline(ABC):
         ``shared_steps`` S (needs ``pivot``; default 0, as released): the first S steps denoise every row at the
         pivot's K, so all rows follow one trajectory while the layout forms at high noise, and each takes its own
         K for the rest, where blur forms. A scene that would otherwise change with K (another subject, pose or
-        place) is held; those S steps cost as much as the others.
+        place) is held. Its rows being one image then, those S steps denoise a single row and give its step to all.
 
         ``bokeh_guidance`` guides K on its own (one more model pass per step, see
         ``trainer.guidance.guided``). None: K is guided with the prompt, by the classifier-free scale when
@@ -176,17 +176,24 @@ class BokehPipeline(ABC):
         batch_levels = levels + [float(pivot)] if grounded else levels
         rows = len(batch_levels)
         pivot_ids = [rows - 1] * rows if grounded else None
-        shared_levels = [float(pivot)] * rows if shared_steps else None
 
-        text = self.encode(prompt, negative_prompt, rows, self.uses_guidance_pass(guidance_scale, true_cfg))
+        negative_pass = self.uses_guidance_pass(guidance_scale, true_cfg)
+        text = self.encode(prompt, negative_prompt, rows, negative_pass)
+        one_row_text = self.encode(prompt, negative_prompt, 1, negative_pass) if shared_steps else None
         latents = self.initial_latents(seed, rows, height, width)
         timesteps = self.set_timesteps(steps, latents)
         from tqdm.auto import tqdm
 
         for i, t in enumerate(tqdm(timesteps, desc="sample", leave=False, disable=not self.progress)):
-            grounding = pivot_ids if i < grounding_steps else None
-            step_levels = shared_levels if i < shared_steps else batch_levels
-            prediction = self.predict(latents, t, text, step_levels, grounding, guidance_scale, true_cfg, bokeh_guidance)
+            if i < shared_steps:
+                # Every row holds the same latents at the pivot's K (grounding on an identical row is plain
+                # attention): one row's prediction is every row's.
+                one_row = self.predict(latents[:1], t, one_row_text, [float(pivot)], None, guidance_scale, true_cfg,
+                                       bokeh_guidance)
+                prediction = one_row.expand_as(latents)
+            else:
+                grounding = pivot_ids if i < grounding_steps else None
+                prediction = self.predict(latents, t, text, batch_levels, grounding, guidance_scale, true_cfg, bokeh_guidance)
             latents = self.step(prediction, t, latents)
         images = self.decode(latents, height, width)
         if grounded:

@@ -217,6 +217,23 @@ def test_shared_steps_by_hand(sd_dir):
     assert not np.array_equal(pixels(got[1]), pixels(plain[1]))  # sharing changed the K = 30 image
 
 
+@pytest.mark.parametrize("root_name", ["sd_dir", "flux_dir"])
+def test_shared_steps_denoise_one_row(root_name, request):
+    """During the shared steps the rows are one image, so one row goes through the model; then the whole
+    batch (two levels + the pivot row)."""
+    pipe = load(request.getfixturevalue(root_name), "random")
+    rows_seen = []
+    predict = pipe.predict
+
+    def counting(latents, *args):
+        rows_seen.append(latents.shape[0])
+        return predict(latents, *args)
+
+    pipe.predict = counting
+    pipe(PROMPT, [0, 30], pivot=12, grounding_steps=3, shared_steps=2, seed=1, num_inference_steps=4, height=16, width=16)
+    assert rows_seen == [1, 1, 3, 3]
+
+
 def test_guided_formula_by_hand():
     from trainer.guidance import guided
 
