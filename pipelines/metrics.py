@@ -21,6 +21,10 @@ ImageLike = Union[Image.Image, np.ndarray]
 #: Added to every sharpness before its log, so that a flat image (variance 0) has a finite log; far
 #: below the variance of any textured 8-bit image (a single grey step of 1 gives about 0.1).
 SHARPNESS_FLOOR = 1e-3
+#: A sweep whose blur measure (``blur_trend``) spans less than this, i.e. whose sharpness varies by under
+#: 0.1 %, has no trend: one image computed at another batch position differs by rounding in a few 8-bit
+#: pixels, which moves its sharpness by ~1e-4 and would give a spurious correlation of any size.
+MIN_TREND_SPAN = 1e-3
 #: The subject is grown by this fraction of the short side (at least 1 px) before its complement is
 #: taken as background: the 3x3 Laplacian of a pixel next to the subject sees the subject's sharp
 #: edge, and estimated masks are a few px off.
@@ -80,7 +84,8 @@ def blur_trend(sharpness: float) -> float:
 
 def lvcorr(levels: Sequence[float], images: Sequence[ImageLike], mask: Optional[np.ndarray] = None) -> Optional[float]:
     """Pearson correlation between K and the negative log background sharpness of a sweep (1 = blur
-    follows K); None when some image has no measurable background."""
+    follows K); 0 when the sharpness varies by under 0.1 % (``MIN_TREND_SPAN``: no trend); None when some
+    image has no measurable background."""
     if len(levels) != len(images):
         raise ValueError(f"{len(levels)} levels but {len(images)} images")
     values = [background_sharpness(image, mask) for image in images]
@@ -91,7 +96,10 @@ def lvcorr_from_sharpness(levels: Sequence[float], sharpness: Sequence[Optional[
     """:func:`lvcorr` from sharpness values already measured (None where unmeasurable)."""
     if any(s is None for s in sharpness):
         return None
-    return pearson(levels, [blur_trend(s) for s in sharpness])
+    trend = [blur_trend(s) for s in sharpness]
+    if max(trend) - min(trend) < MIN_TREND_SPAN:
+        return 0.0
+    return pearson(levels, trend)
 
 
 def log_ratio(generated: Optional[float], reference: Optional[float]) -> Optional[float]:

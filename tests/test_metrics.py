@@ -176,6 +176,16 @@ def test_lvcorr_without_a_trend_is_zero(photo_sweep):
     levels, images, mask = photo_sweep
     assert metrics.lvcorr(levels, [grey(90, (64, 96))] * len(levels), mask) == 0.0
     assert metrics.lvcorr(levels, [images[0]] * len(levels), mask) == 0.0  # K ignored: one image repeated
+    # One image with a grey level of rounding in one background pixel of the later copies (as the same sample
+    # computed at another batch position has): no trend, where Pearson on the raw values says -0.83.
+    copies = [np.array(images[0]) for _ in levels]
+    row, col = np.argwhere(~mask)[0]
+    for copy in copies[4:]:
+        copy[row, col] = np.where(copy[row, col] < 255, copy[row, col] + 1, copy[row, col] - 1)
+    sharpness = [metrics.background_sharpness(c, mask) for c in copies]
+    assert sharpness[0] != sharpness[-1] and abs(sharpness[-1] / sharpness[0] - 1) < 1e-3
+    assert abs(metrics.pearson(levels, [metrics.blur_trend(v) for v in sharpness])) > 0.5
+    assert metrics.lvcorr(levels, copies, mask) == 0.0
     rng = np.random.default_rng(0)
     many = list(range(31))
     noise = [np.clip(128 + rng.normal(0, 20, (64, 96, 3)), 0, 255).astype(np.uint8) for _ in many]
