@@ -1,4 +1,5 @@
-"""Benchmark of `bokeh build`: source photos per second (per stage and end to end), 1 vs 2 CPU workers, peak memory.
+"""Benchmark of `bokeh build`: source photos per second (per stage and end to end) for each --workers count
+(speed-up against the first), peak memory.
 
 Builds from N generated demo scenes (exact sidecar depth, 512 px, cached under --cache) with 4 synthetic
 levels, each build in a fresh subprocess with its own local Ray of --workers CPUs, and samples the memory of
@@ -135,11 +136,11 @@ def main() -> None:
               f"cores used {run['cpu_s'] / run['wall_s']:.2f}; "
               f"peak memory driver {run['peak_driver_mb']:.0f} MB, all processes {run['peak_tree_mb']:.0f} MB")
         print("   photos/s per core by stage: " + ", ".join(f"{k} {v}" for k, v in sorted(per_stage.items())))
-    one = results["speed"][0]
-    for two in results["speed"][1:]:
-        start_one, start_two = results["ray_start_s"][one["workers"]], results["ray_start_s"][two["workers"]]
-        print(f"speed-up {two['workers']} vs {one['workers']} workers: {one['wall_s'] / two['wall_s']:.2f}x end to end, "
-              f"{(one['wall_s'] - start_one) / (two['wall_s'] - start_two):.2f}x without Ray start")
+    first = results["speed"][0]
+    for run in results["speed"][1:]:
+        start_first, start_run = results["ray_start_s"][first["workers"]], results["ray_start_s"][run["workers"]]
+        print(f"speed-up {run['workers']} vs {first['workers']} workers: {first['wall_s'] / run['wall_s']:.2f}x end to end, "
+              f"{(first['wall_s'] - start_first) / (run['wall_s'] - start_run):.2f}x without Ray start")
     for count in args.memory_photos:
         run = run_build(scenes(args.cache, count, args.resolution), max(args.workers), args)
         results["memory"].append(run)

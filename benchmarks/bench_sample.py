@@ -1,7 +1,8 @@
 """Time of one sampled sweep (the images of one prompt at several K), unbounded and grounded, and what
 ``--shared-steps`` saves: its shared steps run one row instead of the whole batch (before, they cost as
 much as the others, so the grounded sweep without sharing is the reference). Defaults are `make demo`'s
-sweep (K = 0, 6, ..., 30, pivot 15, 20 grounding steps, 25 steps, 10 shared) on its trained tiny model.
+sweep (K = 0, 6, ..., 30, pivot 15, 20 grounding steps, 25 steps, 10 shared, K guided 2x and the caption not)
+on its trained tiny model.
 
     python benchmarks/bench_sample.py [--checkpoint demo_out/tiny] [--threads 2] [--repeats 3] [--rounds 3]
 """
@@ -32,6 +33,9 @@ def main() -> None:
     parser.add_argument("--grounding-steps", type=int, default=20, help="grounding steps (default 20)")
     parser.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
     parser.add_argument("--shared-steps", type=int, default=10, help="shared steps of the last sweep (default 10)")
+    parser.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (default 1: none)")
+    parser.add_argument("--bokeh-guidance", type=float, default=2.0,
+                        help="guidance of K alone (default 2; a negative value: none, the pipeline's default)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="timed sweeps per variant and round (default 3)")
@@ -44,7 +48,8 @@ def main() -> None:
     pipe = load_pipeline(checkpoint=args.checkpoint, device=args.device)
     pipe.progress = False
     levels = [float(k) for k in args.levels.split(",")]
-    common = dict(num_inference_steps=args.steps, seed=0)
+    common = dict(num_inference_steps=args.steps, seed=0, guidance_scale=args.guidance_scale,
+                  bokeh_guidance=None if args.bokeh_guidance < 0 else args.bokeh_guidance)
     grounded = dict(pivot=args.pivot, grounding_steps=args.grounding_steps, **common)
     variants = [
         ("unbounded", dict(common)),

@@ -71,8 +71,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="draw each group's render levels one per equal stratum of [1, 30] (stratified) instead of "
                    "independently, so every group spans the range and the synthetic K histogram is flat")
     p.add_argument("--levels", type=comma_list(render_level, "5,10,15,20,25,30"), metavar="K,K,...",
-                   help="render every all-in-focus photo at exactly these levels (0 < K <= 30) instead of drawing "
-                   "--synthetic-levels of them, e.g. so that every group reaches K = 30")
+                   help=f"render every all-in-focus photo at exactly these levels (0 < K <= {MAX_BOKEH_LEVEL:g}) instead "
+                   "of drawing --synthetic-levels of them, e.g. so that every group reaches the top level")
     p.add_argument("--ray-address", metavar="auto|HOST:PORT",
                    help="join this Ray cluster (auto = the one `ray start` runs on this machine); default: start a "
                    "local Ray bound to 127.0.0.1. On several nodes, inputs and OUT must be on shared storage")

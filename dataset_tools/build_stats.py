@@ -6,8 +6,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from estimators.lens import MAX_BOKEH_LEVEL
+
 #: K histogram: bins [k, k + 1) for k = 0 .. 29, then one open bin [30, inf) (estimated real K can exceed 30).
-K_BIN_EDGES = tuple(range(0, 31))
+K_BIN_EDGES = tuple(range(0, int(MAX_BOKEH_LEVEL) + 1))
 K_BINS = len(K_BIN_EDGES)
 #: Width of the bins of the printed summary histogram.
 SUMMARY_BIN_WIDTH = 3

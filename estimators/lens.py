@@ -8,8 +8,8 @@ from typing import Optional
 FULL_FRAME_DIAGONAL_MM = 43.27
 #: K is defined at this short side in pixels; at short side S a radius scales by S / 512.
 REFERENCE_SHORT_SIDE = 512
-#: The top of the K scale, 30 = very shallow depth of field (DESIGN.md §1): the model takes K / 30, renders
-#: and labels stay at or below it.
+#: The top of the K scale, 30 = very shallow depth of field (DESIGN.md §1): the model takes K / 30, renders are
+#: made at or below it and training keeps only labels at or below it (estimated real K can exceed it).
 MAX_BOKEH_LEVEL = 30.0
 
 

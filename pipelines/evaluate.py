@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from estimators.image_io import to_array
+from estimators.lens import MAX_BOKEH_LEVEL
 from pipelines import metrics
 from pipelines.eval_sources import DatasetSource, Scene, reference_photo
 
@@ -52,14 +53,15 @@ class EvalSettings:
         self.levels = [float(k) for k in self.levels]
         if len(self.levels) < 2:
             raise ValueError(f"LVCorr needs at least two levels, got {self.levels}")
-        if any(not (math.isfinite(k) and 0 <= k <= 30) for k in self.levels):
-            raise ValueError(f"levels must lie in 0..30, got {self.levels}")
+        if any(not (math.isfinite(k) and 0 <= k <= MAX_BOKEH_LEVEL) for k in self.levels):
+            raise ValueError(f"levels must lie in 0..{MAX_BOKEH_LEVEL:g}, got {self.levels}")
         if any(b <= a for a, b in zip(self.levels, self.levels[1:])):
             raise ValueError(f"levels must be strictly increasing, got {self.levels}")
         if not self.seeds:
             raise ValueError("at least one seed is needed")
-        if self.grounded and not (0 <= self.pivot <= 30 and self.grounding_steps > 0):
-            raise ValueError(f"grounded mode needs a pivot in 0..30 and grounding_steps > 0, got {self.pivot} and {self.grounding_steps}")
+        if self.grounded and not (0 <= self.pivot <= MAX_BOKEH_LEVEL and self.grounding_steps > 0):
+            raise ValueError(f"grounded mode needs a pivot in 0..{MAX_BOKEH_LEVEL:g} and grounding_steps > 0, "
+                             f"got {self.pivot} and {self.grounding_steps}")
         if self.shared_steps < 0 or (self.shared_steps and not self.grounded):
             raise ValueError(f"shared steps (got {self.shared_steps}) are a grounded-mode setting: >= 0, with grounded mode on")
 

@@ -5,13 +5,14 @@ import argparse
 from typing import Any
 
 from estimators.cli_util import UserError, non_negative_float, non_negative_int, positive_float, positive_int
+from estimators.lens import MAX_BOKEH_LEVEL
 
 
 def bokeh_level(text: str) -> float:
-    """argparse type: a bokeh level K in 0..30."""
+    """argparse type: a bokeh level K in 0..MAX_BOKEH_LEVEL."""
     value = non_negative_float(text)
-    if value > 30:
-        raise argparse.ArgumentTypeError(f"bokeh level K must be in 0..30, got {text}")
+    if value > MAX_BOKEH_LEVEL:
+        raise argparse.ArgumentTypeError(f"bokeh level K must be in 0..{MAX_BOKEH_LEVEL:g}, got {text}")
     return value
 
 

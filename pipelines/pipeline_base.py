@@ -150,7 +150,8 @@ class BokehPipeline(ABC):
         ``shared_steps`` S (needs ``pivot``; default 0, as released): the first S steps denoise every row at the
         pivot's K, so all rows follow one trajectory while the layout forms at high noise, and each takes its own
         K for the rest, where blur forms. A scene that would otherwise change with K (another subject, pose or
-        place) is held. Its rows being one image then, those S steps denoise a single row and give its step to all.
+        place) is held. The rows being one image then, those S steps run the model and the scheduler on one row
+        and copy it to all (one trajectory, also with a scheduler that adds noise at each step).
 
         ``bokeh_guidance`` guides K on its own (one more model pass per step, see
         ``trainer.guidance.guided``). None: K is guided with the prompt, by the classifier-free scale when
@@ -186,15 +187,16 @@ class BokehPipeline(ABC):
 
         for i, t in enumerate(tqdm(timesteps, desc="sample", leave=False, disable=not self.progress)):
             if i < shared_steps:
-                # Every row holds the same latents at the pivot's K (grounding on an identical row is plain
-                # attention): one row's prediction is every row's.
-                one_row = self.predict(latents[:1], t, one_row_text, [float(pivot)], None, guidance_scale, true_cfg,
-                                       bokeh_guidance)
-                prediction = one_row.expand_as(latents)
+                # The rows are one image (same noise, the pivot's K; grounding on an identical row is plain
+                # attention): step one row and copy it, so they stay one even where the scheduler adds noise.
+                one_row = latents[:1]
+                prediction = self.predict(one_row, t, one_row_text, [float(pivot)], None, guidance_scale, true_cfg,
+                                          bokeh_guidance)
+                latents = self.step(prediction, t, one_row).expand_as(latents).contiguous()
             else:
                 grounding = pivot_ids if i < grounding_steps else None
                 prediction = self.predict(latents, t, text, batch_levels, grounding, guidance_scale, true_cfg, bokeh_guidance)
-            latents = self.step(prediction, t, latents)
+                latents = self.step(prediction, t, latents)
         images = self.decode(latents, height, width)
         if grounded:
             pivot_image = images.pop()

@@ -197,24 +197,52 @@ def test_all_steps_shared_give_the_pivot_image_at_every_k(root_name, request):
             assert np.abs(pixels(image) - pivot).max() <= 1
 
 
-def test_shared_steps_by_hand(sd_dir):
-    """The first S steps at the pivot's K for every row, the rest at each row's own K: the pipeline's steps
-    driven by hand (unbounded rows, no guidance pass) give the same images."""
-    pipe = load(sd_dir, "random")
-    levels, pivot, steps, shared = [0.0, 30.0], 12.0, 4, 2
-    got = pipe(PROMPT, levels, pivot=pivot, grounding_steps=0, shared_steps=shared, seed=6, num_inference_steps=steps,
-               guidance_scale=1.0, height=16, width=16)
+SHARED_CASES = [
+    ("sd_dir", dict(guidance_scale=1.0)),
+    ("sd_dir", dict(guidance_scale=2.0, bokeh_guidance=3.0)),
+    ("flux_dir", dict(true_cfg=2.0, bokeh_guidance=3.0)),
+]
+
+
+@pytest.mark.parametrize("root_name, guidance", SHARED_CASES)
+@pytest.mark.parametrize("grounding_steps", [0, 3])
+def test_shared_steps_by_hand(root_name, guidance, grounding_steps, request):
+    """The first S steps at the pivot's K for every row, the rest at each row's own K (grounded for the first
+    ``grounding_steps``): the pipeline's own steps driven by hand over the whole batch give the same images."""
+    pipe = load(request.getfixturevalue(root_name), "random")
+    levels, pivot, steps, shared = [0.0, 30.0, -1.0], 12.0, 4, 2
+    call = {"guidance_scale": pipe.default_guidance, "true_cfg": 1.0, "bokeh_guidance": None, **guidance}
+    got = pipe(PROMPT, levels, pivot=pivot, grounding_steps=grounding_steps, shared_steps=shared, seed=6,
+               num_inference_steps=steps, height=16, width=16, colour_transfer=False, **call)
+    rows = levels + [pivot] if grounding_steps else levels
+    grounded_on = [len(rows) - 1] * len(rows) if grounding_steps else None
+    scales = (call["guidance_scale"], call["true_cfg"], call["bokeh_guidance"])
     with torch.no_grad():
-        text = pipe.encode(PROMPT, "", 2, False)
-        latents = pipe.initial_latents(6, 2, 16, 16)
+        text = pipe.encode(PROMPT, pipe.default_negative_prompt, len(rows), pipe.uses_guidance_pass(*scales[:2]))
+        latents = pipe.initial_latents(6, len(rows), 16, 16)
         for i, t in enumerate(pipe.set_timesteps(steps, latents)):
-            rows = [pivot, pivot] if i < shared else levels
-            latents = pipe.step(pipe.predict(latents, t, text, rows, None, 1.0, 1.0, None), t, latents)
-        want = pipe.decode(latents, 16, 16)
+            step_levels = [pivot] * len(rows) if i < shared else rows
+            grounding = grounded_on if i < grounding_steps else None
+            latents = pipe.step(pipe.predict(latents, t, text, step_levels, grounding, *scales), t, latents)
+        want = pipe.decode(latents, 16, 16)[:len(levels)]
     for a, b in zip(got, want):
         assert np.abs(pixels(a) - pixels(b)).max() <= 1
-    plain = pipe(PROMPT, levels, seed=6, num_inference_steps=steps, guidance_scale=1.0, height=16, width=16)
+    plain = pipe(PROMPT, levels, seed=6, num_inference_steps=steps, height=16, width=16, **call)
     assert not np.array_equal(pixels(got[1]), pixels(plain[1]))  # sharing changed the K = 30 image
+
+
+def test_shared_steps_are_one_trajectory_with_a_noisy_scheduler(sd_dir):
+    """A scheduler that adds fresh noise at each step (Euler ancestral) would part the rows during the shared
+    steps if each were stepped on its own; stepped as one, every step shared leaves one image at every K."""
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    pipe = load(sd_dir, "random")
+    pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
+    images = pipe(PROMPT, [0, 12, 30], pivot=18, grounding_steps=0, shared_steps=4, seed=3, num_inference_steps=4,
+                  height=16, width=16, colour_transfer=False)
+    assert all(np.array_equal(pixels(images[0]), pixels(image)) for image in images[1:])
+    apart = pipe(PROMPT, [0, 0], seed=3, num_inference_steps=4, height=16, width=16)  # one K, rows stepped apart
+    assert not np.array_equal(pixels(apart[0]), pixels(apart[1]))
 
 
 @pytest.mark.parametrize("root_name", ["sd_dir", "flux_dir"])
