@@ -21,7 +21,7 @@ from estimators.bokeh_level import estimate_bokeh_level
 from estimators.depth import DepthUnavailableError, load_depth_sidecar
 from estimators.exif import ExifInfo, read_exif
 from estimators.image_io import ImageLoadError, load_image, to_array, to_gray
-from estimators.lens import MAX_BOKEH_LEVEL, REFERENCE_SHORT_SIDE
+from estimators.lens import REFERENCE_SHORT_SIDE, RENDER_LEVEL_RANGE
 from estimators.mask import MaskUnavailableError, load_mask_sidecar
 from estimators.sharpness import subject_background_sharpness
 
@@ -30,9 +30,6 @@ from .dedup import Duplicate, decode, photo_id
 from .encode import real_row, synthetic_row
 from .input_shards import Chunk, item_from_row, read_chunk
 from .photo_state import PhotoState, Render, StageFailure, one_line, pack, unpack
-
-#: Synthetic levels are drawn from this range (DESIGN.md section 2).
-SYNTHETIC_RANGE = (1.0, MAX_BOKEH_LEVEL)
 
 #: ImageLoadError message starts -> reason code (stats group failures by code).
 _DECODE_CODES = (
@@ -274,7 +271,7 @@ def group_seed(seed: int, photo_id: str) -> int:
     return int(np.random.SeedSequence([int(seed), int(photo_id, 16)]).generate_state(1)[0])
 
 
-def balanced_levels(seed: int, count: int, low: float = SYNTHETIC_RANGE[0], high: float = SYNTHETIC_RANGE[1]) -> list[float]:
+def balanced_levels(seed: int, count: int, low: float = RENDER_LEVEL_RANGE[0], high: float = RENDER_LEVEL_RANGE[1]) -> list[float]:
     """``count`` levels, one uniform draw in each of ``count`` equal strata of [low, high] (``--balance``).
 
     Every level is still U(low, high) over groups, but each group spans the whole range and the

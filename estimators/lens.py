@@ -11,6 +11,8 @@ REFERENCE_SHORT_SIDE = 512
 #: The top of the K scale, 30 = very shallow depth of field (DESIGN.md §1): the model takes K / 30, renders are
 #: made at or below it and training keeps only labels at or below it (estimated real K can exceed it).
 MAX_BOKEH_LEVEL = 30.0
+#: Synthetic renders whose levels are not given draw K from U(this range) (DESIGN.md §2).
+RENDER_LEVEL_RANGE = (1.0, MAX_BOKEH_LEVEL)
 
 
 class LensError(ValueError):

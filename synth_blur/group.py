@@ -13,13 +13,11 @@ import numpy as np
 import torch
 
 from estimators.depth import focus_disparity_from_mask as focus_from_mask
-from estimators.lens import MAX_BOKEH_LEVEL
+from estimators.lens import RENDER_LEVEL_RANGE
 
 from .aperture import Aperture, blade_count
 from .renderer import ArrayLike, render
 
-#: Bokeh levels are drawn from U(LEVEL_RANGE) when not given (DESIGN.md §2).
-LEVEL_RANGE = (1.0, MAX_BOKEH_LEVEL)
 #: Renders per group when levels are drawn.
 DEFAULT_GROUP_SIZE = 4
 
@@ -65,7 +63,7 @@ def group_id_for(image: ArrayLike, disparity: ArrayLike, seed: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def draw_levels(seed: int, count: int = DEFAULT_GROUP_SIZE, low: float = LEVEL_RANGE[0], high: float = LEVEL_RANGE[1]) -> list[float]:
+def draw_levels(seed: int, count: int = DEFAULT_GROUP_SIZE, low: float = RENDER_LEVEL_RANGE[0], high: float = RENDER_LEVEL_RANGE[1]) -> list[float]:
     """``count`` bokeh levels from U(low, high), rounded to 0.01 and sorted, reproducible from ``seed``."""
     if count < 1:
         raise ValueError(f"a group needs at least one render, got count={count}")
