@@ -239,6 +239,27 @@ def test_crafted_optimizer_pickle_does_not_run_and_is_one_line(dataset, tmp_path
         _train(tiny_config(dataset, out, max_steps=4), resume="latest")
 
 
+def test_damaged_checkpoint_weights_are_one_line(dataset, tmp_path, capsys):
+    from pipelines.cli import main
+
+    out = tmp_path / "run"
+    _train(tiny_config(dataset, out, max_steps=2))
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps(tiny_config(dataset, out, max_steps=3).to_dict()))
+    ckpt = out / "checkpoints" / "step-0000002"
+    for damaged in (ckpt / "model" / "unet" / "diffusion_pytorch_model.safetensors", ckpt / "state.json"):
+        whole = damaged.read_bytes()
+        damaged.write_bytes(whole[:40])
+        with single_thread():
+            assert main(["train", str(config), "--resume", "latest"]) == 2
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("bokeh train: error:")]  # (libraries draw progress bars)
+        assert len(errors) == 1 and str(damaged) in errors[0] and "Traceback" not in err
+        damaged.write_bytes(whole)
+    with single_thread():
+        assert main(["train", str(config), "--resume", "latest"]) == 0  # the mended checkpoint resumes
+
+
 # --- a corrupt image row --------------------------------------------------------------------------------------------
 
 
@@ -291,6 +312,27 @@ def test_a_corrupt_row_is_skipped_recorded_and_changes_no_other_batch(dataset, t
         _train(config(broken, "cut"), resume="latest")
     assert_same_floats([r["loss"] for r in _log(tmp_path / "cut")], skipped)
     assert (tmp_path / "cut" / "logs" / "errors.jsonl").read_text() == (tmp_path / "broken" / "logs" / "errors.jsonl").read_text()
+
+
+def test_load_plan_leaves_out_unreadable_images_and_weighs_rows_of_an_unreadable_mask_alike(tmp_path):
+    from test_train_data import _mask_dataset, _rewrite
+    from trainer.data import BatchPlan, Crop, ImageLoader, load_rows, without_rows
+
+    def corrupt(rows):  # the pivot's mask (shared by its renders r0, r1) and render r1's image
+        rows[0]["subject_mask"] = {"bytes": b"not a png", "path": None}
+        rows[2]["image"] = {"bytes": b"", "path": "r1.png"}
+    with pytest.warns(UserWarning, match="1 of 4 rows have no subject mask"):
+        data = load_rows(str(_rewrite(_mask_dataset(tmp_path), corrupt)), masks=True)
+    plan = BatchPlan([0, 1, 2, 3], [0.0, 10.0, 20.0, 3.0], ["a box"] * 3 + ["x"], [-1, 0, 0, -1], [Crop()] * 4, False)
+    loader = ImageLoader(data, 16)
+    kept, pixels, weights, problems = loader.load_plan(plan, 3.0)
+    assert kept.rows == [0, 1, 3] and kept.pivot_ids == [-1, 0, -1]
+    assert torch.equal(pixels, loader.load([0, 1, 3], [Crop()] * 3))
+    assert torch.equal(weights, torch.ones(3, 1, 16, 16))  # no usable mask: every pixel weighs 1
+    assert sorted(problems) == ["p", "r1"]
+    assert problems["r1"].startswith("row r1: image: ") and problems["r1"].endswith("left out of its batches")
+    assert problems["p"].startswith("row p: subject mask: ") and problems["p"].endswith("weigh every pixel alike")
+    assert loader.load_plan(without_rows(plan, {0, 1, 3}), None)[1] is None  # nothing readable left: an empty batch
 
 
 def test_without_rows_keeps_ties_to_a_kept_pivot():

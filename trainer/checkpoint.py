@@ -84,6 +84,18 @@ def drop_after(output_dir: Path, step: int) -> list[Path]:
     return later
 
 
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors on the CPU; a file that fails (missing, truncated, foreign) is one line naming it."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # noqa: BLE001 - the library's own error type, OSError
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"cannot load {path} ({first[:200]}): the checkpoint is damaged; resume from another checkpoint "
+                        "(--resume DIR)") from None
+
+
 def load_trusted(path: Path) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU (tensors and plain containers only: a crafted pickle runs
     no code); a file that fails is one line naming it."""
@@ -224,8 +236,6 @@ def load_checkpoint(folder: Path, adapter: Any, trained: dict[str, nn.Module], o
                     average: Optional[WeightAverage] = None) -> int:
     """Load a checkpoint into the live objects (strict keys everywhere); returns its step. ``average`` restarts
     from the checkpoint's averaged weights (or from its weights when it was saved without one)."""
-    from safetensors.torch import load_file
-
     state = read_state(folder)
     if sorted(state.get("trained_modules", [])) != sorted(trained):
         raise UserError(
@@ -235,7 +245,7 @@ def load_checkpoint(folder: Path, adapter: Any, trained: dict[str, nn.Module], o
     for name, module in trained.items():
         with _plain(adapter, module):
             try:
-                module.load_state_dict(load_file(str(_weights_file(folder / "model" / name))), strict=True)
+                module.load_state_dict(load_tensors(_weights_file(folder / "model" / name)), strict=True)
             except RuntimeError as exc:
                 lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
                 raise UserError(f"checkpoint {folder / 'model' / name} does not fit this config: {' '.join(lines[1:2])[:300]}") from exc

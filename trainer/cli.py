@@ -37,6 +37,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"nothing to train: the checkpoint is at step {result['step']} = run.max_steps (the run is complete; raise "
               f"run.max_steps to train on); results in {config.run.output_dir}")
         return 0
-    bad = f"; {result['bad_rows']} rows with an unreadable image or mask, listed in logs/errors.jsonl" if result["bad_rows"] else ""
+    count = result["bad_rows"]
+    bad = f"; {count} row{'s' if count > 1 else ''} with an unreadable image or mask, listed in logs/errors.jsonl" if count else ""
     print(f"trained to step {result['step']} (loss {result['loss']:.4f}); results in {config.run.output_dir}{bad}")
     return 0

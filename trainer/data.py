@@ -399,7 +399,7 @@ class ImageLoader:
             try:
                 images[row] = self._image(row)
             except RowError as exc:
-                problems[self.rows.ids[exc.row]] = str(exc)
+                problems[self.rows.ids[exc.row]] = f"{exc}; the row is left out of its batches"
         kept = without_rows(plan, set(plan.rows) - set(images))
         if not kept.rows:
             return kept, None, None, problems
@@ -427,7 +427,7 @@ class ImageLoader:
                     except RowError as exc:
                         if problems is None:
                             raise
-                        problems[self.rows.ids[exc.row]] = f"{exc} (its rows weigh every pixel alike)"
+                        problems[self.rows.ids[exc.row]] = f"{exc}; its rows weigh every pixel alike"
             maps.append(done[key])
         pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0
         return pixels, (torch.from_numpy(np.stack(maps)).unsqueeze(1) if maps else None)
