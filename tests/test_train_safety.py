@@ -139,6 +139,23 @@ def test_resume_refuses_settings_that_change_the_job(dataset, tmp_path):
     assert _snapshot(out) == before
 
 
+def test_resume_changes_sorts_settings_into_kept_and_free():
+    from trainer.config import job_settings, resume_changes
+
+    saved = job_settings(tiny_config("hub/some-dataset", "runs/a"), processes=1)
+    current = job_settings(tiny_config("hub/some-dataset", "elsewhere/b", max_steps=9, keep_last=1), processes=2)
+    current.update({"validation.steps": 3, "optim.ema_decay": 0.9, "model.tiny.max_tokens": 20})
+    refused, allowed = resume_changes(saved, current)
+    # more processes draw more rows a step; the tiny model's size is the network's shape; the folder is not compared
+    assert refused == ["model.tiny.max_tokens: 12 -> 20", "processes: 1 -> 2"]
+    assert allowed == ["optim.ema_decay: 0.0 -> 0.9", "run.keep_last: 5 -> 1", "run.max_steps: 4 -> 9", "validation.steps: 25 -> 3"]
+    del saved["processes"]  # a checkpoint that did not record it (its run's config.yaml read instead)
+    assert resume_changes(saved, current)[0] == ["model.tiny.max_tokens: 12 -> 20"]
+    assert resume_changes(saved, {**current, "adapter.lora_rank": None})[0][0] == "adapter.lora_rank: 2 -> null"
+    del current["adapter.lora_rank"]
+    assert resume_changes(saved, current)[0][0] == "adapter.lora_rank: 2 -> unset"
+
+
 def test_resume_allows_and_says_steps_logging_and_checkpoints(dataset, tmp_path, capsys):
     import yaml
 
