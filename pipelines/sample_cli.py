@@ -50,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
     from synth_blur.contact_sheet import contact_sheet
 
     out = Path(args.output)
+    labels = [f"{k:g}" for k in args.bokeh]
+    twice = sorted({label for label in labels if labels.count(label) > 1}, key=float)
+    if twice:  # one seed and one K give one image: a repeated level is a slip, and its file would be written over
+        raise UserError(f"--bokeh gives K={', '.join(twice)} twice: list each level once")
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {out} exists and is not a folder")
     if args.shared_steps and args.pivot is None:  # before loading the model

@@ -4,6 +4,7 @@ Unknown sections or keys are an error (a typo must not silently fall back to a d
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -258,3 +259,67 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
     if not isinstance(data, dict):
         raise UserError(f"config {path} must be a YAML mapping of sections")
     return config_from_dict(apply_overrides(data, overrides))
+
+
+#: Settings a resumed run may change, as dotted keys or section prefixes: they leave what is trained as it was
+#: (how far it goes, logs, checkpoints, validation grids, speed and memory, the published weight average; mixed
+#: precision and the attention kernels change the rounding of the arithmetic, not the data, model or optimizer).
+RESUMABLE = ("run.max_steps", "run.checkpoint_every", "run.keep_last", "run.log_every", "run.num_threads", "run.progress",
+             "run.cudnn_attention", "run.mixed_precision", "model.gradient_checkpointing", "data.cache_images",
+             "optim.ema_decay", "validation")
+#: Where the run writes: a run resumed from another folder's checkpoint writes elsewhere by design.
+PLACE = ("run.output_dir",)
+#: The learning-rate schedules whose rates do not depend on ``run.max_steps``.
+STEP_FREE_SCHEDULES = ("constant", "constant_with_warmup")
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as ``{dotted key: value}`` (an empty mapping adds no key)."""
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def job_settings(config: TrainConfig, processes: int) -> dict[str, Any]:
+    """Every setting as ``{dotted key: value}`` plus the number of processes (which sets the batch each step
+    takes), with a local ``data.dataset`` as its absolute path: what a checkpoint records of its run."""
+    settings = _flat(config.to_dict())
+    local = Path(settings["data.dataset"]).expanduser()
+    if local.exists():
+        settings["data.dataset"] = str(local.resolve())
+    settings["processes"] = processes
+    return settings
+
+
+_UNSET = object()
+
+
+def _resumable(key: str) -> bool:
+    return any(key == name or key.startswith(name + ".") for name in RESUMABLE)
+
+
+def _show(value: Any) -> str:
+    if value is _UNSET:
+        return "unset"
+    if isinstance(value, (list, bool)) or value is None:
+        return json.dumps(value)
+    return str(value)
+
+
+def resume_changes(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The settings that differ between a checkpoint's ``saved`` job settings and this run's, as "key: old -> new":
+    (those a resumed run must keep, those it may change). A key the checkpoint did not record is not compared
+    when it is the process count (older checkpoints lack it)."""
+    refused, allowed = [], []
+    for key in sorted(set(saved) | set(current)):
+        if key == "processes" and key not in saved:
+            continue
+        old, new = saved.get(key, _UNSET), current.get(key, _UNSET)
+        if old == new or key in PLACE:
+            continue
+        (allowed if _resumable(key) else refused).append(f"{key}: {_show(old)} -> {_show(new)}")
+    return refused, allowed

@@ -54,6 +54,30 @@ class BatchPlan:
     contrastive: bool
 
 
+class RowError(UserError):
+    """A row whose image (or subject mask) cannot be used; ``row`` is its index, the message one line naming it."""
+
+    def __init__(self, row: int, message: str) -> None:
+        super().__init__(message)
+        self.row = row
+
+
+def without_rows(plan: BatchPlan, dropped: set[int]) -> BatchPlan:
+    """``plan`` less the rows in ``dropped`` (row indices); a row tied to a dropped pivot is no longer tied."""
+    if not dropped.intersection(plan.rows):
+        return plan
+    keep = [i for i, row in enumerate(plan.rows) if row not in dropped]
+    position = {old: new for new, old in enumerate(keep)}
+    return BatchPlan(
+        rows=[plan.rows[i] for i in keep],
+        levels=[plan.levels[i] for i in keep],
+        captions=[plan.captions[i] for i in keep],
+        pivot_ids=[position.get(plan.pivot_ids[i], -1) if plan.pivot_ids[i] >= 0 else -1 for i in keep],
+        crops=[plan.crops[i] for i in keep],
+        contrastive=plan.contrastive,
+    )
+
+
 class TrainingRows:
     """The columns the trainer needs, in memory; images (and subject masks, when the table has the
     ``subject_mask`` column) stay encoded in Arrow columns until used."""
@@ -117,7 +141,7 @@ class TrainingRows:
         """The encoded image of ``row`` (HF Image struct ``{bytes, path}``)."""
         data = cell_bytes(self._images[row].as_py())
         if not data:
-            raise UserError(f"row {self.ids[row]} has no embedded image bytes")
+            raise RowError(row, f"row {self.ids[row]}: image: no embedded image bytes")
         return data
 
     def mask_bytes(self, row: int) -> Optional[bytes]:
@@ -126,21 +150,41 @@ class TrainingRows:
         return None if source < 0 else cell_bytes(self._masks[source].as_py())
 
 
+def _read_shards(files: Sequence[str], wanted: Sequence[str]) -> Any:
+    """The ``wanted`` columns (those the first shard has) of every Parquet shard, as one table; a shard that cannot be
+    read (truncated, not Parquet, other columns) is a one-line error naming it."""
+    import pyarrow.parquet as pq
+
+    tables, columns = [], None
+    for file in files:
+        try:
+            if columns is None:
+                names = pq.read_schema(file).names
+                missing = [c for c in COLUMNS if c not in names]
+                if missing:
+                    raise UserError(f"training data {file} lacks the column(s) {missing}; it needs {list(COLUMNS)} (as `bokeh build` writes)")
+                columns = [c for c in wanted if c in names]
+            tables.append(pq.read_table(file, columns=columns))
+        except (pa.ArrowException, OSError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"training data shard {file} cannot be read ({first[:200]}): it is truncated or damaged; "
+                            "rebuild the dataset with `bokeh build`") from None
+    try:
+        return pa.concat_tables(tables)
+    except pa.ArrowException as exc:
+        raise UserError(f"the training data shards in {Path(files[0]).parent} do not share one schema ({str(exc).splitlines()[0][:200]}): "
+                        "rebuild the dataset with `bokeh build`") from None
+
+
 def load_rows(source: str, split: str = "train", masks: bool = False) -> TrainingRows:
     """Rows from a ``bokeh build`` output folder (``data/*.parquet``), a folder of Parquet files, or
     an HF dataset id / folder readable by ``datasets.load_dataset``; with ``masks`` also their subject
     masks (the ``subject_mask`` column must exist)."""
-    import pyarrow.parquet as pq
-
     wanted = list(COLUMNS) + ([MASK_COLUMN] if masks else [])
     path = Path(source).expanduser()
     files = sorted(glob.glob(str(path / "data" / f"{split}-*.parquet"))) or sorted(glob.glob(str(path / "*.parquet")))
     if path.is_dir() and files:
-        names = pq.read_schema(files[0]).names
-        missing = [c for c in COLUMNS if c not in names]
-        if missing:
-            raise UserError(f"training data {files[0]} lacks the column(s) {missing}; it needs {list(COLUMNS)} (as `bokeh build` writes)")
-        table = pq.read_table(files, columns=[c for c in wanted if c in names])
+        table = _read_shards(files, wanted)
     else:
         try:
             import datasets
@@ -267,12 +311,14 @@ def crop_box(width: int, height: int, resolution: int, crop: Crop) -> tuple[floa
 class ImageLoader:
     """Decodes rows to ``[3, R, R]`` float tensors in [-1, 1] (crop of the short-side-R image) and, for a
     subject-weighted loss, their ``[1, R, R]`` weights from the same crop of the subject mask; with an
-    optional in-memory cache of the decoded images and masks (worth it for small datasets and models)."""
+    optional in-memory cache of the decoded images and masks (worth it for small datasets and models).
+    A row that fails to decode fails the same way every time: the failure is remembered, not retried."""
 
     def __init__(self, rows: TrainingRows, resolution: int, cache: bool = False) -> None:
         self.rows = rows
         self.resolution = resolution
         self._cache: Optional[dict[tuple, Any]] = {} if cache else None
+        self._failed: dict[tuple, RowError] = {}
 
     def _shrunk(self, image: Image.Image) -> Image.Image:
         """``image`` with its short side at most 2x the training size: enough pixels for any crop."""
@@ -283,11 +329,18 @@ class ImageLoader:
         return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), resample=Image.Resampling.BICUBIC)
 
     def _cached(self, key: tuple, make: Any) -> Any:
-        if self._cache is None:
-            return make()
-        if key not in self._cache:
-            self._cache[key] = make()
-        return self._cache[key]
+        if key in self._failed:
+            raise self._failed[key]
+        if self._cache is not None and key in self._cache:
+            return self._cache[key]
+        try:
+            value = make()
+        except RowError as exc:
+            self._failed[key] = exc
+            raise
+        if self._cache is not None:
+            self._cache[key] = value
+        return value
 
     def _image(self, row: int) -> Image.Image:
         """Row ``row``'s image, RGB, shrunk for training."""
@@ -297,7 +350,7 @@ class ImageLoader:
             try:
                 return self._shrunk(load_image(self.rows.image_bytes(row)))
             except ImageLoadError as exc:
-                raise UserError(f"row {self.rows.ids[row]}: image: {exc}") from None
+                raise RowError(row, f"row {self.rows.ids[row]}: image: {exc}") from None
 
         return self._cached(("image", row), make)
 
@@ -311,11 +364,11 @@ class ImageLoader:
             try:
                 mask = load_mask(self.rows.mask_bytes(row))
             except ImageLoadError as exc:
-                raise UserError(f"row {self.rows.ids[source]}: subject mask: {exc}") from None
+                raise RowError(source, f"row {self.rows.ids[source]}: subject mask: {exc}") from None
             height, width = mask.shape
             if abs(width * size[1] - height * size[0]) > 0.01 * height * size[0]:  # aspects 1 % apart or more
-                raise UserError(f"row {self.rows.ids[source]}: subject mask {width}x{height} does not fit the image of row "
-                                f"{self.rows.ids[row]} (aspect of {size[0]}x{size[1]})")
+                raise RowError(source, f"row {self.rows.ids[source]}: subject mask {width}x{height} does not fit the image of row "
+                                       f"{self.rows.ids[row]} (aspect of {size[0]}x{size[1]})")
             grey = Image.fromarray(mask.astype(np.float32), mode="F")
             return grey.resize(size, resample=Image.Resampling.BILINEAR)
 
@@ -332,21 +385,49 @@ class ImageLoader:
     def load_weighted(self, rows: Sequence[int], crops: Sequence[Crop], subject_weight: Optional[float]) -> tuple[Any, Any]:
         """The batch (as :meth:`load`) and, unless ``subject_weight`` is None, its ``[B, 1, R, R]`` loss
         weights: ``subject_weight`` on the subject mask, 1 elsewhere (in between on a resized mask edge;
-        1 everywhere for rows without a mask). The mask is fitted to its row's image, then cropped alike."""
+        1 everywhere for rows without a mask). The mask is fitted to its row's image, then cropped alike.
+        A row that cannot be used raises :class:`RowError`."""
+        return self._tensors(rows, crops, [self._image(row) for row in rows], subject_weight, None)
+
+    def load_plan(self, plan: BatchPlan, subject_weight: Optional[float]) -> tuple[BatchPlan, Any, Any, dict[str, str]]:
+        """:meth:`load_weighted` of ``plan`` less its rows whose image cannot be decoded: the plan kept, the
+        batch, its weights and the problems met (row id -> one line). A subject mask that cannot be used leaves
+        its rows in, weighing every pixel alike. The batch is empty when no row could be decoded."""
+        problems: dict[str, str] = {}
+        images: dict[int, Image.Image] = {}
+        for row in dict.fromkeys(plan.rows):
+            try:
+                images[row] = self._image(row)
+            except RowError as exc:
+                problems[self.rows.ids[exc.row]] = f"{exc}; the row is left out of its batches"
+        kept = without_rows(plan, set(plan.rows) - set(images))
+        if not kept.rows:
+            return kept, None, None, problems
+        pixels, weights = self._tensors(kept.rows, kept.crops, [images[row] for row in kept.rows], subject_weight, problems)
+        return kept, pixels, weights, problems
+
+    def _tensors(self, rows: Sequence[int], crops: Sequence[Crop], images: Sequence[Image.Image],
+                 subject_weight: Optional[float], problems: Optional[dict[str, str]]) -> tuple[Any, Any]:
+        """The batch and weights of decoded ``images``; a mask failure raises, or with ``problems`` is recorded
+        there and its rows weigh every pixel alike."""
         import torch
 
         arrays, maps, done = [], [], {}
-        for row, crop in zip(rows, crops):
-            image = self._image(row)
+        flat = np.ones((self.resolution, self.resolution), dtype=np.float32)
+        for row, crop, image in zip(rows, crops, images):
             arrays.append(self._tile(image, crop, Image.Resampling.BICUBIC))
             if subject_weight is None:
                 continue
             key = (self.rows.mask_rows[row], crop, image.size)  # a contrastive batch shares one mask and crop
             if key not in done:
-                if key[0] < 0:
-                    done[key] = np.ones((self.resolution, self.resolution), dtype=np.float32)
-                else:
-                    done[key] = 1.0 + (subject_weight - 1.0) * self._tile(self._mask(row, image.size), crop, Image.Resampling.BILINEAR)
+                done[key] = flat
+                if key[0] >= 0:
+                    try:
+                        done[key] = 1.0 + (subject_weight - 1.0) * self._tile(self._mask(row, image.size), crop, Image.Resampling.BILINEAR)
+                    except RowError as exc:
+                        if problems is None:
+                            raise
+                        problems[self.rows.ids[exc.row]] = f"{exc}; its rows weigh every pixel alike"
             maps.append(done[key])
         pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0
         return pixels, (torch.from_numpy(np.stack(maps)).unsqueeze(1) if maps else None)

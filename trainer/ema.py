@@ -68,9 +68,9 @@ def save_trained(params: list[nn.Parameter], path: Path) -> None:
 
 def load_trained(params: list[nn.Parameter], path: Path) -> None:
     """Put what :func:`save_trained` wrote back into ``params``; a list of another length or shape is one error."""
-    from safetensors.torch import load_file
+    from trainer.checkpoint import load_tensors
 
-    state = load_file(str(path))
+    state = load_tensors(path)
     if sorted(state) != sorted(f"param.{i}" for i in range(len(params))):
         raise UserError(f"{path} holds {len(state)} trained tensors, this run trains {len(params)}: another config")
     with torch.no_grad():

@@ -11,10 +11,11 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -22,10 +23,11 @@ from torch import nn
 
 from estimators.cli_util import UserError
 from trainer.backbones import DTYPES, UNetBackbone, load_backbone
-from trainer.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
-from trainer.config import OptimConfig, TrainConfig
+from trainer.checkpoint import drop_after, load_checkpoint, read_state, resolve_resume, save_checkpoint
+from trainer.config import STEP_FREE_SCHEDULES, OptimConfig, TrainConfig, job_settings, load_config, resume_changes
 from trainer.data import BatchPlan, BatchSampler, ImageLoader, load_rows
 from trainer.ema import WeightAverage
+from trainer.run_folder import RunLock, claim, note_built_base, write_text
 
 
 class TrainStep(nn.Module):
@@ -78,6 +80,7 @@ def build_backbone(config: TrainConfig, output_dir: Path, rows: Any) -> tuple[An
 
         base = output_dir / "base"
         if not (base / "unet").is_dir():
+            note_built_base(output_dir)
             try:
                 build_tiny_model(base, rows.captions, config.data.resolution, seed=config.run.seed, **model.tiny)
             except ValueError as exc:
@@ -125,12 +128,121 @@ def _trained_modules(config: TrainConfig, backbone: Any) -> dict[str, nn.Module]
     return {}
 
 
+def _records(path: Path, step: int) -> list[dict[str, Any]]:
+    """The JSON lines of ``path`` up to ``step`` (a line cut short by a crash is left out)."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step", 0), (int, float)) and record.get("step", 0) <= step:
+            records.append(record)
+    return records
+
+
 def _truncate_log(path: Path, step: int) -> None:
     """Keep the log lines up to ``step`` (a resumed run rewrites what followed its checkpoint)."""
-    if not path.is_file():
+    if path.is_file():
+        write_text(path, "".join(json.dumps(r) + "\n" for r in _records(path, step)))
+
+
+def _report(problems: dict[str, str], reported: set[str], path: Path, step: int) -> None:
+    """Record each row in ``problems`` not yet ``reported``: a line in the errors file and a warning."""
+    new = {row: message for row, message in problems.items() if row not in reported}
+    if not new:
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        for row, message in new.items():
+            f.write(json.dumps({"step": step, "row": row, "error": message}) + "\n")
+            warnings.warn(f"{message} (recorded in {path})", stacklevel=3)
+    reported.update(new)
+
+
+def _on_main(state: Any, action: Callable[[], None]) -> None:
+    """Run ``action`` on the main process; a UserError it raises is raised on every process."""
+    message = None
+    if state.is_main_process:
+        try:
+            action()
+        except UserError as exc:
+            message = str(exc)
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        message = broadcast_object_list([message], from_process=0)[0]
+    if message is not None:
+        raise UserError(message)
+
+
+def _saved_settings(checkpoint: Path, processes: int) -> Optional[dict[str, Any]]:
+    """The job settings a checkpoint records, else (older checkpoints) those of its run's config.yaml, without the
+    process count; None when neither can be read."""
+    saved = read_state(checkpoint).get("settings")
+    if isinstance(saved, dict):
+        return saved
+    try:
+        settings = job_settings(load_config(checkpoint.parent.parent / "config.yaml"), processes)
+    except UserError:
+        return None
+    del settings["processes"]
+    return settings
+
+
+def _check_resume(config: TrainConfig, checkpoint: Path, step: int, processes: int) -> list[str]:
+    """Refuse a resume whose settings change what the run trains, or whose ``run.max_steps`` is below the
+    checkpoint's step; returns the notes on what may change and did."""
+    saved = _saved_settings(checkpoint, processes)
+    if saved is None:
+        notes = [f"{checkpoint} records no settings (nor a readable config.yaml): they are not compared"]
+    else:
+        refused, notes = resume_changes(saved, job_settings(config, processes))
+        if refused:
+            more = f" and {len(refused) - 3} more" if len(refused) > 3 else ""
+            raise UserError(f"--resume {checkpoint}: this config changes what the run trains ({'; '.join(refused[:3])}{more}): a resumed "
+                            "run keeps them; put them back, or train a new run (another run.output_dir, or --overwrite)")
+    max_steps = config.run.max_steps
+    if step > max_steps:
+        raise UserError(f"the checkpoint {checkpoint} is at step {step}, past run.max_steps={max_steps}: nothing to train; "
+                        f"raise run.max_steps above {step}")
+    schedule = config.optim.lr_scheduler
+    return [note + (f" (the {schedule} learning-rate schedule now ends at step {max_steps})"
+                    if note.startswith("run.max_steps:") and schedule not in STEP_FREE_SCHEDULES else "") for note in notes]
+
+
+def _open_run(config: TrainConfig, state: Any, resume: Optional[str], overwrite: bool,
+              stack: contextlib.ExitStack) -> tuple[Optional[Path], int]:
+    """Lock ``run.output_dir`` for this run (held until ``stack`` closes) and check that the run may start there:
+    a new run only where no earlier run would be mixed in (``trainer.run_folder``), a resumed one with the settings
+    that define it. Returns the checkpoint to resume from (None: a new run) and its step."""
+    output_dir = Path(config.run.output_dir)
+    contradiction = "--overwrite removes the run that --resume would continue: give one of them"
+    if overwrite and resume == "latest":
+        raise UserError(contradiction)
+    checkpoint = resolve_resume(output_dir, resume) if resume else None
+    step = read_state(checkpoint)["step"] if checkpoint is not None else 0
+    continues = checkpoint is not None and checkpoint.resolve().parent.parent == output_dir.resolve()
+    if overwrite and continues:
+        raise UserError(contradiction)
+
+    def start() -> None:
+        stack.enter_context(RunLock(output_dir))
+        notes = [] if checkpoint is None else _check_resume(config, checkpoint, step, state.num_processes)
+        if checkpoint is not None and step == config.run.max_steps:
+            return  # the run is complete: nothing to write
+        claim(output_dir, continues, overwrite)
+        if continues:
+            later = drop_after(output_dir, step)
+            if later:
+                notes.append(f"its later checkpoints {', '.join(p.name for p in later)} are removed (this run replaces them)")
+        if notes:
+            print(f"bokeh train: resuming {checkpoint} at step {step}; {'; '.join(notes)}", file=sys.stderr)
+
+    _on_main(state, start)
+    return checkpoint, step
 
 
 def _tensorboard(log_dir: Path) -> Any:
@@ -165,8 +277,11 @@ def validation_grid(backbone: Any, adapter: nn.Module, config: TrainConfig, devi
     return sheet
 
 
-def train(config: TrainConfig, resume: Optional[str] = None) -> dict[str, Any]:
-    """Run (or continue) the training described by ``config``; returns the final step and last loss.
+def train(config: TrainConfig, resume: Optional[str] = None, overwrite: bool = False) -> dict[str, Any]:
+    """Run (or continue: ``resume`` "latest" or a checkpoint folder) the training described by ``config``;
+    ``overwrite`` replaces the trainer's files of an earlier run in ``run.output_dir``. Returns the final step,
+    the last loss, how many rows had an unreadable image or mask (``bad_rows``) and whether the checkpoint
+    resumed was already at ``run.max_steps`` (``complete``: nothing trained).
 
     Without ``run.cudnn_attention`` PyTorch's cuDNN attention is left out for the run (flash, memory-
     efficient and math attention remain) and the previous choice comes back afterwards."""
@@ -174,12 +289,14 @@ def train(config: TrainConfig, resume: Optional[str] = None) -> dict[str, Any]:
 
     backends = None if config.run.cudnn_attention else [
         SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-    with sdpa_kernel(backends) if backends else contextlib.nullcontext():
-        return _train(config, resume)
+    with contextlib.ExitStack() as stack:
+        if backends:
+            stack.enter_context(sdpa_kernel(backends))
+        return _train(config, resume, overwrite, stack)
 
 
-def _train(config: TrainConfig, resume: Optional[str]) -> dict[str, Any]:
-    """The body of :func:`train`, run inside its choice of attention backends."""
+def _train(config: TrainConfig, resume: Optional[str], overwrite: bool, stack: contextlib.ExitStack) -> dict[str, Any]:
+    """The body of :func:`train`, run inside its choice of attention backends; the run folder's lock joins ``stack``."""
     from accelerate import Accelerator, PartialState
     from accelerate.utils import parse_flag_from_env
     from diffusers.optimization import get_scheduler
@@ -195,7 +312,9 @@ def _train(config: TrainConfig, resume: Optional[str]) -> dict[str, Any]:
     if run.num_threads > 0:
         torch.set_num_threads(run.num_threads)
     output_dir = Path(run.output_dir)
-    checkpoint = resolve_resume(output_dir, resume) if resume else None
+    checkpoint, start = _open_run(config, state, resume, overwrite, stack)
+    if checkpoint is not None and start == run.max_steps:
+        return {"step": start, "loss": math.nan, "bad_rows": 0, "complete": True}
     d = config.data
     weighted = d.subject_weight != 1
     rows = load_rows(d.dataset, d.split, masks=weighted)
@@ -245,14 +364,18 @@ def _train(config: TrainConfig, resume: Optional[str]) -> dict[str, Any]:
 
     step = 0
     log_path = output_dir / "logs" / "train.jsonl"
+    errors_path = output_dir / "logs" / "errors.jsonl"
     if checkpoint is not None:
         step = load_checkpoint(checkpoint, adapter, trained, optimizer, lr_scheduler, average)
         if accelerator.is_main_process:
             _truncate_log(log_path, step)
+            _truncate_log(errors_path, step)
+    reported = {str(r.get("row")) for r in _records(errors_path, step)}  # rows recorded before the checkpoint
+    settings = job_settings(config, procs)
     if accelerator.is_main_process:
         import yaml
 
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        write_text(output_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
         log_path.parent.mkdir(parents=True, exist_ok=True)
     writer = _tensorboard(output_dir / "logs") if accelerator.is_main_process else None
 
@@ -264,8 +387,11 @@ def _train(config: TrainConfig, resume: Optional[str]) -> dict[str, Any]:
         losses = []
         for micro in range(accum):
             index = (step * accum + micro) * procs + accelerator.process_index
-            plan = sampler.plan(index)
-            pixels, weights = loader.load_weighted(plan.rows, plan.crops, d.subject_weight if weighted else None)
+            plan, pixels, weights, problems = loader.load_plan(sampler.plan(index), d.subject_weight if weighted else None)
+            _report(problems, reported, errors_path, step + 1)
+            if pixels is None:
+                raise UserError(f"step {step + 1}: no row of its batch has a readable image ({', '.join(problems)}; see {errors_path}): "
+                                "fix or remove these rows, then --resume latest")
             pixels = pixels.to(accelerator.device)
             weights = None if weights is None else weights.to(accelerator.device)
             generator = torch.Generator().manual_seed(micro_seed(run.seed, index))
@@ -299,7 +425,7 @@ def _train(config: TrainConfig, resume: Optional[str]) -> dict[str, Any]:
         if run.checkpoint_every and (step % run.checkpoint_every == 0 or step == run.max_steps):
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                save_checkpoint(output_dir, step, adapter, trained, optimizer, lr_scheduler, run.keep_last, base_dir, average)
+                save_checkpoint(output_dir, step, adapter, trained, optimizer, lr_scheduler, run.keep_last, base_dir, average, settings)
         val = config.validation
         if accelerator.is_main_process and val.every and val.prompts and (step % val.every == 0 or step == run.max_steps):
             step_module.eval()
@@ -311,4 +437,4 @@ def _train(config: TrainConfig, resume: Optional[str]) -> dict[str, Any]:
     bar.close()
     if writer is not None:
         writer.close()
-    return {"step": step, "loss": last_loss}
+    return {"step": step, "loss": last_loss, "bad_rows": len(reported), "complete": False}
