@@ -45,6 +45,6 @@ def load_pretrained(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelUnavailableError(
             f"cannot load {what} '{model}' ({first[:200]}); download it on a connected machine "
-            f"(huggingface-cli download {model} --local-dir DIR) and pass DIR instead of the id, "
+            f"(hf download {model} --local-dir DIR) and pass DIR instead of the id, "
             f"or avoid it with {avoid}"
         ) from exc
