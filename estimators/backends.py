@@ -16,9 +16,10 @@ DEFAULT_DEPTH_BACKEND = "depth-pro"
 MASK_BACKENDS = ("depth", "sam", "sidecar", "none")
 
 _DEPTH_BACKEND_HELP = {
-    "depth-pro": "Apple Depth Pro, metric depth in metres and the focal length (default)",
+    "depth-pro": "Apple Depth Pro, metric depth in metres and the focal length",
     "depth-anything": "Depth Anything V2, relative depth (no metric scale; metric checkpoints are recognised)",
-    "depth-anything-metric": "Depth Anything V2 Metric, depth in metres (the outdoor model by default; an Indoor checkpoint suits rooms)",
+    "depth-anything-metric": "Depth Anything V2 Metric, depth in metres (the outdoor model by default; an Indoor "
+    "checkpoint suits rooms)",
     "sidecar": "<stem>.depth.npy (metres) or <stem>.disparity.png next to the photo",
     "none": "no depth",
 }
@@ -26,7 +27,10 @@ _DEPTH_BACKEND_HELP = {
 
 def depth_backend_help(choices: tuple[str, ...]) -> str:
     """The ``--depth`` help text: what each of ``choices`` is."""
-    return "depth source: " + "; ".join(f"{name}: {_DEPTH_BACKEND_HELP[name]}" for name in choices)
+    described = (
+        f"{name}: {_DEPTH_BACKEND_HELP[name]}" + (" (default)" if name == DEFAULT_DEPTH_BACKEND else "") for name in choices
+    )
+    return "depth source: " + "; ".join(described)
 
 
 def depth_model_help() -> str:
