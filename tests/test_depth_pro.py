@@ -22,6 +22,8 @@ from estimators.model_loading import ModelUnavailableError
 #: The network's input side: with 8 px ViT patches of 16 px crops (out size 2) and 4 fusion blocks the
 #: head's output is 2**5 * 2 = 64 px, the input size, as the released model's 1536 px in and out.
 SIDE = 64
+#: A hub address where nothing listens (the discard port of this machine): a connection is refused at once.
+UNREACHABLE_HUB = "http://127.0.0.1:9"
 #: A photo with focal length, f-number and sensor size (focal-plane resolution) in its EXIF, 640x480.
 EXIF_PHOTO = TEST_PHOTOS / "exif" / "exiforg_canon-ixus.jpg"
 
@@ -126,6 +128,23 @@ def test_metric_depth_at_the_model_size_matches_the_raw_network(pro_dir, estimat
     assert got.is_metric and got.focal_length_source == "depth-pro"
     assert got.focal_length_px == pytest.approx(f_px, rel=1e-5)
     np.testing.assert_allclose(got.depth_m, expected, rtol=1e-4)
+
+
+def test_wide_photo_scale_and_resize_back(pro_dir, estimator):
+    """A 128x64 photo whose columns come in equal pairs is a 64x64 image stretched: the bilinear resize to the
+    model's 64x64 input (pixel centres at 2i + 0.5) gives the 64x64 image back exactly. Metric inverse depth is
+    canonical * W / f_px = canonical * 2 tan(fov / 2), upsampled to 128 columns by bilinear interpolation (worked
+    here with np.interp, source column (j + 0.5) / 2 - 0.5), then inverted."""
+    small = _image(SIDE, SIDE, 2)
+    wide = Image.fromarray(np.repeat(np.asarray(small), 2, axis=1))
+    canonical, fov = _raw_network(pro_dir, small)
+    inverse = canonical * 2.0 * math.tan(math.radians(fov) / 2)
+    columns = np.clip((np.arange(2 * SIDE) + 0.5) / 2 - 0.5, 0, SIDE - 1)
+    upsampled = np.stack([np.interp(columns, np.arange(SIDE), row) for row in inverse])
+    got = estimator(wide)
+    assert got.depth_m.shape == (SIDE, 2 * SIDE)
+    assert got.focal_length_px == pytest.approx(0.5 * 2 * SIDE / math.tan(math.radians(fov) / 2), rel=1e-5)
+    np.testing.assert_allclose(got.depth_m, 1.0 / np.clip(upsampled, *INVERSE_DEPTH_RANGE), rtol=1e-4)
 
 
 def test_real_photo_contract(estimator, pro_dir):
@@ -233,14 +252,42 @@ def test_cli_and_build_config_depth_defaults_agree():
     assert estimate.depth_model is None and build.depth_model is None
 
 
-def test_offline_hub_id_fails_fast_with_one_line(tmp_path):
-    """Offline, with an empty cache, the default model is one line naming the download command and the flag.
-    The timeout only stops a hang (a network wait); speed is not measured here."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+@pytest.mark.parametrize("offline", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": UNREACHABLE_HUB}], ids=["offline-mode", "no-answer"])
+def test_offline_hub_id_fails_fast_with_one_line(tmp_path, offline):
+    """With an empty cache and no hub (offline mode, or a hub address where nothing answers), the default model
+    is one line naming the download command and the flag, without the download's logged retries. The timeout
+    only stops a hang; speed is not measured here."""
+    env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(offline, HF_HOME=str(tmp_path / "hf"),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "estimate", str(EXIF_PHOTO), "--device", "cpu"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     err = proc.stderr.strip()
     assert proc.returncode == 2 and proc.stdout == ""
     assert "\n" not in err and err.startswith("bokeh estimate: error: cannot load depth model 'apple/DepthPro-hf'")
     assert "hf download apple/DepthPro-hf" in err and "--depth sidecar" in err
+
+
+def test_hub_probe_only_for_uncached_hub_ids(tmp_path, monkeypatch):
+    """load_pretrained asks the hub once, without retries, only for a hub id missing from the cache: a cached
+    repository and a local folder go straight to the loader, also when the hub does not answer."""
+    from huggingface_hub import constants
+
+    from estimators.model_loading import load_pretrained
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", UNREACHABLE_HUB)
+    cache = tmp_path / "hub"
+    (cache / "models--tiny--cached" / "snapshots" / "abc").mkdir(parents=True)
+    calls = []
+
+    def loader(model, **kwargs):
+        calls.append(model)
+        return model
+
+    assert load_pretrained(loader, "tiny/cached", what="depth model", avoid="--depth sidecar", cache_dir=str(cache)) == "tiny/cached"
+    assert load_pretrained(loader, str(tmp_path), what="depth model", avoid="--depth sidecar") == str(tmp_path)
+    with pytest.raises(ModelUnavailableError, match=f"the hub {UNREACHABLE_HUB} does not answer") as info:
+        load_pretrained(loader, "tiny/missing", what="depth model", avoid="--depth sidecar", cache_dir=str(cache))
+    assert "hf download tiny/missing" in str(info.value) and "\n" not in str(info.value)
+    assert calls == ["tiny/cached", str(tmp_path)]
