@@ -61,10 +61,9 @@ class DepthAnythingEstimator:
         self.batch_size = int(batch_size)
         self.device = resolve_device(device)
         self.dtype = dtype if dtype is not None else torch.float32
-        self.processor = load_pretrained(load_image_processor, self.model_name, what="depth model", avoid="--depth sidecar")
-        network = load_pretrained(
-            AutoModelForDepthEstimation.from_pretrained, self.model_name, what="depth model", avoid="--depth sidecar"
-        )
+        load = dict(what="depth model", avoid="--depth sidecar", check_hub=True)
+        self.processor = load_pretrained(load_image_processor, self.model_name, **load)
+        network = load_pretrained(AutoModelForDepthEstimation.from_pretrained, self.model_name, **load)
         self.model = network.to(device=self.device, dtype=self.dtype).eval()
         config_metric = getattr(self.model.config, "depth_estimation_type", "relative") == "metric"
         self.metric = config_metric if metric is None else bool(metric)

@@ -119,7 +119,7 @@ class DepthProEstimator:
         self.batch_size = int(batch_size)
         self.device = resolve_device(device)
         self.dtype = dtype if dtype is not None else torch.float32
-        load = dict(what="depth model", avoid="--depth sidecar")
+        load = dict(what="depth model", avoid="--depth sidecar", check_hub=True)
         config = load_pretrained(AutoConfig.from_pretrained, self.model_name, **load)
         if config.model_type != "depth_pro":
             raise ModelUnavailableError(

@@ -33,15 +33,19 @@ def load_pretrained(
     *,
     what: str,
     avoid: str,
+    check_hub: bool = False,
     **kwargs: Any,
 ) -> T:
     """Call ``loader(model, **kwargs)`` (a ``from_pretrained``), turning any failure into one message.
 
     ``what`` names the model's role (e.g. "depth model"), ``avoid`` the command-line flag that does
     without it. The message names the model, that flag, and how to pass a local path instead.
+    With ``check_hub``, a hub id missing from the cache first gets one request without retries, so that
+    an unreachable hub fails at once rather than after the download's retries.
     """
     try:
-        _fail_fast_when_hub_unreachable(model, kwargs.get("cache_dir"))
+        if check_hub:
+            _check_hub(model, kwargs.get("cache_dir"))
         return loader(model, **kwargs)
     except Exception as exc:  # noqa: BLE001 - hub, OS and config errors all mean "not available"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -52,7 +56,7 @@ def load_pretrained(
         ) from exc
 
 
-def _fail_fast_when_hub_unreachable(model: str, cache_dir: Optional[str] = None) -> None:
+def _check_hub(model: str, cache_dir: Optional[str] = None) -> None:
     """Raise OSError at once when ``model`` is a hub id that is not cached and the hub does not answer.
 
     A download retries a failed connection with backoff for about half a minute, logging each retry; one

@@ -269,8 +269,9 @@ def test_offline_hub_id_fails_fast_with_one_line(tmp_path, offline):
 
 
 def test_hub_probe_only_for_uncached_hub_ids(tmp_path, monkeypatch):
-    """load_pretrained asks the hub once, without retries, only for a hub id missing from the cache: a cached
-    repository and a local folder go straight to the loader, also when the hub does not answer."""
+    """load_pretrained with check_hub asks the hub once, without retries, only for a hub id missing from the
+    cache: a cached repository and a local folder go straight to the loader, also when the hub does not answer;
+    without check_hub the loader alone decides."""
     from huggingface_hub import constants
 
     from estimators.model_loading import load_pretrained
@@ -285,9 +286,11 @@ def test_hub_probe_only_for_uncached_hub_ids(tmp_path, monkeypatch):
         calls.append(model)
         return model
 
-    assert load_pretrained(loader, "tiny/cached", what="depth model", avoid="--depth sidecar", cache_dir=str(cache)) == "tiny/cached"
-    assert load_pretrained(loader, str(tmp_path), what="depth model", avoid="--depth sidecar") == str(tmp_path)
+    names = dict(what="depth model", avoid="--depth sidecar", cache_dir=str(cache))
+    assert load_pretrained(loader, "tiny/cached", check_hub=True, **names) == "tiny/cached"
+    assert load_pretrained(loader, str(tmp_path), check_hub=True, **names) == str(tmp_path)
     with pytest.raises(ModelUnavailableError, match=f"the hub {UNREACHABLE_HUB} does not answer") as info:
-        load_pretrained(loader, "tiny/missing", what="depth model", avoid="--depth sidecar", cache_dir=str(cache))
+        load_pretrained(loader, "tiny/missing", check_hub=True, **names)
     assert "hf download tiny/missing" in str(info.value) and "\n" not in str(info.value)
-    assert calls == ["tiny/cached", str(tmp_path)]
+    assert load_pretrained(loader, "tiny/missing", **names) == "tiny/missing"
+    assert calls == ["tiny/cached", str(tmp_path), "tiny/missing"]
