@@ -46,8 +46,8 @@ def _build_tiny_depth_pro(path, fov_head: bool = True):
     model = DepthProForDepthEstimation(config).eval()
     with torch.no_grad():
         # Canonical inverse depth spread around 1.5 (depths from a fraction of a metre to several metres) and
-        # mostly above the head's final ReLU,
-        # as a trained model's; a field of view near 50 degrees, as a normal lens's.
+        # mostly above the head's final ReLU, as a trained model's; a field of view near 50 degrees, as a
+        # normal lens's.
         model.head.layers[4].weight.mul_(0.01)
         model.head.layers[4].bias.fill_(1.5)
         if fov_head:
