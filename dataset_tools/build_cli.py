@@ -27,6 +27,8 @@ def render_level(text: str) -> float:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``bokeh build`` to the ``bokeh`` parser."""
+    from estimators.backends import DEFAULT_DEPTH_BACKEND, MODEL_DEPTH_BACKENDS, depth_backend_help, depth_model_help
+
     from .build_config import DEFAULT_MIN_SHARPNESS, DEFAULT_SYNTHETIC_LEVELS
     from .ray_join import DEFAULT_RAY_TIMEOUT
 
@@ -55,10 +57,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-size", type=positive_int, default=1000, metavar="N",
                    help="source photos per shard: each becomes one data/train-*.parquet file, written atomically "
                    "(default 1000)")
-    p.add_argument("--depth", choices=("depth-anything", "sidecar"), default="depth-anything",
-                   help="depth: Depth Anything (default) or <stem>.depth.npy / <stem>.disparity.png next to each photo")
-    p.add_argument("--depth-model", metavar="ID|PATH",
-                   help="Depth Anything model id or local directory (default depth-anything/Depth-Anything-V2-Small-hf)")
+    # Every photo of a build needs depth: a model or its sidecar.
+    depth_choices = (*MODEL_DEPTH_BACKENDS, "sidecar")
+    p.add_argument("--depth", choices=depth_choices, default=DEFAULT_DEPTH_BACKEND,
+                   help=depth_backend_help(depth_choices))
+    p.add_argument("--depth-model", metavar="ID|PATH", help=depth_model_help())
     p.add_argument("--mask", choices=("depth", "sam", "sidecar"), default="depth",
                    help="subject mask: nearest depth layer refined with GrabCut (depth, default, no weights), "
                    "Segment Anything (sam) or <stem>.mask.png (sidecar)")

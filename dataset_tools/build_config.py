@@ -5,6 +5,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
+from estimators.backends import DEFAULT_DEPTH_BACKEND
 from estimators.image_io import MAX_PIXELS
 from estimators.lens import MAX_BOKEH_LEVEL
 
@@ -23,7 +24,7 @@ class BuildConfig:
     synthetic_levels: int = DEFAULT_SYNTHETIC_LEVELS
     resolution: int = 512
     shard_size: int = 1000
-    depth: str = "sidecar"
+    depth: str = DEFAULT_DEPTH_BACKEND
     depth_model: Optional[str] = None
     mask: str = "depth"
     sam_model: Optional[str] = None

@@ -98,7 +98,7 @@ def run_lens(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------- bokeh estimate
 def _register_estimate(sub: argparse._SubParsersAction) -> None:
-    from .backends import DEPTH_BACKENDS, MASK_BACKENDS
+    from .backends import DEFAULT_DEPTH_BACKEND, DEPTH_BACKENDS, MASK_BACKENDS, depth_backend_help, depth_model_help
 
     p = sub.add_parser(
         "estimate",
@@ -109,11 +109,8 @@ def _register_estimate(sub: argparse._SubParsersAction) -> None:
         "Exit status 0 unless every file failed.",
     )
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="photo files (JPEG, PNG, HEIC, AVIF, ...)")
-    p.add_argument("--depth", choices=DEPTH_BACKENDS, default="depth-anything",
-                   help="depth source: Depth Anything (depth-anything, default), <stem>.depth.npy / "
-                   "<stem>.disparity.png next to the photo (sidecar), or none")
-    p.add_argument("--depth-model", metavar="ID|PATH", help="Depth Anything model id or local directory "
-                   "(default depth-anything/Depth-Anything-V2-Small-hf; metric models give metric depth)")
+    p.add_argument("--depth", choices=DEPTH_BACKENDS, default=DEFAULT_DEPTH_BACKEND, help=depth_backend_help(DEPTH_BACKENDS))
+    p.add_argument("--depth-model", metavar="ID|PATH", help=depth_model_help())
     p.add_argument("--mask", choices=MASK_BACKENDS, default="depth",
                    help="subject mask: nearest depth layer refined with GrabCut (depth, default, no weights), "
                    "Segment Anything (sam), <stem>.mask.png (sidecar) or none")

@@ -8,12 +8,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from estimators.backends import DEFAULT_DEPTH_MODELS
 from estimators.depth import DepthMap, disparity_from_depth, normalize_disparity
 from estimators.model_loading import load_pretrained, resolve_device
 
 #: Relative (inverse-depth) model; metric ones such as
 #: "depth-anything/Depth-Anything-V2-Metric-Outdoor-Small-hf" are recognised from their config.
-DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
+DEFAULT_DEPTH_MODEL = DEFAULT_DEPTH_MODELS["depth-anything"]
 
 #: Metric outputs are clamped to at least this depth (metres) so that 1/z stays finite.
 MIN_METRIC_DEPTH_M = 1e-3
@@ -60,10 +61,9 @@ class DepthAnythingEstimator:
         self.batch_size = int(batch_size)
         self.device = resolve_device(device)
         self.dtype = dtype if dtype is not None else torch.float32
-        self.processor = load_pretrained(load_image_processor, self.model_name, what="depth model", avoid="--depth sidecar")
-        network = load_pretrained(
-            AutoModelForDepthEstimation.from_pretrained, self.model_name, what="depth model", avoid="--depth sidecar"
-        )
+        load = dict(what="depth model", avoid="--depth sidecar", check_hub=True)
+        self.processor = load_pretrained(load_image_processor, self.model_name, **load)
+        network = load_pretrained(AutoModelForDepthEstimation.from_pretrained, self.model_name, **load)
         self.model = network.to(device=self.device, dtype=self.dtype).eval()
         config_metric = getattr(self.model.config, "depth_estimation_type", "relative") == "metric"
         self.metric = config_metric if metric is None else bool(metric)
@@ -79,9 +79,7 @@ class DepthAnythingEstimator:
         The processor keeps each image's aspect ratio, so within a chunk the images whose input
         tensors differ in shape run as separate sub-batches.
         """
-        for i, image in enumerate(images):
-            if not isinstance(image, Image.Image):
-                raise TypeError(f"image {i} is a {type(image).__name__}, expected a PIL image")
+        require_pil_images(images)
         results: list[DepthMap] = []
         for start in range(0, len(images), self.batch_size):
             results.extend(self._predict_chunk(images[start : start + self.batch_size]))
@@ -99,7 +97,7 @@ class DepthAnythingEstimator:
                 predicted = self.model(pixel_values=batch).predicted_depth
                 for row, index in enumerate(indices):
                     width, height = images[index].size
-                    results[index] = self._depth_map(_resize(predicted[row], height, width))
+                    results[index] = self._depth_map(resize_prediction(predicted[row], height, width))
         return [results[i] for i in range(len(images))]
 
     def _depth_map(self, output: np.ndarray) -> DepthMap:
@@ -109,7 +107,14 @@ class DepthAnythingEstimator:
         return DepthMap(normalize_disparity(output), depth_m=None, source=self.source)
 
 
-def _resize(prediction: torch.Tensor, height: int, width: int) -> np.ndarray:
+def require_pil_images(images: Sequence[Any]) -> None:
+    """Raise TypeError naming the first item of ``images`` that is not a PIL image."""
+    for i, image in enumerate(images):
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"image {i} is a {type(image).__name__}, expected a PIL image")
+
+
+def resize_prediction(prediction: torch.Tensor, height: int, width: int) -> np.ndarray:
     """Bilinear resize of one HxW prediction to (height, width), as float32 numpy (no overshoot)."""
     resized = torch.nn.functional.interpolate(
         prediction.float()[None, None], size=(height, width), mode="bilinear", align_corners=False

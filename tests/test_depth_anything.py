@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from estimators.backends import make_depth_model
 from estimators.depth_anything import DepthAnythingEstimator
 from estimators.model_loading import ModelUnavailableError
 
@@ -85,6 +86,15 @@ def test_missing_model_names_path_and_flag(tmp_path):
     message = str(info.value)
     assert "\n" not in message
     assert str(missing) in message and "--depth sidecar" in message
+
+
+def test_metric_backend_needs_a_metric_checkpoint(relative_dir, metric_dir):
+    """--depth depth-anything-metric refuses a relative checkpoint (its output is no depth in metres)."""
+    with pytest.raises(ModelUnavailableError, match="relative model.*--depth depth-anything") as info:
+        make_depth_model("depth-anything-metric", str(relative_dir), "cpu")
+    assert "\n" not in str(info.value)
+    assert make_depth_model("depth-anything-metric", str(metric_dir), "cpu").metric is True
+    assert make_depth_model("depth-anything", str(metric_dir), "cpu").metric is True
 
 
 def test_bad_inputs(relative_dir):
