@@ -119,7 +119,7 @@ def _quiet_data() -> None:
 
 
 def _descriptors(chunks: list[Chunk], duplicates: Mapping[Chunk, Mapping[int, Duplicate]]) -> Any:
-    """The dataset of chunk descriptors (with each chunk's later copies, as JSON)."""
+    """The dataset of chunk descriptors (with each chunk's copies not kept, as JSON)."""
     import ray
 
     items = [{"shard": c.shard, "row_group": c.row_group, "duplicates": encode(duplicates.get(c, {}))}
@@ -128,21 +128,21 @@ def _descriptors(chunks: list[Chunk], duplicates: Mapping[Chunk, Mapping[int, Du
 
 
 def _ids_batch(batch: dict[str, Any], inputs_dir: str) -> dict[str, list]:
-    """Ray task of the hashing pass: one JSON list of (seq, id) per chunk descriptor."""
+    """Ray task of the hashing pass: one JSON list of (seq, id, sidecar bits) per chunk descriptor."""
     return {"ids": [json.dumps(chunk_ids(Path(inputs_dir), Chunk(int(shard), int(group))))
                     for shard, group in zip(batch["shard"], batch["row_group"])]}
 
 
-def ray_ids(inputs_dir: str, chunks: list[Chunk]) -> Iterator[tuple[int, str]]:
-    """(seq, id) of the readable inputs of ``chunks``, hashed by Ray tasks on the current Ray session."""
+def ray_ids(inputs_dir: str, chunks: list[Chunk]) -> Iterator[tuple[int, str, int]]:
+    """(seq, id, sidecar bits) of the readable inputs of ``chunks``, hashed by Ray tasks on the current Ray session."""
     _quiet_data()
     ds = _descriptors(chunks, {}).map_batches(_ids_batch, batch_size=1, fn_kwargs={"inputs_dir": inputs_dir})
     for row in ds.iter_rows():
-        for seq, pid in json.loads(row["ids"]):
-            yield int(seq), pid
+        for seq, pid, bits in json.loads(row["ids"]):
+            yield int(seq), pid, int(bits)
 
 
-def local_ids(inputs_dir: str, chunks: list[Chunk]) -> Iterator[tuple[int, str]]:
+def local_ids(inputs_dir: str, chunks: list[Chunk]) -> Iterator[tuple[int, str, int]]:
     """The same hashing pass in this process (``--workers 0``)."""
     for chunk in chunks:
         yield from chunk_ids(Path(inputs_dir), chunk)
@@ -151,7 +151,7 @@ def local_ids(inputs_dir: str, chunks: list[Chunk]) -> Iterator[tuple[int, str]]
 def ray_states(config: BuildConfig, inputs_dir: str, chunks: list[Chunk],
                duplicates: Mapping[Chunk, Mapping[int, Duplicate]]) -> Iterator[PhotoState]:
     """Finished photo states of ``chunks``, computed by Ray Data on the current Ray session, as they come;
-    ``duplicates`` holds the later copies of inputs by chunk."""
+    ``duplicates`` holds the copies not kept of repeated inputs by chunk."""
     import ray
 
     _quiet_data()
