@@ -24,6 +24,7 @@ from .dedup import Duplicate, chunk_ids, encode
 from .input_shards import Chunk
 from .photo_state import PhotoState, unpack
 from .ray_join import DEFAULT_RAY_TIMEOUT, join_cluster
+from .ray_reaper import start_reaper, stop_reaper
 from .stages import PHOTO_STAGES, DepthStage, GroupStage, MaskStage, ReadStage
 
 #: Photos per call of an actor (model and GPU render stages).
@@ -38,8 +39,8 @@ _QUIET = {"log_to_driver": False, "logging_level": logging.ERROR}
 @contextmanager
 def ray_session(address: Optional[str], workers: Optional[int], timeout: float = DEFAULT_RAY_TIMEOUT) -> Iterator[None]:
     """Join the cluster at ``address`` ("auto" or HOST:PORT; UserError after about ``timeout`` s when it cannot),
-    or start a local Ray (loopback only) with ``workers`` CPUs (None = all); a Ray already initialised in this
-    process is used as it is."""
+    or start a local Ray (loopback only) with ``workers`` CPUs (None = all), reaped when this process ends
+    (:mod:`dataset_tools.ray_reaper`); a Ray already initialised in this process is used as it is."""
     if address is None:
         os.environ.setdefault(_LOCAL_ONLY_ENV, "0")  # read when ray is imported: local Ray binds 127.0.0.1
     import ray
@@ -47,14 +48,18 @@ def ray_session(address: Optional[str], workers: Optional[int], timeout: float =
     if ray.is_initialized():
         yield
         return
-    if address is None:
-        ray.init(address="local", num_cpus=workers, include_dashboard=False, **_QUIET)
-    else:
-        join_cluster(address, timeout, **_QUIET)
+    reaper = None
     try:
+        if address is None:
+            reaper = start_reaper()  # the local Ray ends with this process, even one killed with -9
+            ray.init(address="local", num_cpus=workers, include_dashboard=False, **_QUIET)
+        else:
+            join_cluster(address, timeout, **_QUIET)
         yield
     finally:
         ray.shutdown()
+        if reaper is not None:
+            stop_reaper(reaper)
 
 
 def _cached_stage(batch: dict[str, Any], cls: type, kwargs: dict[str, Any]) -> dict[str, list]:

@@ -266,3 +266,42 @@ def test_failures_before_any_photo_leave_out_as_it_was(tmp_path, capsys):
     assert main(["build", str(empty), "-o", str(out), *FAST]) == 2
     assert "no photos found" in capsys.readouterr().err and list(out.iterdir()) == []
     assert main(args) == 0 and len(read_rows(out)) == 1 and read_errors(out) == []
+
+
+# ----------------------------------------------------------------------------- a Ray build killed with -9
+def test_a_killed_ray_build_frees_out_and_leaves_no_process(tmp_path, capsys):
+    """While a build on a local Ray runs, a second build into its OUT is refused at once, naming it. Killed with
+    -9, it leaves no process behind within seconds (Ray's agents alone outlive their raylet by about a minute)
+    and no lock: --resume finishes, and a build that ends normally leaves no process either."""
+    from build_helpers import cli, kill_session, session_processes
+
+    scenes = demo_scenes(tmp_path / "in", 6, size=96)
+    out = tmp_path / "out"
+    args = ["build", tmp_path / "in", "-o", out, *FAST[2:], "--shard-size", "1", "--workers", "2"]
+    with open(tmp_path / "killed.log", "wb") as log:
+        driver = subprocess.Popen(cli(*args), env=REPO_ENV, start_new_session=True, stdout=log,
+                                  stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: driver.poll() is not None or any((out / "data").glob("train-*.parquet")), 180,
+                     "the first output shard")
+            assert main(["build", str(tmp_path / "in"), "-o", str(out), *FAST, "--resume"]) == 2
+            (line,) = _error_lines(capsys.readouterr().err)
+            assert f"in use by another bokeh build (pid {driver.pid} on " in line
+            os.kill(driver.pid, signal.SIGKILL)
+            driver.wait(timeout=30)
+            wait_for(lambda: session_processes(driver.pid) == [], 20, "the killed build's processes to end")
+        finally:
+            kill_session(driver.pid)
+    assert driver.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()
+    assert not (out / "stats.json").exists()
+
+    finisher = subprocess.Popen(cli(*args, "--resume"), env=REPO_ENV, start_new_session=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = finisher.communicate(timeout=300)
+        assert finisher.returncode == 0, stderr
+        wait_for(lambda: session_processes(finisher.pid) == [], 15, "the finished build's processes to end")
+    finally:
+        kill_session(finisher.pid)
+    rows, errors = assert_each_photo_once(out, {str(p) for p in scenes})
+    assert errors == [] and not (out / LOCK).exists()
