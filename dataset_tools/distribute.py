@@ -5,7 +5,10 @@ the read stage expands each into photo states; model stages (Depth Anything, SAM
 and so does the render stage when the cluster has GPUs (one actor of each such stage per GPU, sharing
 it; else model actors take at most one CPU, always leaving one for the tasks); the other stages run as
 tasks that Ray fuses into one, and the driver consumes finished states with ``iter_rows`` while the rest
-stream on. Before them, one pass of tasks hashes every input for :mod:`dataset_tools.dedup`.
+stream on. Before them, one pass of tasks hashes every input for :mod:`dataset_tools.dedup`. Every stage call
+on Ray is recorded in :mod:`dataset_tools.death_ledger`: Ray Data retries a task whose worker died for ever,
+and the ledger makes every retry single out the photos of the batch until the one that keeps killing its
+worker is an error, so the retries end.
 Workers read the photos and ``OUT/_work/inputs`` by path, so on a multi-node cluster both must be on
 storage every node sees.
 """
@@ -20,9 +23,10 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
 from .build_config import BuildConfig
-from .dedup import Duplicate, chunk_ids, encode
+from .death_ledger import ATTEMPTS, DeathLedger, read_recorded, run_states
+from .dedup import Duplicate, chunk_ids, decode, encode
 from .input_shards import Chunk
-from .photo_state import PhotoState, unpack
+from .photo_state import PhotoState, pack, unpack
 from .ray_join import DEFAULT_RAY_TIMEOUT, join_cluster
 from .ray_reaper import start_reaper, stop_reaper
 from .stages import PHOTO_STAGES, DepthStage, GroupStage, MaskStage, ReadStage
@@ -62,13 +66,43 @@ def ray_session(address: Optional[str], workers: Optional[int], timeout: float =
             stop_reaper(reaper)
 
 
-def _cached_stage(batch: dict[str, Any], cls: type, kwargs: dict[str, Any]) -> dict[str, list]:
-    """Run a model-free stage in a Ray task, building it once per worker process."""
+def _stage(cls: type, kwargs: dict[str, Any]) -> Any:
+    """A model-free stage, built once per worker process."""
     key = (cls, tuple(sorted(kwargs.items())))
     stage = _STAGE_CACHE.get(key)
     if stage is None:
         stage = _STAGE_CACHE[key] = cls(**kwargs)
-    return stage(batch)
+    return stage
+
+
+def _read_task(batch: dict[str, Any], kwargs: dict[str, Any], ledger: str) -> dict[str, list]:
+    """Ray task of the read stage: chunk descriptors in, pickled photo states out, recorded in the death ledger."""
+    reader = _stage(ReadStage, kwargs)
+    states: list[PhotoState] = []
+    for shard, group, duplicates in zip(batch["shard"], batch["row_group"], batch["duplicates"]):
+        states.extend(read_recorded(reader, Chunk(int(shard), int(group)), decode(duplicates), DeathLedger(ledger)))
+    return pack(states)
+
+
+def _stage_task(batch: dict[str, Any], cls: type, kwargs: dict[str, Any], ledger: str) -> dict[str, list]:
+    """Ray task of a model-free stage, recorded in the death ledger."""
+    stage = _stage(cls, kwargs)
+    states = unpack(batch)
+    run_states(stage.name, stage.run, states, DeathLedger(ledger))
+    return pack(states)
+
+
+class RecordedActor:
+    """Ray Data actor of a model stage (one model per actor), its calls recorded in the death ledger."""
+
+    def __init__(self, stage: type, kwargs: dict[str, Any], ledger: str) -> None:
+        self.stage = stage(**kwargs)
+        self.ledger = DeathLedger(ledger)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        states = unpack(batch)
+        run_states(self.stage.name, self.stage.run, states, self.ledger)
+        return pack(states)
 
 
 def _needs_model(cls: type, config: BuildConfig) -> bool:
@@ -160,19 +194,22 @@ def ray_states(config: BuildConfig, inputs_dir: str, chunks: list[Chunk],
     import ray
 
     _quiet_data()
+    ledger = str(Path(inputs_dir).parent / ATTEMPTS)
     task_cpus, plans = stage_plan(config, ray.cluster_resources())
     ds = _descriptors(chunks, duplicates).map_batches(
-        _cached_stage, batch_size=1, num_cpus=task_cpus,
-        fn_kwargs={"cls": ReadStage, "kwargs": {"config": config, "inputs_dir": inputs_dir}})
+        _read_task, batch_size=1, num_cpus=task_cpus,
+        fn_kwargs={"kwargs": {"config": config, "inputs_dir": inputs_dir}, "ledger": ledger})
     for plan in plans:
         if plan.actors:
             resources = {"num_cpus": plan.num_cpus, **({"num_gpus": plan.num_gpus} if plan.num_gpus else {})}
             # (Ray 2.60 logs one "constructor arguments in the object store" line per actor: ray-project/ray#57733)
-            ds = ds.map_batches(plan.stage, batch_size=MODEL_BATCH, fn_constructor_kwargs=plan.kwargs(config),
+            ds = ds.map_batches(RecordedActor, batch_size=MODEL_BATCH,
+                                fn_constructor_kwargs={"stage": plan.stage, "kwargs": plan.kwargs(config),
+                                                       "ledger": ledger},
                                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.actors), **resources)
         else:
-            ds = ds.map_batches(_cached_stage, batch_size=None, num_cpus=plan.num_cpus,
-                                fn_kwargs={"cls": plan.stage, "kwargs": plan.kwargs(config)})
+            ds = ds.map_batches(_stage_task, batch_size=None, num_cpus=plan.num_cpus,
+                                fn_kwargs={"cls": plan.stage, "kwargs": plan.kwargs(config), "ledger": ledger})
     for row in ds.iter_rows():
         yield from unpack({"state": [row["state"]]})
 

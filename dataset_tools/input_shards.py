@@ -189,6 +189,12 @@ def read_chunk(inputs_dir: Path, chunk: Chunk) -> Iterator[dict[str, Any]]:
     yield from table.to_pylist()
 
 
+def chunk_seqs(inputs_dir: Path, chunk: Chunk) -> list[int]:
+    """The stream positions of the photos of one chunk (reads that column only)."""
+    table = pq.ParquetFile(shard_path(inputs_dir, chunk.shard)).read_row_group(chunk.row_group, columns=["seq"])
+    return table["seq"].to_pylist()
+
+
 def chunks_of_seqs(seqs: Iterable[int], counts: Sequence[int]) -> dict[int, Chunk]:
     """The chunk holding each stream position in ``seqs`` (input shard k holds seqs sum(counts[:k]) onwards)."""
     starts = list(itertools.accumulate(counts, initial=0))

@@ -17,6 +17,7 @@ Layout of OUT (the contract ``bokeh report`` and the trainer read)::
         inputs/shard-NNNNN.parquet, manifest.json   input shards (dataset_tools.input_shards)
         inputs/duplicates.json                copies of repeated inputs not kept (dataset_tools.dedup)
         shards/shard-NNNNN.json               errors and stats of each finished output shard
+        attempts/                             stage calls whose worker died (dataset_tools.death_ledger)
         tmp/                                  output shards being written
 
 Every source photo is in exactly one place: a row of a data shard (with its renders) or a line of

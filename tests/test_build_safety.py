@@ -18,8 +18,10 @@ from dataset_tools.build import ShardWriter
 from dataset_tools.dedup import later_copies
 from dataset_tools.input_stamp import CAPTION, DEPTH_SIDECAR, MASK_SIDECAR
 from dataset_tools.out_guard import LOCK, MARKER, OutLock
+from dataset_tools.stages import EstimateStage
 from pipelines.cli import main
-from build_helpers import REPO_ENV, assert_each_photo_once, demo_scenes, read_errors, read_rows, wait_for
+from build_helpers import (REPO_ENV, assert_each_photo_once, demo_scenes, local_ray,  # noqa: F401 - fixture
+                           read_errors, read_rows, wait_for)
 
 FAST = ["--workers", "0", "--depth", "sidecar", "--mask", "sidecar", "--synthetic-levels", "0", "--resolution", "96",
         "--min-sharpness", "0"]
@@ -305,3 +307,72 @@ def test_a_killed_ray_build_frees_out_and_leaves_no_process(tmp_path, capsys):
         kill_session(finisher.pid)
     rows, errors = assert_each_photo_once(out, {str(p) for p in scenes})
     assert errors == [] and not (out / LOCK).exists()
+
+
+# ----------------------------------------------------------------------------- photos that kill their worker
+class _Died(BaseException):
+    """Stands for the death of the worker process: nothing after it runs."""
+
+
+def test_death_ledger_singles_out_the_photo_that_kills_its_worker(tmp_path):
+    """By hand: a batch of 4 where photo 12 kills the worker. Attempt 1 dies with all four in hand; attempt 2
+    runs them one by one (10 and 11 finish, 12 dies); attempt 3 finds 12 with two deaths and dies again;
+    attempt 4 stops 12 after its third death and finishes 13."""
+    from dataset_tools.death_ledger import MAX_DEATHS, DeathLedger, run_states
+    from dataset_tools.photo_state import PhotoState
+
+    ledger = DeathLedger(tmp_path / "attempts")
+    done: list[list[int]] = []
+
+    def run(states):
+        if any(s.seq == 12 for s in states):
+            raise _Died
+        done.append([s.seq for s in states])
+
+    batches = []
+    for attempt in range(1, 5):
+        states = [PhotoState(0, seq, f"p{seq}.jpg") for seq in (10, 11, 12, 13)]
+        batches.append(states)
+        try:
+            run_states("render", run, states, ledger)
+        except _Died:
+            continue
+        break
+    assert attempt == 4 and MAX_DEATHS == 3
+    assert done == [[10], [11], [10], [11], [10], [11], [13]]
+    outcomes = {s.seq: s.outcome for s in batches[-1]}
+    assert outcomes[10] is None and outcomes[11] is None and outcomes[13] is None
+    assert outcomes[12]["code"] == "worker-died" and outcomes[12]["stage"] == "render"
+    assert outcomes[12]["reason"].startswith("the worker died 3 times processing this photo: likely out of memory")
+    assert list((tmp_path / "attempts").iterdir()) == []  # nothing left over once the batch is done
+
+
+class _KillerEstimate(EstimateStage):
+    """The estimate stage, except that the Ray worker holding photo ``scene_00002`` dies (SIGKILL), as under the
+    kernel's OOM killer."""
+
+    def run(self, states):
+        if any(s.source.endswith("scene_00002.png") for s in states):
+            os.kill(os.getpid(), signal.SIGKILL)
+        super().run(states)
+
+
+def test_a_photo_that_kills_its_ray_worker_becomes_an_error(local_ray, tmp_path, capsys):  # noqa: F811
+    from ray import cloudpickle
+
+    import dataset_tools.distribute as distribute
+
+    scenes = demo_scenes(tmp_path / "in", 4, size=64)
+    out = tmp_path / "out"
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this test module
+    stages = [_KillerEstimate if cls is EstimateStage else cls for cls in distribute.PHOTO_STAGES]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(distribute, "PHOTO_STAGES", stages)
+        code = main(["build", str(tmp_path / "in"), "-o", str(out), *FAST[2:]])
+    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert code == 0, capsys.readouterr().err
+    rows, errors = assert_each_photo_once(out, {str(p) for p in scenes})
+    assert sorted(r["source"] for r in rows) == [str(p) for p in scenes if p.name != "scene_00002.png"]
+    assert [(e["source"], e["stage"], e["code"]) for e in errors] == [
+        (str(tmp_path / "in" / "scene_00002.png"), "estimate", "worker-died")]
+    assert "died 3 times" in errors[0]["reason"]
