@@ -80,16 +80,19 @@ def run_states(stage: str, run: Callable[[list[PhotoState]], None], states: list
         run(active)
         ledger.end(batch)
         return
+    stopped = []  # their counts stay until the batch is done, so a later death in it never resets them
     for state in active:
         key = f"{stage}-{state.seq}"
         deaths = earlier + ledger.deaths(key)
         if deaths >= MAX_DEATHS:
             state.stop(stage, worker_died(deaths))
+            stopped.append(key)
         else:
             ledger.begin(key)
             run([state])
+            ledger.end(key)
+    for key in [*stopped, batch]:
         ledger.end(key)
-    ledger.end(batch)
 
 
 def read_recorded(reader: ReadStage, chunk: Chunk, duplicates: Mapping[int, Duplicate],
@@ -105,7 +108,7 @@ def read_recorded(reader: ReadStage, chunk: Chunk, duplicates: Mapping[int, Dupl
         states = reader.read(chunk, duplicates)
         ledger.end(batch)
         return states
-    states = []
+    states, stopped = [], []
     for seq in seqs:
         key = f"read-{seq}"
         deaths = earlier + ledger.deaths(key)
@@ -113,10 +116,14 @@ def read_recorded(reader: ReadStage, chunk: Chunk, duplicates: Mapping[int, Dupl
         if deaths < MAX_DEATHS:
             ledger.begin(key)
         state = next(s for s in reader.read(chunk, {**unread, **duplicates}) if s.seq == seq)
-        if deaths >= MAX_DEATHS and seq not in duplicates:
-            state.id = None
-            state.stop("read", worker_died(deaths))
-        ledger.end(key)
+        if deaths >= MAX_DEATHS:
+            stopped.append(key)
+            if seq not in duplicates:
+                state.id = None
+                state.stop("read", worker_died(deaths))
+        else:
+            ledger.end(key)
         states.append(state)
-    ledger.end(batch)
+    for key in [*stopped, batch]:
+        ledger.end(key)
     return states

@@ -47,26 +47,32 @@ def write_marker(out: Path) -> None:
     write_atomic(out / MARKER, json.dumps({"format": MARKER_FORMAT}) + "\n")
 
 
-def _local_root(entry: str) -> Optional[Path]:
-    """The folder or file an input names on this machine (a glob's folder before its first wildcard); None for
-    hub datasets."""
+def _local_root(entry: str) -> Optional[tuple[Path, bool]]:
+    """The folder or file an input names on this machine (a glob's folder before its first wildcard), and whether
+    the input reaches below that folder's own entries; None for hub datasets."""
     if entry.startswith(("hf://", "hf:")):
         return None
     parts = Path(entry).parts
-    cut = next((i for i, part in enumerate(parts) if any(ch in part for ch in _WILDCARDS)), len(parts))
-    return Path(os.path.realpath(Path(*parts[:cut]) if cut else "."))
+    cut = next((i for i, part in enumerate(parts) if any(ch in part for ch in _WILDCARDS)), None)
+    if cut is None:
+        root = Path(os.path.realpath(entry))
+        return root, root.is_dir()
+    root = Path(os.path.realpath(Path(*parts[:cut]) if cut else "."))
+    return root, "**" in parts or cut < len(parts) - 1
 
 
 def check_apart(inputs: Sequence[str], out: Path) -> None:
-    """UserError (one line) when OUT is an input, lies inside a folder input, or holds an input."""
+    """UserError (one line) when OUT is an input, lies where an input reaches (inside a folder input, or below a
+    glob's folder when the glob descends), or holds an input."""
     target = Path(os.path.realpath(out))
     for entry in inputs:
-        root = _local_root(str(entry))
-        if root is None:
+        found = _local_root(str(entry))
+        if found is None:
             continue
+        root, deep = found
         if target == root:
             why = "is the input"
-        elif target.is_relative_to(root):
+        elif deep and target.is_relative_to(root):
             why = "lies inside the input"
         elif root.is_relative_to(target):
             why = "holds the input"

@@ -17,7 +17,7 @@ import pytest
 from dataset_tools.build import ShardWriter
 from dataset_tools.dedup import later_copies
 from dataset_tools.input_stamp import CAPTION, DEPTH_SIDECAR, MASK_SIDECAR
-from dataset_tools.out_guard import LOCK, MARKER, OutLock
+from dataset_tools.out_guard import LOCK, MARKER, OutLock, check_apart
 from dataset_tools.stages import EstimateStage
 from pipelines.cli import main
 from build_helpers import (REPO_ENV, assert_each_photo_once, demo_scenes, local_ray,  # noqa: F401 - fixture
@@ -50,6 +50,7 @@ def test_out_among_the_inputs_is_refused_and_nothing_is_deleted(tmp_path, capsys
         (line,) = _error_lines(capsys.readouterr().err)
         assert f"{why} " in line and "outside" in line
     assert _tree(u) == before and not (u / "built").exists() and not (u / "x").exists()
+    check_apart([f"{u}/data/*.png", "hf://user/set"], u / "data" / "built")  # the glob never reaches into it
 
 
 def test_overwrite_refuses_a_folder_no_build_wrote(tmp_path, capsys):
@@ -345,6 +346,27 @@ def test_death_ledger_singles_out_the_photo_that_kills_its_worker(tmp_path):
     assert outcomes[12]["code"] == "worker-died" and outcomes[12]["stage"] == "render"
     assert outcomes[12]["reason"].startswith("the worker died 3 times processing this photo: likely out of memory")
     assert list((tmp_path / "attempts").iterdir()) == []  # nothing left over once the batch is done
+
+    # Two photos that kill the worker (11 and 13): each dies exactly three times, the batch's death included.
+    died = {11: 0, 13: 0}
+
+    def run_two(states):
+        for s in states:
+            if s.seq in died:
+                died[s.seq] += 1
+                raise _Died
+
+    for attempt in range(1, 10):
+        states = [PhotoState(0, seq, f"p{seq}.jpg") for seq in (10, 11, 12, 13)]
+        try:
+            run_states("depth", run_two, states, ledger)
+        except _Died:
+            continue
+        break
+    assert attempt == 6 and died == {11: 3, 13: 2}  # the batch's death (with both in hand) counts for 13 too
+    assert [(s.seq, s.outcome and s.outcome["code"]) for s in states] == [
+        (10, None), (11, "worker-died"), (12, None), (13, "worker-died")]
+    assert list((tmp_path / "attempts").iterdir()) == []
 
 
 class _KillerEstimate(EstimateStage):
