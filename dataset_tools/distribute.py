@@ -28,7 +28,7 @@ from .dedup import Duplicate, chunk_ids, decode, encode
 from .input_shards import Chunk
 from .photo_state import PhotoState, pack, unpack
 from .ray_join import DEFAULT_RAY_TIMEOUT, join_cluster
-from .ray_reaper import start_reaper, stop_reaper
+from .ray_reaper import child_pids, start_reaper, stop_reaper
 from .stages import PHOTO_STAGES, DepthStage, GroupStage, MaskStage, ReadStage
 
 #: Photos per call of an actor (model and GPU render stages).
@@ -55,8 +55,9 @@ def ray_session(address: Optional[str], workers: Optional[int], timeout: float =
     reaper = None
     try:
         if address is None:
-            reaper = start_reaper()  # the local Ray ends with this process, even one killed with -9
+            before = child_pids()
             ray.init(address="local", num_cpus=workers, include_dashboard=False, **_QUIET)
+            reaper = start_reaper(child_pids() - before)  # the local Ray ends with this process, even after kill -9
         else:
             join_cluster(address, timeout, **_QUIET)
         yield

@@ -272,6 +272,28 @@ def test_failures_before_any_photo_leave_out_as_it_was(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- a Ray build killed with -9
+def test_the_reaper_stops_the_processes_it_watches_and_nothing_else(tmp_path):
+    import psutil
+
+    from dataset_tools.ray_reaper import start_reaper, stop_reaper
+
+    other = subprocess.Popen(["sleep", "60"])
+    watched = subprocess.Popen(["sh", "-c", "sleep 60 & echo $!; wait"], stdout=subprocess.PIPE, text=True)
+    grandchild = psutil.Process(int(watched.stdout.readline()))
+    try:
+        reaper = start_reaper([watched.pid])
+        time.sleep(2)  # one look at the watched tree, grandchild included
+        stop_reaper(reaper)
+        watched.wait(timeout=10)
+        wait_for(lambda: not grandchild.is_running() or grandchild.status() == psutil.STATUS_ZOMBIE, 10,
+                 "the watched process's child to end")
+        assert reaper.returncode == 0 and other.poll() is None
+    finally:
+        for proc in (other, watched):
+            proc.kill()
+            proc.wait()
+
+
 def test_a_killed_ray_build_frees_out_and_leaves_no_process(tmp_path, capsys):
     """While a build on a local Ray runs, a second build into its OUT is refused at once, naming it. Killed with
     -9, it leaves no process behind within seconds (Ray's agents alone outlive their raylet by about a minute)
