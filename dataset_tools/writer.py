@@ -12,6 +12,7 @@ Layout of OUT (the contract ``bokeh report`` and the trainer read)::
                                               stage_seconds, stage_photos_per_second, shards,
                                               wall_seconds, settings
     OUT/.bokeh-build                          marker: this folder holds a build (dataset_tools.out_guard)
+    OUT/.bokeh-build.lock                     only while a build runs: its lock, naming the driver
     OUT/_work/                                only while a build is unfinished (removed at the end):
         config.json                           the settings, checked on --resume
         inputs/shard-NNNNN.parquet, manifest.json   input shards (dataset_tools.input_shards)
