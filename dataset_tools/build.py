@@ -1,9 +1,14 @@
-"""``bokeh build`` driver: check OUT, start or join Ray, shard the inputs, find repeated inputs, run the stages,
-write shards as they finish, summarise."""
+"""``bokeh build`` driver: check inputs and OUT and lock OUT, start or join Ray, shard the inputs, find repeated
+inputs, run the stages, write shards as they finish, summarise.
+
+Every failure is one line and leaves OUT in a state that a rerun or ``--resume`` accepts: a new build that fails
+before its inputs are sharded removes what it wrote (a plain rerun starts again); later failures keep the work
+folder and the finished shards for ``--resume``.
+"""
 from __future__ import annotations
 
+import errno
 import json
-import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -16,11 +21,13 @@ from .atomic import write_atomic
 from .build_config import BuildConfig
 from .build_stats import BuildStats
 from .dedup import by_chunk, ensure_duplicates
-from .input_shards import Chunk, chunks_of, write_input_shards
+from .input_shards import MANIFEST, Chunk, chunks_of, write_input_shards
+from .input_stamp import CAPTION, DEPTH_SIDECAR, MASK_SIDECAR, InputsChanged
+from .out_guard import LOCK, MARKER, OutLock, check_apart, read_marker, write_marker
 from .photo_state import PhotoState, one_line
 from .ray_join import DEFAULT_RAY_TIMEOUT
 from .sources import InputError, iter_sources
-from .writer import OUTPUT_ENTRIES, Layout, ShardWriter, finish, remove_work
+from .writer import Layout, ShardWriter, build_entries, finish, remove_outputs, remove_work
 
 
 class BuildFailed(RuntimeError):
@@ -30,58 +37,67 @@ class BuildFailed(RuntimeError):
 def check_out(layout: Layout, config: BuildConfig, resume: bool, overwrite: bool) -> bool:
     """Check that OUT may be used, writing nothing; True when ``--resume`` finds a finished build (nothing to do).
 
-    A non-empty OUT needs ``--resume`` (same settings) or ``--overwrite`` (removes only what a build writes).
+    OUT must be new or empty, or hold a build (its marker): a finished one is replaced with ``--overwrite``, an
+    unfinished one continued with ``--resume`` (same settings) or replaced with ``--overwrite``. Files no build
+    wrote are never removed, so ``--overwrite`` refuses a non-empty OUT without the marker.
     """
     out = layout.out
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a directory")
-    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    others = sorted(p.name for p in out.iterdir() if p.name not in (MARKER, LOCK)) if out.is_dir() else []
+    if not others:
+        return False
+    if not read_marker(out):
+        if overwrite:
+            raise UserError(f"{out} holds files that no build wrote (it has no {MARKER} marker): --overwrite only "
+                            "replaces a build's own files; choose a new or empty directory")
+        if resume:
+            raise UserError(f"{out} holds no build to resume (it has no {MARKER} marker): choose a new or empty "
+                            "directory")
+        raise UserError(f"{out} is not empty and holds no build: choose a new or empty directory")
     if overwrite:
         return False
-    if resume:
-        if layout.is_finished():
+    if layout.is_finished():
+        if resume:
             return True
-        if layout.config.is_file():
-            stored = json.loads(layout.config.read_text())
-            changed = config.differences(stored)
-            if changed:
-                raise UserError(
-                    f"{out} was started with other settings ({', '.join(changed)}): resume with the same flags, "
-                    "or pass --overwrite to start again"
-                )
-        elif entries and entries != ["_work"]:
-            raise UserError(f"{out} holds no unfinished build to resume: choose an empty directory or pass --overwrite")
-    elif entries:
-        raise UserError(
-            f"{out} is not empty: pass --resume to continue an unfinished build there, --overwrite to replace it, "
-            "or choose another directory"
-        )
+        raise UserError(f"{out} holds a finished build: pass --overwrite to replace it (--resume keeps it), "
+                        "or choose another directory")
+    if not resume:
+        raise UserError(f"{out} holds an unfinished build: pass --resume to continue it, --overwrite to start "
+                        "again, or choose another directory")
+    if layout.config.is_file():
+        changed = config.differences(json.loads(layout.config.read_text()))
+        if changed:
+            raise UserError(f"{out} was started with other settings ({', '.join(changed)}): resume with the same "
+                            "flags, or pass --overwrite to start again")
     return False
 
 
 def make_out(layout: Layout, config: BuildConfig, overwrite: bool) -> None:
-    """Make a checked OUT ready: with ``--overwrite`` remove a previous build's files first; store the settings."""
+    """Make a checked OUT ready: with ``--overwrite`` remove a previous build's files first; mark OUT as a
+    build's; store the settings."""
     if overwrite:
-        for name in OUTPUT_ENTRIES:
-            target = layout.out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        remove_outputs(layout)
+    if not read_marker(layout.out):
+        write_marker(layout.out)
     layout.work.mkdir(parents=True, exist_ok=True)
     if not layout.config.is_file():
         write_atomic(layout.config, json.dumps(config.to_dict(), indent=2))
 
 
 def _shard_inputs(inputs: Sequence[str], layout: Layout, config: BuildConfig) -> list[int]:
-    items = iter_sources(inputs, image_column=config.image_column, caption_column=config.caption_column)
+    """The photo counts of the input shards, written or (resumed) checked against the inputs."""
+    def listing() -> Iterator[Any]:
+        return iter_sources(inputs, image_column=config.image_column, caption_column=config.caption_column)
+
     try:
-        counts = write_input_shards(items, layout.inputs, config.shard_size)
+        counts = write_input_shards(listing, layout.inputs, config.shard_size)
     except InputError as exc:
-        shutil.rmtree(layout.inputs, ignore_errors=True)
         raise UserError(str(exc)) from None
+    except InputsChanged as exc:
+        raise UserError(f"the inputs of the build in {layout.out} changed: {exc}: resume needs the same inputs: "
+                        "restore them, or pass --overwrite to start again") from None
     if not counts:
-        remove_work(layout)
         raise UserError("no photos found in the inputs (folders are searched for image files, recursively)")
     return counts
 
@@ -133,7 +149,8 @@ def _session(ray_address: Optional[str], workers: Optional[int], ray_timeout: fl
 
 def _states(config: BuildConfig, layout: Layout, counts: list[int], chunks: list[Chunk],
             workers: Optional[int]) -> Iterator[PhotoState]:
-    """Finished photo states of ``chunks``, after deciding (or reloading) which inputs are later copies."""
+    """Finished photo states of ``chunks``, after deciding (or reloading) which copies of repeated inputs are
+    not kept."""
     from .distribute import local_ids, local_states, ray_ids, ray_states
 
     on_ray = workers != 0
@@ -141,9 +158,9 @@ def _states(config: BuildConfig, layout: Layout, counts: list[int], chunks: list
     guard = _ray_failures if on_ray else iter
     inputs = str(layout.inputs.resolve())
     every = [chunk for shard, count in enumerate(counts) for chunk in chunks_of(shard, count)]
-    duplicates = ensure_duplicates(layout.inputs, counts, lambda: guard(ids(inputs, every)))
+    duplicates = ensure_duplicates(layout.inputs, counts, lambda: guard(ids(inputs, every)), sidecars_read(config))
     if duplicates:
-        print(f"{len(duplicates)} input(s) repeat the bytes of an earlier one: each goes to errors.jsonl "
+        print(f"{len(duplicates)} input(s) repeat the bytes of another one: each goes to errors.jsonl "
               "(stage dedup)", file=sys.stderr)
     yield from guard(states(config, inputs, chunks, by_chunk(duplicates, counts)))
 
@@ -175,6 +192,28 @@ def _process(config: BuildConfig, layout: Layout, counts: list[int], workers: Op
         raise BuildFailed(f"the pipeline ended with {len(unfinished)} shard(s) unfinished; rerun with --resume")
 
 
+def sidecars_read(config: BuildConfig) -> int:
+    """The sidecar bits (:mod:`dataset_tools.input_stamp`) that a build with ``config`` reads."""
+    return (CAPTION | (DEPTH_SIDECAR if config.depth == "sidecar" else 0)
+            | (MASK_SIDECAR if config.mask == "sidecar" else 0))
+
+
+def _undo(layout: Layout, marked: bool) -> None:
+    """Remove what a new build wrote before it processed any photo (its marker too, when OUT had none)."""
+    remove_work(layout)
+    if not marked and not build_entries(layout):
+        (layout.out / MARKER).unlink(missing_ok=True)
+
+
+def _io_failure(exc: OSError, undone: bool) -> BuildFailed:
+    """One line for a file that could not be read or written, with what to do next."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    text = f"{exc.strerror or one_line(exc)}{where}"
+    then = "then run the build again" if undone else "then rerun with --resume (finished shards are kept)"
+    space = "free some space, " if exc.errno == errno.ENOSPC else ""
+    return BuildFailed(f"{text}: {space}{then}")
+
+
 def build(
     inputs: Sequence[str],
     out: str | Path,
@@ -189,17 +228,30 @@ def build(
 ) -> BuildStats:
     """Build (or finish) the dataset in ``out`` and return its statistics.
 
-    Ray is joined (or started) before OUT is written, so a cluster that cannot be reached leaves OUT as it was.
+    OUT is locked before anything else, then checked; Ray is joined (or started) before OUT is written, so a
+    cluster that cannot be reached leaves OUT as it was.
     """
     check_models(config)
     layout = Layout(out)
-    if check_out(layout, config, resume, overwrite):
-        remove_work(layout)
-        print(f"{layout.out} already holds a finished build: nothing to do", file=sys.stderr)
-        return BuildStats.from_dict(json.loads(layout.stats.read_text()))
-    start = time.perf_counter()
-    with _session(ray_address, workers, ray_timeout):
-        make_out(layout, config, overwrite)
-        counts = _shard_inputs(inputs, layout, config)
-        _process(config, layout, counts, workers, progress)
-    return finish(layout, counts, config.to_dict(), time.perf_counter() - start)
+    check_apart(inputs, layout.out)
+    with OutLock(layout.out):
+        if check_out(layout, config, resume, overwrite):
+            remove_work(layout)
+            print(f"{layout.out} already holds a finished build: nothing to do", file=sys.stderr)
+            return BuildStats.from_dict(json.loads(layout.stats.read_text()))
+        new = overwrite or not layout.work.exists()
+        marked = read_marker(layout.out)
+        start = time.perf_counter()
+        try:
+            with _session(ray_address, workers, ray_timeout):
+                make_out(layout, config, overwrite)
+                counts = _shard_inputs(inputs, layout, config)
+                _process(config, layout, counts, workers, progress)
+            return finish(layout, counts, config.to_dict(), time.perf_counter() - start)
+        except BaseException as exc:
+            undo = new and (isinstance(exc, UserError) or not (layout.inputs / MANIFEST).is_file())
+            if undo:
+                _undo(layout, marked)
+            if isinstance(exc, OSError):
+                raise _io_failure(exc, undo) from None
+            raise

@@ -47,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "Parquet files or folders, saved `datasets` folders, or hf://DATASET_ID; captions come from "
                    "<stem>.txt sidecars or the caption column")
     p.add_argument("-o", "--out", required=True, metavar="OUT",
-                   help="output directory (new or empty, unless --resume/--overwrite)")
+                   help="output directory: new or empty, unless --resume/--overwrite; never an input, inside one or "
+                   "holding one. One build at a time per OUT (OUT/.bokeh-build.lock)")
     p.add_argument("--synthetic-levels", type=non_negative_int, metavar="N",
                    help="renders per all-in-focus photo, at K ~ U(1, 30) seeded from (--seed, photo id) "
                    f"(default {DEFAULT_SYNTHETIC_LEVELS}; 0 = none)")
@@ -86,10 +87,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="CPUs of the local Ray (default: all); 0 runs every stage in this process without Ray")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true",
-                       help="continue an interrupted build in OUT with the same settings (finished shards are kept)")
+                       help="continue an interrupted build in OUT with the same settings and the same inputs "
+                       "(finished shards are kept); refused, saying what changed, when they differ")
     again.add_argument("--overwrite", action="store_true",
-                       help="delete a previous build's files in OUT (README.md, data/, errors.jsonl, stats.json, "
-                       "_work/) first; other files stay")
+                       help="replace the build in OUT: delete only the files a build wrote (README.md, "
+                       "data/train-*.parquet, errors.jsonl, stats.json, _work/); refused for a folder no build "
+                       "wrote (no OUT/.bokeh-build marker)")
     p.add_argument("--seed", type=non_negative_int, default=0, metavar="S",
                    help="seed of the render levels; a photo's levels depend on (S, its id) only (default 0)")
     p.add_argument("--image-column", default="image", metavar="NAME",

@@ -1,10 +1,12 @@
-"""Identical inputs: a photo whose bytes equal those of an input earlier in the stream is a duplicate.
+"""Identical inputs: of the inputs that share their bytes, one is the photo and every other copy a duplicate.
 
-The driver decides before any photo is processed, from the (seq, id) of every readable input (hashed by
-the workers), that the copy with the lowest ``seq`` is the photo and every later copy a duplicate. The
-decision depends on the input stream only, so every worker, shard and resumed run agrees; it is kept in
-``OUT/_work/inputs/duplicates.json`` and the read stage turns each later copy into one errors.jsonl line
-(stage ``dedup``, reason ``duplicate of <first source>``) without reading it again.
+The driver decides before any photo is processed, from the (seq, id, sidecar bits) of every readable input
+(hashed by the workers), which copy is kept: the one with the most of the sidecars the build reads
+(``--depth sidecar``, ``--mask sidecar``, captions), then the most sidecars, then the lowest ``seq``, so a
+copy without its depth map never wins over one with it and then fails. The decision depends on the input
+stream and the settings only, so every worker, shard and resumed run agrees; it is kept in
+``OUT/_work/inputs/duplicates.json`` and the read stage turns each other copy into one errors.jsonl line
+(stage ``dedup``, reason ``duplicate of <kept source>``) without reading it again.
 """
 from __future__ import annotations
 
@@ -17,13 +19,15 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from .atomic import write_atomic
 from .input_shards import Chunk, chunks_of_seqs, item_from_row, read_chunk, read_sources
+from .input_stamp import CAPTION
 
 DUPLICATES = "duplicates.json"
 
 
 @dataclass(frozen=True)
 class Duplicate:
-    """A later copy of an input: its id (shared with the first copy) and where the first copy is."""
+    """A copy of an input that is not kept: its id (shared with the kept copy) and where the kept copy is
+    (``first_*``: the copy the photo is kept as, whatever its place in the stream)."""
 
     id: str
     first_seq: int
@@ -35,8 +39,9 @@ def photo_id(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
-def chunk_ids(inputs_dir: Path, chunk: Chunk) -> list[tuple[int, str]]:
-    """(seq, id) of the photos of one chunk; unreadable and empty inputs are left to the read stage to report."""
+def chunk_ids(inputs_dir: Path, chunk: Chunk) -> list[tuple[int, str, int]]:
+    """(seq, id, sidecar bits) of the photos of one chunk; unreadable and empty inputs are left to the read stage
+    to report."""
     found = []
     for row in read_chunk(inputs_dir, chunk):
         if row["error"]:
@@ -46,26 +51,34 @@ def chunk_ids(inputs_dir: Path, chunk: Chunk) -> list[tuple[int, str]]:
         except OSError:
             continue
         if data:
-            found.append((int(row["seq"]), photo_id(data)))
+            found.append((int(row["seq"]), photo_id(data), int(row["sidecars"])))
     return found
 
 
-def later_copies(ids: Iterable[tuple[int, str]]) -> dict[int, tuple[str, int]]:
-    """seq -> (id, seq of the first copy) of every input whose id an input of lower seq also has.
+def _rank(seq: int, bits: int, needed: int) -> tuple[int, int, int]:
+    """Which copy is kept: the highest rank (sidecars the build reads, then all sidecars, then the lowest seq)."""
+    return bin(bits & needed).count("1"), bin(bits).count("1"), -seq
 
-    ``ids`` may come in any order; memory is one entry per distinct id (20 bytes of digest and a seq).
+
+def later_copies(ids: Iterable[tuple[int, str, int]], needed: int = CAPTION) -> dict[int, tuple[str, int]]:
+    """seq -> (id, seq of the kept copy) of every input whose id another input has and that is not kept.
+
+    ``ids`` are (seq, id, sidecar bits) in any order; ``needed`` the sidecar bits the build reads. Memory is
+    one entry per distinct id (20 bytes of digest, a seq and its bits).
     """
-    first: dict[bytes, int] = {}
-    later: dict[int, bytes] = {}
-    for seq, text in ids:
+    kept: dict[bytes, tuple[int, int]] = {}
+    others: dict[int, bytes] = {}
+    for seq, text, bits in ids:
         digest = bytes.fromhex(text)
-        owner = first.setdefault(digest, seq)
-        if seq > owner:
-            later[seq] = digest
-        elif seq < owner:
-            first[digest] = seq
-            later[owner] = digest
-    return {seq: (digest.hex(), first[digest]) for seq, digest in later.items()}
+        current = kept.setdefault(digest, (seq, bits))
+        if current[0] == seq:
+            continue
+        if _rank(seq, bits, needed) > _rank(*current, needed):
+            kept[digest] = (seq, bits)
+            others[current[0]] = digest
+        else:
+            others[seq] = digest
+    return {seq: (digest.hex(), kept[digest][0]) for seq, digest in others.items()}
 
 
 def encode(duplicates: Mapping[int, Duplicate]) -> str:
@@ -78,26 +91,27 @@ def decode(text: str) -> dict[int, Duplicate]:
     return {int(seq): Duplicate(pid, int(first), source) for seq, pid, first, source in json.loads(text)}
 
 
-def find_duplicates(inputs_dir: Path, counts: Sequence[int], ids: Iterable[tuple[int, str]]) -> dict[int, Duplicate]:
-    """The later copies among the inputs whose (seq, id) are ``ids``, with their first copy's source."""
-    copies = later_copies(ids)
-    sources = read_sources(inputs_dir, counts, {first for _, first in copies.values()})
-    return {seq: Duplicate(pid, first, sources[first]) for seq, (pid, first) in copies.items()}
+def find_duplicates(inputs_dir: Path, counts: Sequence[int], ids: Iterable[tuple[int, str, int]],
+                    needed: int = CAPTION) -> dict[int, Duplicate]:
+    """The copies not kept among the inputs whose (seq, id, sidecar bits) are ``ids``, with the kept copy's source."""
+    copies = later_copies(ids, needed)
+    sources = read_sources(inputs_dir, counts, {kept for _, kept in copies.values()})
+    return {seq: Duplicate(pid, kept, sources[kept]) for seq, (pid, kept) in copies.items()}
 
 
-def ensure_duplicates(inputs_dir: Path, counts: Sequence[int],
-                      ids: Callable[[], Iterable[tuple[int, str]]]) -> dict[int, Duplicate]:
+def ensure_duplicates(inputs_dir: Path, counts: Sequence[int], ids: Callable[[], Iterable[tuple[int, str, int]]],
+                      needed: int = CAPTION) -> dict[int, Duplicate]:
     """The duplicates stored in ``inputs_dir`` (a resumed build), or found from ``ids()`` and stored."""
     path = inputs_dir / DUPLICATES
     if path.is_file():
         return decode(path.read_text())
-    found = find_duplicates(inputs_dir, counts, ids())
+    found = find_duplicates(inputs_dir, counts, ids(), needed)
     write_atomic(path, encode(found))
     return found
 
 
 def by_chunk(duplicates: Mapping[int, Duplicate], counts: Sequence[int]) -> dict[Chunk, dict[int, Duplicate]]:
-    """``duplicates`` split by the chunk that holds each later copy."""
+    """``duplicates`` split by the chunk that holds each copy."""
     split: dict[Chunk, dict[int, Duplicate]] = defaultdict(dict)
     for seq, chunk in chunks_of_seqs(duplicates, counts).items():
         split[chunk][seq] = duplicates[seq]

@@ -5,7 +5,10 @@ the read stage expands each into photo states; model stages (Depth Anything, SAM
 and so does the render stage when the cluster has GPUs (one actor of each such stage per GPU, sharing
 it; else model actors take at most one CPU, always leaving one for the tasks); the other stages run as
 tasks that Ray fuses into one, and the driver consumes finished states with ``iter_rows`` while the rest
-stream on. Before them, one pass of tasks hashes every input for :mod:`dataset_tools.dedup`.
+stream on. Before them, one pass of tasks hashes every input for :mod:`dataset_tools.dedup`. Every stage call
+on Ray is recorded in :mod:`dataset_tools.death_ledger`: Ray Data retries a task whose worker died for ever,
+and the ledger makes every retry single out the photos of the batch until the one that keeps killing its
+worker is an error, so the retries end.
 Workers read the photos and ``OUT/_work/inputs`` by path, so on a multi-node cluster both must be on
 storage every node sees.
 """
@@ -20,10 +23,12 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
 from .build_config import BuildConfig
-from .dedup import Duplicate, chunk_ids, encode
+from .death_ledger import ATTEMPTS, DeathLedger, read_recorded, run_states
+from .dedup import Duplicate, chunk_ids, decode, encode
 from .input_shards import Chunk
-from .photo_state import PhotoState, unpack
+from .photo_state import PhotoState, pack, unpack
 from .ray_join import DEFAULT_RAY_TIMEOUT, join_cluster
+from .ray_reaper import child_pids, start_reaper, stop_reaper
 from .stages import PHOTO_STAGES, DepthStage, GroupStage, MaskStage, ReadStage
 
 #: Photos per call of an actor (model and GPU render stages).
@@ -38,8 +43,8 @@ _QUIET = {"log_to_driver": False, "logging_level": logging.ERROR}
 @contextmanager
 def ray_session(address: Optional[str], workers: Optional[int], timeout: float = DEFAULT_RAY_TIMEOUT) -> Iterator[None]:
     """Join the cluster at ``address`` ("auto" or HOST:PORT; UserError after about ``timeout`` s when it cannot),
-    or start a local Ray (loopback only) with ``workers`` CPUs (None = all); a Ray already initialised in this
-    process is used as it is."""
+    or start a local Ray (loopback only) with ``workers`` CPUs (None = all), reaped when this process ends
+    (:mod:`dataset_tools.ray_reaper`); a Ray already initialised in this process is used as it is."""
     if address is None:
         os.environ.setdefault(_LOCAL_ONLY_ENV, "0")  # read when ray is imported: local Ray binds 127.0.0.1
     import ray
@@ -47,23 +52,58 @@ def ray_session(address: Optional[str], workers: Optional[int], timeout: float =
     if ray.is_initialized():
         yield
         return
-    if address is None:
-        ray.init(address="local", num_cpus=workers, include_dashboard=False, **_QUIET)
-    else:
-        join_cluster(address, timeout, **_QUIET)
+    reaper = None
     try:
+        if address is None:
+            before = child_pids()
+            ray.init(address="local", num_cpus=workers, include_dashboard=False, **_QUIET)
+            reaper = start_reaper(child_pids() - before)  # the local Ray ends with this process, even after kill -9
+        else:
+            join_cluster(address, timeout, **_QUIET)
         yield
     finally:
         ray.shutdown()
+        if reaper is not None:
+            stop_reaper(reaper)
 
 
-def _cached_stage(batch: dict[str, Any], cls: type, kwargs: dict[str, Any]) -> dict[str, list]:
-    """Run a model-free stage in a Ray task, building it once per worker process."""
+def _stage(cls: type, kwargs: dict[str, Any]) -> Any:
+    """A model-free stage, built once per worker process."""
     key = (cls, tuple(sorted(kwargs.items())))
     stage = _STAGE_CACHE.get(key)
     if stage is None:
         stage = _STAGE_CACHE[key] = cls(**kwargs)
-    return stage(batch)
+    return stage
+
+
+def _read_task(batch: dict[str, Any], kwargs: dict[str, Any], ledger: str) -> dict[str, list]:
+    """Ray task of the read stage: chunk descriptors in, pickled photo states out, recorded in the death ledger."""
+    reader = _stage(ReadStage, kwargs)
+    states: list[PhotoState] = []
+    for shard, group, duplicates in zip(batch["shard"], batch["row_group"], batch["duplicates"]):
+        states.extend(read_recorded(reader, Chunk(int(shard), int(group)), decode(duplicates), DeathLedger(ledger)))
+    return pack(states)
+
+
+def _stage_task(batch: dict[str, Any], cls: type, kwargs: dict[str, Any], ledger: str) -> dict[str, list]:
+    """Ray task of a model-free stage, recorded in the death ledger."""
+    stage = _stage(cls, kwargs)
+    states = unpack(batch)
+    run_states(stage.name, stage.run, states, DeathLedger(ledger))
+    return pack(states)
+
+
+class RecordedActor:
+    """Ray Data actor of a model stage (one model per actor), its calls recorded in the death ledger."""
+
+    def __init__(self, stage: type, kwargs: dict[str, Any], ledger: str) -> None:
+        self.stage = stage(**kwargs)
+        self.ledger = DeathLedger(ledger)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        states = unpack(batch)
+        run_states(self.stage.name, self.stage.run, states, self.ledger)
+        return pack(states)
 
 
 def _needs_model(cls: type, config: BuildConfig) -> bool:
@@ -119,7 +159,7 @@ def _quiet_data() -> None:
 
 
 def _descriptors(chunks: list[Chunk], duplicates: Mapping[Chunk, Mapping[int, Duplicate]]) -> Any:
-    """The dataset of chunk descriptors (with each chunk's later copies, as JSON)."""
+    """The dataset of chunk descriptors (with each chunk's copies not kept, as JSON)."""
     import ray
 
     items = [{"shard": c.shard, "row_group": c.row_group, "duplicates": encode(duplicates.get(c, {}))}
@@ -128,21 +168,21 @@ def _descriptors(chunks: list[Chunk], duplicates: Mapping[Chunk, Mapping[int, Du
 
 
 def _ids_batch(batch: dict[str, Any], inputs_dir: str) -> dict[str, list]:
-    """Ray task of the hashing pass: one JSON list of (seq, id) per chunk descriptor."""
+    """Ray task of the hashing pass: one JSON list of (seq, id, sidecar bits) per chunk descriptor."""
     return {"ids": [json.dumps(chunk_ids(Path(inputs_dir), Chunk(int(shard), int(group))))
                     for shard, group in zip(batch["shard"], batch["row_group"])]}
 
 
-def ray_ids(inputs_dir: str, chunks: list[Chunk]) -> Iterator[tuple[int, str]]:
-    """(seq, id) of the readable inputs of ``chunks``, hashed by Ray tasks on the current Ray session."""
+def ray_ids(inputs_dir: str, chunks: list[Chunk]) -> Iterator[tuple[int, str, int]]:
+    """(seq, id, sidecar bits) of the readable inputs of ``chunks``, hashed by Ray tasks on the current Ray session."""
     _quiet_data()
     ds = _descriptors(chunks, {}).map_batches(_ids_batch, batch_size=1, fn_kwargs={"inputs_dir": inputs_dir})
     for row in ds.iter_rows():
-        for seq, pid in json.loads(row["ids"]):
-            yield int(seq), pid
+        for seq, pid, bits in json.loads(row["ids"]):
+            yield int(seq), pid, int(bits)
 
 
-def local_ids(inputs_dir: str, chunks: list[Chunk]) -> Iterator[tuple[int, str]]:
+def local_ids(inputs_dir: str, chunks: list[Chunk]) -> Iterator[tuple[int, str, int]]:
     """The same hashing pass in this process (``--workers 0``)."""
     for chunk in chunks:
         yield from chunk_ids(Path(inputs_dir), chunk)
@@ -151,23 +191,26 @@ def local_ids(inputs_dir: str, chunks: list[Chunk]) -> Iterator[tuple[int, str]]
 def ray_states(config: BuildConfig, inputs_dir: str, chunks: list[Chunk],
                duplicates: Mapping[Chunk, Mapping[int, Duplicate]]) -> Iterator[PhotoState]:
     """Finished photo states of ``chunks``, computed by Ray Data on the current Ray session, as they come;
-    ``duplicates`` holds the later copies of inputs by chunk."""
+    ``duplicates`` holds the copies not kept of repeated inputs by chunk."""
     import ray
 
     _quiet_data()
+    ledger = str(Path(inputs_dir).parent / ATTEMPTS)
     task_cpus, plans = stage_plan(config, ray.cluster_resources())
     ds = _descriptors(chunks, duplicates).map_batches(
-        _cached_stage, batch_size=1, num_cpus=task_cpus,
-        fn_kwargs={"cls": ReadStage, "kwargs": {"config": config, "inputs_dir": inputs_dir}})
+        _read_task, batch_size=1, num_cpus=task_cpus,
+        fn_kwargs={"kwargs": {"config": config, "inputs_dir": inputs_dir}, "ledger": ledger})
     for plan in plans:
         if plan.actors:
             resources = {"num_cpus": plan.num_cpus, **({"num_gpus": plan.num_gpus} if plan.num_gpus else {})}
             # (Ray 2.60 logs one "constructor arguments in the object store" line per actor: ray-project/ray#57733)
-            ds = ds.map_batches(plan.stage, batch_size=MODEL_BATCH, fn_constructor_kwargs=plan.kwargs(config),
+            ds = ds.map_batches(RecordedActor, batch_size=MODEL_BATCH,
+                                fn_constructor_kwargs={"stage": plan.stage, "kwargs": plan.kwargs(config),
+                                                       "ledger": ledger},
                                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.actors), **resources)
         else:
-            ds = ds.map_batches(_cached_stage, batch_size=None, num_cpus=plan.num_cpus,
-                                fn_kwargs={"cls": plan.stage, "kwargs": plan.kwargs(config)})
+            ds = ds.map_batches(_stage_task, batch_size=None, num_cpus=plan.num_cpus,
+                                fn_kwargs={"cls": plan.stage, "kwargs": plan.kwargs(config), "ledger": ledger})
     for row in ds.iter_rows():
         yield from unpack({"state": [row["state"]]})
 

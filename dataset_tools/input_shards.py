@@ -2,9 +2,12 @@
 
 The driver streams :func:`dataset_tools.sources.iter_sources` into ``<work>/inputs/shard-NNNNN.parquet``
 (each published atomically, in row groups of :data:`CHUNK_ROWS` photos that workers read one at a
-time), then writes ``manifest.json``. A resumed build keeps the finished shards and continues the
-stream after the photos they hold, so input shard k, and hence output shard k, holds the same photos
-in every run. Paths stay paths (workers read the files); dataset rows carry their image bytes.
+time), then writes ``manifest.json``. Every row carries its input's stamp (:mod:`dataset_tools.input_stamp`).
+A resumed build lists the inputs again: when the finished shards hold the same stamps in the same order it
+keeps them and continues the stream after them, so input shard k, and hence output shard k, holds the same
+photos in every run; when they differ before the manifest was written (no photo was processed yet) the
+sharding starts over, and after it the resume is refused with what changed. Paths stay paths (workers read
+the files); dataset rows carry their image bytes.
 """
 from __future__ import annotations
 
@@ -14,12 +17,13 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .atomic import publish, write_atomic
+from .input_stamp import InputsChanged, describe_changes, stamp_of
 from .sources import SourceItem
 
 #: Photos per row group of an input shard: the unit of work handed to a worker.
@@ -35,6 +39,8 @@ INPUT_SCHEMA = pa.schema(
         ("caption", pa.string()),
         ("exif", pa.string()),  # JSON object of EXIF-like dataset columns
         ("error", pa.string()),  # set when the listing already knows the item is unusable
+        ("stamp", pa.string()),  # dataset_tools.input_stamp.stamp_of
+        ("sidecars", pa.int8()),  # its sidecar bits
     ]
 )
 
@@ -53,6 +59,7 @@ def shard_path(inputs_dir: Path, shard: int) -> Path:
 
 
 def _row(item: SourceItem, seq: int) -> dict[str, Any]:
+    stamp, sidecars = stamp_of(item)
     return {
         "seq": seq,
         "source": item.source,
@@ -61,6 +68,8 @@ def _row(item: SourceItem, seq: int) -> dict[str, Any]:
         "caption": item.caption or "",
         "exif": json.dumps(item.exif, default=str) if item.exif else None,
         "error": item.error,
+        "stamp": stamp,
+        "sidecars": sidecars,
     }
 
 
@@ -113,19 +122,47 @@ class _ShardSink:
         publish(self.temp, self.final)
 
 
-def write_input_shards(items: Iterable[SourceItem], inputs_dir: Path, shard_size: int) -> list[int]:
-    """Cut ``items`` into input shards (resuming after the finished ones) and return every shard's photo count.
+def stored_stamps(inputs_dir: Path, counts: Sequence[int]) -> Iterator[tuple[str, str]]:
+    """(source, stamp) of every row of input shards 0 .. len(counts) - 1, in stream order."""
+    for shard in range(len(counts)):
+        table = pq.read_table(shard_path(inputs_dir, shard), columns=["source", "stamp"])
+        yield from zip(table["source"].to_pylist(), table["stamp"].to_pylist())
 
-    When ``manifest.json`` exists the stream is not read at all.
-    """
+
+def _listed_stamps(items: Iterable[SourceItem]) -> Iterator[tuple[str, str]]:
+    for item in items:
+        yield item.source, stamp_of(item)[0]
+
+
+def _same_start(items: Iterator[SourceItem], inputs_dir: Path, counts: Sequence[int]) -> bool:
+    """Whether the next items of ``items`` are, in order, the rows of the finished shards (consumes them)."""
+    for stored in stored_stamps(inputs_dir, counts):
+        item = next(items, None)
+        if item is None or (item.source, stamp_of(item)[0]) != stored:
+            return False
+    return True
+
+
+def write_input_shards(listing: Callable[[], Iterable[SourceItem]], inputs_dir: Path, shard_size: int) -> list[int]:
+    """Cut the items of ``listing()`` into input shards (resuming after the finished ones) and return every
+    shard's photo count; InputsChanged when the manifest exists and the listing differs from it."""
     manifest = inputs_dir / MANIFEST
     if manifest.is_file():
-        return json.loads(manifest.read_text())["counts"]
+        counts = json.loads(manifest.read_text())["counts"]
+        items = iter(listing())
+        if not _same_start(items, inputs_dir, counts) or next(items, None) is not None:
+            raise InputsChanged(describe_changes(stored_stamps(inputs_dir, counts), _listed_stamps(listing())))
+        return counts
     inputs_dir.mkdir(parents=True, exist_ok=True)
     counts = _existing_counts(inputs_dir)
+    items = iter(listing())
+    if not _same_start(items, inputs_dir, counts):
+        for shard in range(len(counts)):
+            shard_path(inputs_dir, shard).unlink()
+        counts, items = [], iter(listing())
     seq = sum(counts)
     sink: Optional[_ShardSink] = None
-    for item in itertools.islice(items, seq, None):
+    for item in items:
         if sink is None:
             sink = _ShardSink(inputs_dir, len(counts))
         sink.add(_row(item, seq))
@@ -150,6 +187,12 @@ def read_chunk(inputs_dir: Path, chunk: Chunk) -> Iterator[dict[str, Any]]:
     """The input rows of one chunk."""
     table = pq.ParquetFile(shard_path(inputs_dir, chunk.shard)).read_row_group(chunk.row_group)
     yield from table.to_pylist()
+
+
+def chunk_seqs(inputs_dir: Path, chunk: Chunk) -> list[int]:
+    """The stream positions of the photos of one chunk (reads that column only)."""
+    table = pq.ParquetFile(shard_path(inputs_dir, chunk.shard)).read_row_group(chunk.row_group, columns=["seq"])
+    return table["seq"].to_pylist()
 
 
 def chunks_of_seqs(seqs: Iterable[int], counts: Sequence[int]) -> dict[int, Chunk]:

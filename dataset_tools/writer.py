@@ -11,15 +11,18 @@ Layout of OUT (the contract ``bokeh report`` and the trainer read)::
                                               groups, k_histogram {bin_edges, all, real, synthetic},
                                               stage_seconds, stage_photos_per_second, shards,
                                               wall_seconds, settings
+    OUT/.bokeh-build                          marker: this folder holds a build (dataset_tools.out_guard)
+    OUT/.bokeh-build.lock                     only while a build runs: its lock, naming the driver
     OUT/_work/                                only while a build is unfinished (removed at the end):
         config.json                           the settings, checked on --resume
         inputs/shard-NNNNN.parquet, manifest.json   input shards (dataset_tools.input_shards)
-        inputs/duplicates.json                later copies of inputs (dataset_tools.dedup)
+        inputs/duplicates.json                copies of repeated inputs not kept (dataset_tools.dedup)
         shards/shard-NNNNN.json               errors and stats of each finished output shard
+        attempts/                             stage calls whose worker died (dataset_tools.death_ledger)
         tmp/                                  output shards being written
 
 Every source photo is in exactly one place: a row of a data shard (with its renders) or a line of
-errors.jsonl (so is a later copy of an earlier input's bytes: stage dedup, code duplicate). Output
+errors.jsonl (so is each copy not kept of a repeated input's bytes: stage dedup, code duplicate). Output
 shard k is complete exactly when ``data/train-k-of-NN.parquet`` exists: its rows spill to ``_work/tmp``
 as row groups while they come, its errors and stats are written to ``_work/shards`` first, and the
 data file is renamed into place last, so a build killed at any moment and resumed redoes only the
@@ -44,8 +47,12 @@ from .schema import OUTPUT_SCHEMA
 #: Rows buffered per shard before they are written as one Parquet row group.
 ROW_GROUP_ROWS = 64
 WORK = "_work"
-#: The entries of OUT a build creates (``--overwrite`` removes exactly these).
-OUTPUT_ENTRIES = ("README.md", "data", "errors.jsonl", "stats.json", WORK, f"{WORK}.old")
+#: The files a build writes at the top of OUT (each also under its temporary name ``.NAME.tmp``).
+OUTPUT_FILES = ("README.md", "errors.jsonl", "stats.json")
+#: The folders a build owns in full.
+WORK_FOLDERS = (WORK, f"{WORK}.old")
+#: The data files a build writes in OUT/data.
+DATA_PATTERN = "train-*-of-*.parquet"
 
 
 class Layout:
@@ -161,6 +168,28 @@ def finish(layout: Layout, counts: list[int], settings: dict[str, Any], wall_sec
     write_atomic(layout.card, dataset_card(stats, settings))
     remove_work(layout)
     return total
+
+
+def build_entries(layout: Layout) -> list[Path]:
+    """The files and folders of OUT that a build wrote (``--overwrite`` removes exactly these; others stay)."""
+    found = [layout.out / name for name in WORK_FOLDERS]
+    found += [layout.out / f for name in OUTPUT_FILES for f in (name, f".{name}.tmp")]
+    if layout.data.is_dir():
+        found += sorted(layout.data.glob(DATA_PATTERN))
+    return [p for p in found if p.exists() or p.is_symlink()]
+
+
+def remove_outputs(layout: Layout) -> None:
+    """Delete a previous build's files from OUT; ``data/`` goes too when nothing else is left in it."""
+    for path in build_entries(layout):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    try:
+        layout.data.rmdir()
+    except OSError:
+        pass  # absent, or it holds files a build did not write
 
 
 def remove_work(layout: Layout) -> None:

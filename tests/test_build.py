@@ -250,12 +250,12 @@ def test_stats_json_is_consistent(built, capsys):
     assert card.startswith("---\n") and "dataset_info:" in card and "data/train-*" in card
 
 
-def test_non_empty_out_is_refused(built, capsys):
+def test_non_empty_out_is_refused(built, inputs, capsys):
     out, _, _ = built
-    code = main(["build", str(out), "-o", str(out), "--depth", "sidecar"])
+    code = main(["build", *inputs[0], "-o", str(out), "--depth", "sidecar"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
-    assert "is not empty" in err and "--resume" in err and "--overwrite" in err
+    assert "holds a finished build" in err and "--resume" in err and "--overwrite" in err
 
 
 def test_resume_of_a_finished_build_does_nothing(built, inputs, capsys):

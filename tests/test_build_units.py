@@ -68,7 +68,7 @@ def _items(n):
 
 def test_input_shards_resume_after_a_kill(tmp_path):
     fresh = tmp_path / "fresh"
-    counts = write_input_shards(_items(21), fresh, shard_size=10)
+    counts = write_input_shards(lambda: _items(21), fresh, shard_size=10)
     assert counts == [10, 10, 1]
     assert pq.ParquetFile(shard_path(fresh, 0)).metadata.num_row_groups == math.ceil(10 / CHUNK_ROWS)
     rows = [r for c in chunks_of(1, 10) for r in read_chunk(fresh, c)]
@@ -76,21 +76,21 @@ def test_input_shards_resume_after_a_kill(tmp_path):
 
     # Killed after shard 1 was published: the rerun keeps shards 0-1 and continues the stream after them.
     killed = tmp_path / "killed"
-    write_input_shards(_items(21), killed, shard_size=10)
+    write_input_shards(lambda: _items(21), killed, shard_size=10)
     shard_path(killed, 2).unlink()
     (killed / MANIFEST).unlink()
     before = shard_path(killed, 0).stat().st_mtime_ns
-    assert write_input_shards(_items(21), killed, shard_size=10) == [10, 10, 1]
+    assert write_input_shards(lambda: _items(21), killed, shard_size=10) == [10, 10, 1]
     assert shard_path(killed, 0).stat().st_mtime_ns == before
     for shard in range(3):
         assert pq.read_table(shard_path(killed, shard)).equals(pq.read_table(shard_path(fresh, shard)))
     # Killed between the last shard and the manifest: nothing is rewritten.
     (killed / MANIFEST).unlink()
-    assert write_input_shards(_items(21), killed, shard_size=10) == [10, 10, 1]
+    assert write_input_shards(lambda: _items(21), killed, shard_size=10) == [10, 10, 1]
 
 
 def test_stream_positions_map_to_chunks_and_sources(tmp_path):
-    counts = write_input_shards(_items(21), tmp_path, shard_size=10)  # shards hold seqs 0-9, 10-19, 20
+    counts = write_input_shards(lambda: _items(21), tmp_path, shard_size=10)  # shards hold seqs 0-9, 10-19, 20
     assert counts == [10, 10, 1] and CHUNK_ROWS == 8
     assert chunks_of_seqs([0, 7, 8, 10, 19, 20], counts) == {
         0: Chunk(0, 0), 7: Chunk(0, 0), 8: Chunk(0, 1), 10: Chunk(1, 0), 19: Chunk(1, 1), 20: Chunk(2, 0)}
@@ -102,7 +102,7 @@ def test_stream_positions_map_to_chunks_and_sources(tmp_path):
 def test_later_copies_keep_the_lowest_seq_whatever_the_order():
     a, b, c = "aa" * 20, "bb" * 20, "cc" * 20
     # Workers report in any order: the copy at seq 2 is the first one even though seq 5 came in first.
-    pairs = [(5, a), (9, b), (2, a), (7, a), (1, b), (3, c)]
+    pairs = [(5, a, 0), (9, b, 0), (2, a, 0), (7, a, 0), (1, b, 0), (3, c, 0)]
     assert later_copies(pairs) == {5: (a, 2), 7: (a, 2), 9: (b, 1)}
     assert later_copies(sorted(pairs)) == later_copies(pairs)
     found = {5: Duplicate(a, 2, "x/a.jpg"), 9: Duplicate(b, 1, "y/b.jpg")}
@@ -209,9 +209,11 @@ def test_overwrite_replaces_only_build_files(tmp_path, capsys):
             "--synthetic-levels", "0", "--resolution", "128"]
     assert main(args) == 0
     (out / "notes.txt").write_text("mine")
-    (out / "data" / "stale.parquet").write_bytes(b"old")
+    (out / "data" / "mine.parquet").write_bytes(b"mine")
+    (out / "data" / "train-00003-of-00009.parquet").write_bytes(b"an earlier build's shard")
     assert main([*args, "--overwrite"]) == 0
-    assert (out / "notes.txt").read_text() == "mine" and not (out / "data" / "stale.parquet").exists()
+    assert (out / "notes.txt").read_text() == "mine" and (out / "data" / "mine.parquet").read_bytes() == b"mine"
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["mine.parquet", "train-00000-of-00001.parquet"]
     assert len(read_rows(out)) == 1
     capsys.readouterr()
     assert main([*args, "--resume", "--seed", "3"]) == 0  # a finished build: nothing to do, settings unchecked
