@@ -39,14 +39,11 @@ HUB_TIMEOUT_S = 10.0
 #: Columns of a dataset input that may carry EXIF-like values for the estimators.
 EXIF_COLUMNS = ("f_number", "focal_length_mm", "focal_length_35mm", "focus_distance_m", "camera_make", "camera_model", "lens_model")
 HF_PREFIXES = ("hf://", "hf:")
-#: errors.jsonl reason codes of items the listing already refuses: (text in the message, code).
-_LISTING_CODES = (
-    ("not a regular file", "not-a-file"),
-    ("outside the", "outside-input"),
-    ("caption ", "bad-caption"),
-    ("symlinked folder", "symlinked-folder"),
-    ("unsupported format", "unsupported-format"),
-)
+#: errors.jsonl reason codes of items the listing already refuses: (how the message starts, or else a text
+#: in it, code); every caption message starts with "caption".
+_LISTING_STARTS = (("caption", "bad-caption"), ("symlinked folder", "symlinked-folder"),
+                   ("unsupported format", "unsupported-format"))
+_LISTING_TEXTS = (("not a regular file", "not-a-file"), ("outside the", "outside-input"))
 
 
 class InputError(ValueError):
@@ -80,7 +77,9 @@ class SourceItem:
 
 def listing_code(error: str) -> str:
     """The errors.jsonl reason code of an item the listing refused (``SourceItem.error``)."""
-    return next((code for text, code in _LISTING_CODES if text in error), "unreadable")
+    found = [code for start, code in _LISTING_STARTS if error.startswith(start)]
+    found += [code for text, code in _LISTING_TEXTS if text in error]
+    return found[0] if found else "unreadable"
 
 
 def check_caption(value: Any, name: str = "caption") -> str:
@@ -90,16 +89,17 @@ def check_caption(value: Any, name: str = "caption") -> str:
         return ""
     if isinstance(value, (bytes, bytearray)):
         if len(value) > MAX_CAPTION_BYTES:
-            raise CaptionError(f"{name} is {len(value):,} bytes, over the {MAX_CAPTION_BYTES:,}-byte caption limit")
+            raise CaptionError(f"{name} is {len(value):,} bytes, over the {MAX_CAPTION_BYTES:,}-byte caption limit: shorten it")
         try:
             value = bytes(value).decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise CaptionError(f"{name} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
     text = str(value)
     if "\x00" in text:
-        raise CaptionError(f"{name} holds NUL characters (a binary file, not text)")
+        raise CaptionError(f"{name} holds NUL characters (a binary file, not text): replace it with a text file")
     if len(text.encode("utf-8")) > MAX_CAPTION_BYTES:
-        raise CaptionError(f"{name} is {len(text.encode('utf-8')):,} bytes, over the {MAX_CAPTION_BYTES:,}-byte caption limit")
+        raise CaptionError(f"{name} is {len(text.encode('utf-8')):,} bytes, over the {MAX_CAPTION_BYTES:,}-byte caption "
+                           "limit: shorten it")
     return text.strip()
 
 
@@ -107,14 +107,14 @@ def caption_for(path: str | Path) -> str:
     """The ``<stem>.txt`` caption next to a photo, stripped; "" when there is none. :class:`CaptionError` when it
     is refused: not a regular file, a symlink out of the photo's folder, unreadable, or not :func:`check_caption`."""
     sidecar = Path(path).with_suffix(CAPTION_SUFFIX)
-    name = f"caption {sidecar.name}"
     try:
-        if not sidecar_of(path, sidecar, name):
+        if not sidecar_of(path, sidecar, "caption"):
             return ""
-        data = read_regular(sidecar, MAX_CAPTION_BYTES, name)
+        data = read_regular(sidecar, MAX_CAPTION_BYTES, "caption")
     except InputFileError as exc:
-        raise CaptionError(str(exc)) from None
-    return check_caption(data, name)
+        action = "" if exc.code == "outside-input" else ": replace it with a text file, or remove it"
+        raise CaptionError(f"{exc}{action}") from None
+    return check_caption(data, f"caption {sidecar}")
 
 
 def _file_item(path: str) -> SourceItem:
@@ -122,7 +122,7 @@ def _file_item(path: str) -> SourceItem:
     try:
         item.caption = caption_for(path)
     except CaptionError as exc:
-        item.error = f"{exc}: fix or remove it"
+        item.error = str(exc)
     return item
 
 

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import BinaryIO, Optional
 
 import numpy as np
-from PIL import Image
 
-from .image_io import MAX_PIXELS, ImageLoadError, check_dimensions
+from .image_io import MAX_PIXELS, ImageLoadError, open_checked
 
 #: Sidecar file names next to a photo ``<stem>.<ext>``.
 DEPTH_SIDECAR_SUFFIX = ".depth.npy"  # metric depth in metres, HxW float
@@ -105,8 +104,7 @@ def read_disparity_png(source: str | Path | BinaryIO, name: str = "disparity map
     """An 8- or 16-bit grayscale disparity PNG as float in [0, 1] (larger = nearer), not renormalised; its
     size is checked against the pixel and aspect limits before any pixel is decoded."""
     try:
-        with Image.open(source) as img:
-            check_dimensions(*img.size, MAX_PIXELS, name)
+        with open_checked(source, MAX_PIXELS, name) as img:
             arr = np.asarray(img)
     except ImageLoadError as exc:
         raise ValueError(str(exc)) from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from typing import Callable, TypeVar, Union
+from typing import BinaryIO, Callable, TypeVar, Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -79,6 +79,19 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def open_checked(source: Union[str, os.PathLike, BinaryIO], max_pixels: int = MAX_PIXELS, what: str = "image") -> Image.Image:
+    """A lazily opened PIL image whose header passed :func:`check_dimensions` (no pixel decoded yet)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # check_dimensions is the authority
+        img = Image.open(source)
+    try:
+        check_dimensions(*img.size, max_pixels, what)
+    except ImageLoadError:
+        img.close()
+        raise
+    return img
 
 
 def _decode(source: ImageSource, max_pixels: int, convert: Callable[[Image.Image], T]) -> T:

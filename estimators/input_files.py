@@ -34,9 +34,11 @@ def file_kind(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
-def mib(size: int) -> str:
-    """A byte count as a short MiB figure for messages."""
-    return f"{size / 2**20:.3g} MiB"
+def size_text(size: int) -> str:
+    """A byte count in words for messages: bytes, KiB or MiB, three significant digits."""
+    if size < 2**10:
+        return f"{size} bytes"
+    return f"{size / 2**10:.3g} KiB" if size < 2**20 else f"{size / 2**20:.3g} MiB"
 
 
 def open_regular(path: PathLike, what: str = "file") -> BinaryIO:
@@ -47,7 +49,7 @@ def open_regular(path: PathLike, what: str = "file") -> BinaryIO:
     try:
         fd = os.open(path, _OPEN_FLAGS)
     except OSError as exc:
-        raise InputFileError(f"cannot open {what} {path}: {exc.strerror or exc}") from None
+        raise InputFileError(f"{what} {path} cannot be opened: {exc.strerror or exc}") from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
@@ -63,13 +65,13 @@ def read_regular(path: PathLike, max_bytes: int, what: str = "file") -> bytes:
     with open_regular(path, what) as handle:
         size = os.fstat(handle.fileno()).st_size
         if size > max_bytes:
-            raise InputFileError(f"{what} {path} is {mib(size)}, over the {mib(max_bytes)} limit", "too-large")
+            raise InputFileError(f"{what} {path} is {size_text(size)}, over the {size_text(max_bytes)} limit", "too-large")
         try:
             data = handle.read(max_bytes + 1)
         except OSError as exc:
-            raise InputFileError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+            raise InputFileError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
     if len(data) > max_bytes:  # the file grew while it was read
-        raise InputFileError(f"{what} {path} is over the {mib(max_bytes)} limit", "too-large")
+        raise InputFileError(f"{what} {path} is over the {size_text(max_bytes)} limit", "too-large")
     return data
 
 

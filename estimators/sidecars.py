@@ -34,7 +34,7 @@ from .depth import (
     resize_map,
     sidecar_paths,
 )
-from .image_io import MAX_PIXELS, ImageLoadError, check_dimensions
+from .image_io import MAX_PIXELS, ImageLoadError, check_dimensions, open_checked
 from .input_files import InputFileError, PathLike, read_regular, sidecar_of
 from .mask import MaskUnavailableError, SubjectMask, mask_sidecar_path
 
@@ -180,8 +180,7 @@ def load_mask_sidecar(photo: PathLike, size: Size) -> SubjectMask:
         data = _sidecar_bytes(photo, path, "mask sidecar")
         if data is None:
             raise NoMaskSidecar(f"no mask sidecar for {Path(photo).name} (expected {path.name})")
-        with Image.open(io.BytesIO(data)) as img:
-            check_dimensions(*img.size, MAX_PIXELS, path.name)
+        with open_checked(io.BytesIO(data), MAX_PIXELS, path.name) as img:
             check_fit(img.size, (width, height), path.name)
             arr = np.asarray(img.convert("RGB") if img.mode == "P" else img)
     except MaskUnavailableError:

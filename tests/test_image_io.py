@@ -59,7 +59,7 @@ def test_pixel_limit_is_configurable(tmp_path):
 
 
 def test_unreadable_path(tmp_path):
-    with pytest.raises(ImageLoadError, match="cannot open photo .*missing.jpg: No such file"):
+    with pytest.raises(ImageLoadError, match="photo .*missing.jpg cannot be opened: No such file"):
         load_image(tmp_path / "missing.jpg")
     with pytest.raises(ImageLoadError, match="is a folder, not a regular file"):
         load_image(tmp_path)
