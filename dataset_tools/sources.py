@@ -186,7 +186,7 @@ def _scan(folder: str) -> tuple[list[str], Optional[str]]:
         for name in sorted(files):
             if name.lower().endswith(".parquet"):
                 parquet.append(os.path.join(root, name))
-            elif photo is None and _is_image(name):
+            elif photo is None and (_is_image(name) or os.path.splitext(name)[1].lower() in REFUSED_EXTENSIONS):
                 photo = os.path.join(root, name)
     return sorted(parquet), photo
 

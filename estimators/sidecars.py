@@ -35,7 +35,7 @@ from .depth import (
     sidecar_paths,
 )
 from .image_io import MAX_PIXELS, ImageLoadError, check_dimensions, open_checked
-from .input_files import InputFileError, PathLike, read_regular, sidecar_of
+from .input_files import PathLike, read_regular, sidecar_of
 from .mask import MaskUnavailableError, SubjectMask, mask_sidecar_path
 
 #: Ceiling on the bytes of one sidecar file, and on the array a ``.npy`` / ``.npz`` holds

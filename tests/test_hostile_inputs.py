@@ -12,7 +12,6 @@ import os
 import resource
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from build_helpers import REPO_ENV, assert_each_photo_once, cli, demo_scenes, local_ray, read_errors, read_rows  # noqa: F401
+from build_helpers import REPO_ENV, assert_each_photo_once, cli, demo_scenes, local_ray, read_rows  # noqa: F401
 from hostile_files import npy_header, png_header_only, sparse_file
 
 #: Address space a command may take: a few times what a build of 128 px photos needs (~0.5 GB resident), far
