@@ -112,8 +112,8 @@ def caption_for(path: str | Path) -> str:
             return ""
         data = read_regular(sidecar, MAX_CAPTION_BYTES, "caption")
     except InputFileError as exc:
-        action = "" if exc.code == "outside-input" else ": replace it with a text file, or remove it"
-        raise CaptionError(f"{exc}{action}") from None
+        action = {"not-a-file": ": replace it with a text file, or remove it", "unreadable": ": fix or remove it"}
+        raise CaptionError(f"{exc}{action.get(exc.code, '')}") from None
     return check_caption(data, f"caption {sidecar}")
 
 

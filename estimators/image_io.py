@@ -57,7 +57,7 @@ def check_dimensions(width: int, height: int, max_pixels: int = MAX_PIXELS, what
     if max(width, height) > MAX_ASPECT * min(width, height):
         raise ImageLoadError(
             f"{what} is {width}x{height}, an aspect ratio of {max(width, height) / min(width, height):.0f}:1, "
-            f"over the {MAX_ASPECT:g}:1 limit (a strip, not a photo)"
+            f"over the {MAX_ASPECT:g}:1 limit: a strip, not a photo (crop it)"
         )
 
 

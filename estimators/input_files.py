@@ -65,7 +65,8 @@ def read_regular(path: PathLike, max_bytes: int, what: str = "file") -> bytes:
     with open_regular(path, what) as handle:
         size = os.fstat(handle.fileno()).st_size
         if size > max_bytes:
-            raise InputFileError(f"{what} {path} is {size_text(size)}, over the {size_text(max_bytes)} limit", "too-large")
+            raise InputFileError(f"{what} {path} is {size_text(size)}, over the {size_text(max_bytes)} limit: save it "
+                                 "smaller", "too-large")
         try:
             data = handle.read(max_bytes + 1)
         except OSError as exc:

@@ -112,8 +112,10 @@ def test_listing_refusals_and_their_codes(tree):
     (tree / "clip.gif").write_bytes(b"GIF89a")
     os.mkfifo(tree / "pipe.webp")
     os.symlink(tree / "b", tree / "link")
+    os.symlink(tree / "b" / "C.PNG", tree / "inner.png")  # resolves inside the folder: read
     items = {os.path.relpath(i.source, tree): i for i in iter_sources([str(tree)])}
-    assert set(items) == {"a.jpg", "b/C.PNG", "b/deep/d.heic", "clip.gif", "pipe.webp", "link"}
+    assert set(items) == {"a.jpg", "b/C.PNG", "b/deep/d.heic", "clip.gif", "pipe.webp", "link", "inner.png"}
+    assert items["inner.png"].error is None and items["inner.png"].read_bytes() == png_bytes()
     assert {name: listing_code(items[name].error) for name in ("clip.gif", "pipe.webp", "link")} == {
         "clip.gif": "unsupported-format", "pipe.webp": "not-a-file", "link": "symlinked-folder"}
     (tree / "b" / "C.txt").mkdir()  # a folder where C.PNG's caption would be
