@@ -110,9 +110,13 @@ def read_disparity_png(source: str | Path | BinaryIO, name: str = "disparity map
         raise ValueError(str(exc)) from None
     if arr.ndim == 3:
         arr = arr[..., 0]
+    top = None
     if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0
-    if arr.dtype in (np.uint16, np.int32, np.int64, np.uint32):
+        top = 255.0
+    elif arr.dtype in (np.uint16, np.int32, np.int64, np.uint32):
         top = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        return arr.astype(np.float32) / top
-    return arr.astype(np.float32)
+    out = arr.astype(np.float32)
+    del arr
+    if top is not None:
+        out /= np.float32(top)  # in place: one float32 copy of the map at most
+    return out

@@ -12,7 +12,7 @@ Policy (every command that reads sidecars uses it through :func:`photo_depth` an
 Limits: a sidecar is a regular file of at most :data:`MAX_SIDECAR_BYTES` in the photo's folder (a symlink must
 resolve inside it), has at most :data:`~estimators.image_io.MAX_PIXELS` pixels, and its aspect ratio matches the
 photo's (:func:`check_fit`). Maps are normalised at their own size and only then resized, without
-renormalising, so a flat map stays flat and interpolation cannot invent depth layers.
+renormalising, so a flat map stays flat and interpolation cannot invent depth layers (:func:`unit_map`).
 """
 from __future__ import annotations
 
@@ -28,8 +28,6 @@ from PIL import Image
 from .depth import (
     DepthMap,
     DepthUnavailableError,
-    disparity_from_depth,
-    normalize_disparity,
     read_disparity_png,
     resize_map,
     sidecar_paths,
@@ -86,15 +84,36 @@ def check_fit(map_size: Size, photo_size: Size, name: str) -> None:
     )
 
 
-def resize_unit_map(map01: np.ndarray, size: Size) -> np.ndarray:
-    """A [0, 1] map resized to ``size`` = (width, height): area-averaged when shrinking, bilinear when
-    enlarging, clipped to [0, 1] and never renormalised (both are weighted means, so no new extremes)."""
-    array = np.asarray(map01, dtype=np.float32)
-    if array.shape[1] == size[0] and array.shape[0] == size[1]:
-        return array
-    shrink = size[0] * size[1] < array.shape[0] * array.shape[1]
-    resized = cv2.resize(array, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    return np.clip(resized, 0.0, 1.0)
+def unit_map(values: np.ndarray, size: Size) -> np.ndarray:
+    """A map (larger = nearer; NaN and +-inf = the far end, as in normalize_disparity) min-max normalised to [0, 1] over its finite values
+    at its own size, resized to ``size`` = (width, height) as float32.
+
+    The range is taken before resizing and the result is never renormalised: a flat map gives exactly 0
+    everywhere, and the area mean (shrinking) or bilinear weights (enlarging) cannot invent new extremes, so
+    interpolation noise never becomes depth layers. Normalising after resizing gives the same values (both
+    steps are linear) without a full-size float64 copy.
+    """
+    array = np.asarray(values)
+    finite = np.isfinite(array)
+    if not finite.any():
+        return np.zeros((size[1], size[0]), np.float32)
+    lo = float(np.min(array, where=finite, initial=np.inf))
+    hi = float(np.max(array, where=finite, initial=-np.inf))
+    if hi <= lo:
+        return np.zeros((size[1], size[0]), np.float32)
+    filled = (array if finite.all() else np.where(finite, array, lo)).astype(np.float32, copy=False)
+    del finite
+    if filled.shape[1] != size[0] or filled.shape[0] != size[1]:
+        shrink = size[0] * size[1] < filled.shape[0] * filled.shape[1]
+        filled = cv2.resize(filled, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return np.clip((filled - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0)
+
+
+def inverse_depth(depth_m: np.ndarray) -> np.ndarray:
+    """1 / z as float32 (larger = nearer): NaN where z <= 0 or NaN, 0 at z = inf; see :func:`disparity_from_depth`."""
+    z = np.asarray(depth_m, dtype=np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(z > 0, np.float32(1.0) / z, np.float32(np.nan))
 
 
 # ----------------------------------------------------------------------------- reading sidecar files
@@ -153,15 +172,14 @@ def load_depth_sidecar(photo: PathLike, size: Size) -> DepthMap:
     try:
         data = _sidecar_bytes(photo, depth_path, "depth sidecar")
         if data is not None:
-            depth = read_map_array(data, depth_path.name).astype(np.float32)
+            depth = read_map_array(data, depth_path.name).astype(np.float32, copy=False)
             check_fit((depth.shape[1], depth.shape[0]), size, depth_path.name)
-            disparity = resize_unit_map(disparity_from_depth(depth), size)
-            return DepthMap(disparity, depth_m=resize_map(depth, size), source="sidecar-depth")
+            return DepthMap(unit_map(inverse_depth(depth), size), depth_m=resize_map(depth, size), source="sidecar-depth")
         data = _sidecar_bytes(photo, disp_path, "disparity sidecar")
         if data is not None:
             raw = read_disparity_png(io.BytesIO(data), name=disp_path.name)
             check_fit((raw.shape[1], raw.shape[0]), size, disp_path.name)
-            return DepthMap(resize_unit_map(normalize_disparity(raw), size), source="sidecar-disparity")
+            return DepthMap(unit_map(raw, size), source="sidecar-disparity")
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise DepthUnavailableError(f"unusable depth sidecar for {Path(photo).name}: {_reason(exc)}") from None
     raise NoDepthSidecar(
@@ -211,7 +229,7 @@ def read_disparity_file(path: PathLike, size: Size) -> np.ndarray:
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise ValueError(f"cannot read disparity {file}: {_reason(exc)}") from None
     check_fit((raw.shape[1], raw.shape[0]), size, file.name)
-    return resize_unit_map(normalize_disparity(raw), size)
+    return unit_map(raw, size)
 
 
 # ----------------------------------------------------------------------------- the policy

@@ -22,7 +22,7 @@ from estimators.sidecars import (
     photo_mask,
     read_disparity_file,
     read_map_array,
-    resize_unit_map,
+    unit_map,
 )
 
 
@@ -71,12 +71,16 @@ def test_flat_metric_depth_stays_flat_after_resize(tmp_path):
     assert np.ptp(depth.disparity) == 0.0 and depth.depth_range_m == pytest.approx((3.7, 3.7))
 
 
-def test_resize_never_leaves_the_unit_range_nor_renormalises():
+def test_unit_map_takes_the_range_before_resizing_and_never_renormalises():
     ramp = np.linspace(0.2, 0.7, 12, dtype=np.float32).reshape(3, 4)
-    up = resize_unit_map(ramp, (40, 30))
-    down = resize_unit_map(np.kron(ramp, np.ones((10, 10), np.float32)), (4, 3))
-    assert up.min() >= 0.2 - 1e-6 and up.max() <= 0.7 + 1e-6  # weighted means only: no new extremes
-    np.testing.assert_allclose(down, ramp, atol=1e-6)  # area mean of 10x10 blocks gives the blocks back
+    blocks = np.kron(ramp, np.ones((10, 10), np.float32))
+    np.testing.assert_allclose(unit_map(blocks, (4, 3)), (ramp - 0.2) / 0.5, atol=1e-6)  # area mean of each block
+    up = unit_map(ramp, (40, 30))
+    assert up.min() == 0.0 and up.max() == pytest.approx(1.0)  # bilinear weights: no new extremes
+    # A 2x2 map shrunk to one pixel is its mean, 0.75; renormalising would turn it into 0.
+    assert unit_map(np.array([[0.0, 1.0], [1.0, 1.0]]), (1, 1))[0, 0] == pytest.approx(0.75)
+    # NaN and -inf are the far end; the range is over the finite values (2 .. 4).
+    np.testing.assert_allclose(unit_map(np.array([[np.nan, 2.0], [-np.inf, 4.0]]), (2, 2)), [[0, 0], [0, 1]])
 
 
 # ----------------------------------------------------------------------------- limits
