@@ -85,13 +85,13 @@ def check_fit(map_size: Size, photo_size: Size, name: str) -> None:
 
 
 def unit_map(values: np.ndarray, size: Size) -> np.ndarray:
-    """A map (larger = nearer; NaN and +-inf = the far end, as in normalize_disparity) min-max normalised to [0, 1] over its finite values
-    at its own size, resized to ``size`` = (width, height) as float32.
+    """A map (larger = nearer; NaN and +-inf are the far end, as in normalize_disparity) min-max normalised to
+    [0, 1] by the range of its finite values at its own size, and resized to ``size`` = (width, height), float32.
 
     The range is taken before resizing and the result is never renormalised: a flat map gives exactly 0
     everywhere, and the area mean (shrinking) or bilinear weights (enlarging) cannot invent new extremes, so
-    interpolation noise never becomes depth layers. Normalising after resizing gives the same values (both
-    steps are linear) without a full-size float64 copy.
+    interpolation noise never becomes depth layers. Applying the range after the resize gives the values of
+    normalising first (both steps are linear) without a full-size float64 copy.
     """
     array = np.asarray(values)
     finite = np.isfinite(array)

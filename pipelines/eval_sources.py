@@ -225,7 +225,7 @@ def reference_photo(path: str | Path, size: tuple[int, int], depth_model: Any = 
     but refused is a UserError, never replaced by a model."""
     from estimators.depth import DepthUnavailableError
     from estimators.mask import DepthMasker, MaskUnavailableError
-    from estimators.sidecars import photo_depth, photo_mask
+    from estimators.sidecars import NoDepthSidecar, photo_depth, photo_mask
 
     try:
         photo = load_image(path)
@@ -235,7 +235,7 @@ def reference_photo(path: str | Path, size: tuple[int, int], depth_model: Any = 
         depth = photo_depth(path, photo, depth_model)
         found = photo_mask(path, photo, depth.disparity, masker or DepthMasker())
     except (DepthUnavailableError, MaskUnavailableError) as exc:
-        hint = " (pass --depth depth-anything)" if depth_model is None and isinstance(exc, DepthUnavailableError) else ""
+        hint = " (pass --depth depth-anything)" if isinstance(exc, NoDepthSidecar) else ""
         raise UserError(f"reference photo {path}: {exc}{hint}") from None
     image = fit_to(photo, size)
     scene = Scene(fit_mask(found.mask, size), fit_disparity(depth.disparity, size), f"{depth.source} + {found.source}")
