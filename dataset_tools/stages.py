@@ -181,15 +181,13 @@ class ReadStage:
 
 # ----------------------------------------------------------------------------- depth and mask
 class DepthStage(Stage):
-    """Depth from ``<stem>.depth.npy`` / ``<stem>.disparity.png`` sidecars or a Depth Anything model."""
+    """Depth from ``<stem>.depth.npy`` / ``<stem>.disparity.png`` sidecars (``--depth sidecar``) or the depth model."""
 
     name = "depth"
 
     def __init__(self, config: BuildConfig) -> None:
         super().__init__(config)
-        self.model = None
-        if config.depth == "depth-anything":
-            self.model = make_depth_model(config.depth, config.depth_model)
+        self.model = make_depth_model(config.depth, config.depth_model)  # None for sidecar / none
 
     def run(self, states: list[PhotoState]) -> None:
         """Sidecars photo by photo; a model in one batched call (its time shared out), one by one if that fails."""
@@ -212,9 +210,9 @@ class DepthStage(Stage):
         try:
             state.depth = photo_depth(state.path, state.image, self.model, sidecar=self.model is None)
         except NoDepthSidecar as exc:
-            raise StageFailure("no-depth", f"{exc}: add one, or use --depth depth-anything") from None
+            raise StageFailure("no-depth", f"{exc}: add one, or choose a depth model with --depth") from None
         except DepthUnavailableError as exc:
-            raise StageFailure("bad-sidecar", f"{exc}: fix or replace it, or use --depth depth-anything") from None
+            raise StageFailure("bad-sidecar", f"{exc}: fix or replace it, or choose a depth model with --depth") from None
 
 
 class MaskStage(Stage):

@@ -235,7 +235,8 @@ def reference_photo(path: str | Path, size: tuple[int, int], depth_model: Any = 
         depth = photo_depth(path, photo, depth_model)
         found = photo_mask(path, photo, depth.disparity, masker or DepthMasker())
     except (DepthUnavailableError, MaskUnavailableError) as exc:
-        hint = " (pass --depth depth-anything)" if isinstance(exc, NoDepthSidecar) else ""
+        missing = isinstance(exc, NoDepthSidecar)
+        hint = " (add one, or score with --mask depth or sam, which load --depth-model)" if missing else ""
         raise UserError(f"reference photo {path}: {exc}{hint}") from None
     image = fit_to(photo, size)
     scene = Scene(fit_mask(found.mask, size), fit_disparity(depth.disparity, size), f"{depth.source} + {found.source}")

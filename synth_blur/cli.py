@@ -85,15 +85,13 @@ def _disparity(args: argparse.Namespace, image: Any) -> tuple[np.ndarray, str]:
             return read_disparity_file(args.disparity, image.size), f"file {Path(args.disparity).name}"
         except ValueError as exc:
             raise UserError(str(exc)) from None
-    model = None
-    if args.depth == "depth-anything":
-        from estimators.backends import make_depth_model
+    from estimators.backends import make_depth_model
 
-        model = make_depth_model("depth-anything", args.depth_model, args.device)
+    model = make_depth_model(args.depth, args.depth_model, args.device)  # None for sidecar
     try:
         depth = photo_depth(args.photo, image, model, sidecar=model is None)
     except DepthUnavailableError as exc:
-        raise UserError(f"{exc}; pass --disparity FILE or --depth depth-anything") from None
+        raise UserError(f"{exc}; pass --disparity FILE or a depth model with --depth") from None
     return depth.disparity, depth.source
 
 
