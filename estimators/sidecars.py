@@ -11,8 +11,9 @@ Policy (every command that reads sidecars uses it through :func:`photo_depth` an
 
 Limits: a sidecar is a regular file of at most :data:`MAX_SIDECAR_BYTES` in the photo's folder (a symlink must
 resolve inside it), has at most :data:`~estimators.image_io.MAX_PIXELS` pixels, and its aspect ratio matches the
-photo's (:func:`check_fit`). Maps are normalised at their own size and only then resized, without
-renormalising, so a flat map stays flat and interpolation cannot invent depth layers (:func:`unit_map`).
+photo's (:func:`check_fit`). Maps are normalised by the range they have at their own size and never
+renormalised after a resize, so a flat map stays flat and interpolation cannot invent depth layers
+(:func:`unit_map`).
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ MAX_SIDECAR_BYTES = 128 * 2**20
 #: Relative aspect-ratio difference accepted between a sidecar and its photo beyond pixel rounding
 #: (maps saved at a size rounded to a multiple of 32 or of a model's patch).
 ASPECT_TOLERANCE = 0.02
+#: Bytes a ``.npy`` header may take (numpy's own reading limit is 10,000).
+_NPY_HEADER_ROOM = 65536
 
 Size = tuple[int, int]
 
@@ -52,6 +55,8 @@ class NoDepthSidecar(DepthUnavailableError):
 
 class NoMaskSidecar(MaskUnavailableError):
     """The photo has no mask sidecar at all (as opposed to one that is refused)."""
+
+
 ImageLike = Union[Image.Image, np.ndarray]
 
 
@@ -147,7 +152,10 @@ def read_map_array(data: bytes, name: str, archive: bool = False) -> np.ndarray:
                 raise ValueError(f"{name} holds no array")
             with zipped.open(members[0]) as stream:
                 _checked_header(stream, name)
-            data = zipped.read(members[0])
+            with zipped.open(members[0]) as stream:  # inflated no further than the header allows
+                data = stream.read(MAX_SIDECAR_BYTES + _NPY_HEADER_ROOM)
+                if stream.read(1):
+                    raise ValueError(f"{name} holds more data than the {MAX_SIDECAR_BYTES:,} byte limit")
     _checked_header(io.BytesIO(data), name)
     return np.load(io.BytesIO(data), allow_pickle=False)
 

@@ -183,3 +183,15 @@ def test_mask_policy_matches_the_depth_policy(tmp_path):
     Image.fromarray(np.zeros((60, 80), np.uint8)).save(tmp_path / "p.mask.png")  # right shape, but empty
     with pytest.raises(MaskUnavailableError, match="no subject pixels"):
         photo_mask(path, image, disparity, masker)
+
+
+def test_npz_member_that_inflates_past_its_header_is_refused(tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "d.npz", "w", zipfile.ZIP_DEFLATED) as archive:  # a small header, then 200 MB
+        with archive.open("arr_0.npy", "w", force_zip64=True) as member:
+            member.write(npy_header((30, 40), "|u1"))
+            for _ in range(200):
+                member.write(bytes(2**20))
+    with pytest.raises(ValueError, match="more data than the 134,217,728 byte limit"):
+        read_disparity_file(tmp_path / "d.npz", (40, 30))
