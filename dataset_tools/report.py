@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from dataset_tools.schema import cell_bytes
+from estimators.image_io import ImageLoadError, load_image
 from synth_blur.contact_sheet import contact_sheet
 
 #: Columns read from the data shards (never the depth / mask images).
@@ -42,7 +43,8 @@ def _rows(files: list[Path]) -> Iterator[dict[str, Any]]:
 
 
 def _decode(cell: Any) -> Image.Image:
-    return Image.open(io.BytesIO(cell_bytes(cell) or b"")).convert("RGB")
+    """An image cell decoded under the photo limits (pixels, aspect ratio), so a strip cannot blow up the sheet."""
+    return load_image(cell_bytes(cell) or b"", apply_orientation=False)
 
 
 def collect_groups(files: list[Path], max_groups: int) -> list[list[dict[str, Any]]]:
@@ -138,13 +140,16 @@ def write_report(out: str | Path, report: str | Path, *, max_groups: int = 6, ma
     groups = collect_groups(files, max_groups)
     sections = []
     for rows in groups:
-        sheet = contact_sheet(
-            [_decode(r["image"]) for r in rows],
-            [("pivot " if r["kind"] == "real" else "") + f"K = {r['bokeh_level']:.1f}" for r in rows],
-            height=220,
-        )
         caption = html.escape(rows[0].get("caption") or "(no caption)")
         source = html.escape(rows[0].get("source") or "")
+        try:
+            images = [_decode(r["image"]) for r in rows]
+        except ImageLoadError as exc:
+            sections.append(f'<p class="caption">{source}: group not shown ({html.escape(str(exc))})</p>')
+            continue
+        sheet = contact_sheet(
+            images, [("pivot " if r["kind"] == "real" else "") + f"K = {r['bokeh_level']:.1f}" for r in rows], height=220
+        )
         sections.append(f'<img src="{data_uri(sheet)}" alt="group"><p class="caption">{caption}<br><small>{source}</small></p>')
     settings = html.escape(json.dumps(stats.get("settings", {}), indent=1))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Bokeh dataset report: {html.escape(out.name)}</title>

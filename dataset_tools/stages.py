@@ -18,18 +18,21 @@ from PIL import Image
 
 from estimators.backends import make_depth_model, make_masker
 from estimators.bokeh_level import estimate_bokeh_level
-from estimators.depth import DepthUnavailableError, load_depth_sidecar
+from estimators.depth import DepthUnavailableError
 from estimators.exif import ExifInfo, read_exif
 from estimators.image_io import ImageLoadError, load_image, to_array, to_gray
+from estimators.input_files import InputFileError
 from estimators.lens import REFERENCE_SHORT_SIDE, RENDER_LEVEL_RANGE
-from estimators.mask import MaskUnavailableError, load_mask_sidecar
+from estimators.mask import MaskUnavailableError
 from estimators.sharpness import subject_background_sharpness
+from estimators.sidecars import NoDepthSidecar, NoMaskSidecar, photo_depth, photo_mask
 
 from .build_config import BuildConfig
 from .dedup import Duplicate, decode, photo_id
 from .encode import real_row, synthetic_row
 from .input_shards import Chunk, item_from_row, read_chunk
 from .photo_state import PhotoState, Render, StageFailure, one_line, pack, unpack
+from .sources import listing_code
 
 #: ImageLoadError message starts -> reason code (stats group failures by code).
 _DECODE_CODES = (
@@ -37,7 +40,7 @@ _DECODE_CODES = (
     ("not a recognised image format", "not-an-image"),
     ("decompression bomb", "too-many-pixels"),
     ("image has", "too-many-pixels"),
-    ("not a readable file", "unreadable"),
+    ("image is", "bad-aspect"),
 )
 
 
@@ -145,7 +148,7 @@ class ReadStage:
                 state.stop("dedup", StageFailure("duplicate", f"duplicate of {duplicate.first_source}",
                                                  status="filtered"))
             elif item.error:
-                state.stop("read", StageFailure("unreadable", item.error))
+                state.stop("read", StageFailure(listing_code(item.error), item.error))
             else:
                 guarded("read", state, self._load, state, item)
             states.append(state)
@@ -155,6 +158,8 @@ class ReadStage:
         with state.timed("read"):
             try:
                 data = item.read_bytes()
+            except InputFileError as exc:
+                raise StageFailure(exc.code, one_line(exc)) from None
             except OSError as exc:
                 raise StageFailure("unreadable", f"cannot read {item.source}: {exc.strerror or one_line(exc)}") from None
             state.id = photo_id(data)
@@ -176,15 +181,13 @@ class ReadStage:
 
 # ----------------------------------------------------------------------------- depth and mask
 class DepthStage(Stage):
-    """Depth from ``<stem>.depth.npy`` / ``<stem>.disparity.png`` sidecars or a Depth Anything model."""
+    """Depth from ``<stem>.depth.npy`` / ``<stem>.disparity.png`` sidecars (``--depth sidecar``) or the depth model."""
 
     name = "depth"
 
     def __init__(self, config: BuildConfig) -> None:
         super().__init__(config)
-        self.model = None
-        if config.depth == "depth-anything":
-            self.model = make_depth_model(config.depth, config.depth_model)
+        self.model = make_depth_model(config.depth, config.depth_model)  # None for sidecar / none
 
     def run(self, states: list[PhotoState]) -> None:
         """Sidecars photo by photo; a model in one batched call (its time shared out), one by one if that fails."""
@@ -204,16 +207,12 @@ class DepthStage(Stage):
             state.timings[self.name] = state.timings.get(self.name, 0.0) + share
 
     def process(self, state: PhotoState) -> None:
-        if self.model is not None:
-            state.depth = self.model(Image.fromarray(state.image))
-            return
-        if state.path is None:
-            raise StageFailure("no-depth", "no depth sidecar for a photo from a dataset (use --depth depth-anything)")
-        height, width = state.image.shape[:2]
         try:
-            state.depth = load_depth_sidecar(state.path, (width, height))
+            state.depth = photo_depth(state.path, state.image, self.model, sidecar=self.model is None)
+        except NoDepthSidecar as exc:
+            raise StageFailure("no-depth", f"{exc}: add one, or choose a depth model with --depth") from None
         except DepthUnavailableError as exc:
-            raise StageFailure("no-depth", str(exc)) from None
+            raise StageFailure("bad-sidecar", f"{exc}: fix or replace it, or choose a depth model with --depth") from None
 
 
 class MaskStage(Stage):
@@ -226,16 +225,12 @@ class MaskStage(Stage):
         self.masker = make_masker(config.mask, config.sam_model)
 
     def process(self, state: PhotoState) -> None:
-        if self.masker is not None:
-            found = self.masker(state.image, state.depth.disparity)
-        else:
-            if state.path is None:
-                raise StageFailure("no-mask", "no mask sidecar for a photo from a dataset (use --mask depth or sam)")
-            height, width = state.image.shape[:2]
-            try:
-                found = load_mask_sidecar(state.path, (width, height))
-            except MaskUnavailableError as exc:
-                raise StageFailure("no-mask", str(exc)) from None
+        try:
+            found = photo_mask(state.path, state.image, state.depth.disparity, self.masker, sidecar=self.masker is None)
+        except NoMaskSidecar as exc:
+            raise StageFailure("no-mask", f"{exc}: add one, or use --mask depth or sam") from None
+        except MaskUnavailableError as exc:
+            raise StageFailure("bad-sidecar", f"{exc}: fix or replace it, or use --mask depth or sam") from None
         if not found.mask.any():
             raise StageFailure("no-mask", f"the {found.source} subject mask is empty")
         state.mask, state.mask_source = found.mask, found.source

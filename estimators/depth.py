@@ -1,12 +1,14 @@
-"""Depth maps: normalised disparity (DESIGN.md §1) plus metric depth when known, and sidecar files."""
+"""Depth maps: normalised disparity (DESIGN.md §1) plus metric depth when known; sidecar names and decoding
+(reading them under limits: :mod:`estimators.sidecars`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import BinaryIO, Optional
 
 import numpy as np
-from PIL import Image
+
+from .image_io import MAX_PIXELS, ImageLoadError, open_checked
 
 #: Sidecar file names next to a photo ``<stem>.<ext>``.
 DEPTH_SIDECAR_SUFFIX = ".depth.npy"  # metric depth in metres, HxW float
@@ -14,7 +16,7 @@ DISPARITY_SIDECAR_SUFFIX = ".disparity.png"  # 8- or 16-bit, larger = nearer
 
 
 class DepthUnavailableError(ValueError):
-    """No depth could be produced for a photo (missing or broken sidecar); one-line reason."""
+    """No depth could be produced for a photo (missing or refused sidecar); one-line reason."""
 
 
 @dataclass
@@ -98,40 +100,23 @@ def sidecar_paths(photo: str | Path) -> tuple[Path, Path]:
     return Path(f"{stem}{DEPTH_SIDECAR_SUFFIX}"), Path(f"{stem}{DISPARITY_SIDECAR_SUFFIX}")
 
 
-def read_disparity_png(path: str | Path) -> np.ndarray:
-    """An 8- or 16-bit grayscale disparity PNG as float in [0, 1] (larger = nearer), not renormalised."""
-    with Image.open(path) as img:
-        arr = np.asarray(img)
+def read_disparity_png(source: str | Path | BinaryIO, name: str = "disparity map") -> np.ndarray:
+    """An 8- or 16-bit grayscale disparity PNG as float in [0, 1] (larger = nearer), not renormalised; its
+    size is checked against the pixel and aspect limits before any pixel is decoded."""
+    try:
+        with open_checked(source, MAX_PIXELS, name) as img:
+            arr = np.asarray(img)
+    except ImageLoadError as exc:
+        raise ValueError(str(exc)) from None
     if arr.ndim == 3:
         arr = arr[..., 0]
+    top = None
     if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0
-    if arr.dtype in (np.uint16, np.int32, np.int64, np.uint32):
+        top = 255.0
+    elif arr.dtype in (np.uint16, np.int32, np.int64, np.uint32):
         top = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        return arr.astype(np.float32) / top
-    return arr.astype(np.float32)
-
-
-def load_depth_sidecar(photo: str | Path, size: tuple[int, int]) -> DepthMap:
-    """Depth of ``photo`` from ``<stem>.depth.npy`` (metric, preferred) or ``<stem>.disparity.png``.
-
-    ``size`` is the (width, height) of the decoded, upright photo; the map is resized to it.
-    """
-    depth_path, disp_path = sidecar_paths(photo)
-    try:
-        if depth_path.is_file():
-            depth = np.load(depth_path, allow_pickle=False)
-            if depth.ndim != 2:
-                raise DepthUnavailableError(f"depth sidecar {depth_path.name} is not a 2-D array")
-            depth = resize_map(depth, size)
-            return DepthMap(disparity_from_depth(depth), depth_m=depth, source="sidecar-depth")
-        if disp_path.is_file():
-            disp = resize_map(read_disparity_png(disp_path), size)
-            return DepthMap(normalize_disparity(disp), source="sidecar-disparity")
-    except DepthUnavailableError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise DepthUnavailableError(f"unreadable depth sidecar for {Path(photo).name}: {exc}") from None
-    raise DepthUnavailableError(
-        f"no depth sidecar for {Path(photo).name} (expected {depth_path.name} or {disp_path.name})"
-    )
+    out = arr.astype(np.float32)
+    del arr
+    if top is not None:
+        out /= np.float32(top)  # in place: one float32 copy of the map at most
+    return out

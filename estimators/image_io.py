@@ -1,14 +1,16 @@
-"""Safe photo decoding: pixel limits against decompression bombs, EXIF orientation, any mode to RGB."""
+"""Safe photo decoding: pixel and aspect limits against decompression bombs and strips, EXIF orientation,
+any mode to RGB."""
 from __future__ import annotations
 
 import io
 import os
 import warnings
-from pathlib import Path
-from typing import Callable, TypeVar, Union
+from typing import BinaryIO, Callable, TypeVar, Union
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from .input_files import InputFileError, read_regular
 
 try:  # HEIC/HEIF (and AVIF on older Pillow) pixels; EXIF is read without it.
     import pillow_heif
@@ -19,6 +21,11 @@ except ImportError:  # pragma: no cover - optional at run time
 
 #: Default ceiling on decoded pixels (a 100 MP photo is larger than any current camera's output).
 MAX_PIXELS = 100_000_000
+#: Longest side over shortest side of an image or map: wider than a stitched panorama is a strip, not a photo,
+#: and scaling its short side to 512 px would take memory without bound.
+MAX_ASPECT = 20.0
+#: Ceiling on the bytes of one photo file (an uncompressed 8-bit 100 MP TIFF is 300 MB).
+MAX_PHOTO_BYTES = 512 * 2**20
 
 ImageSource = Union[str, os.PathLike, bytes]
 T = TypeVar("T")
@@ -33,12 +40,25 @@ def _open(source: ImageSource) -> Image.Image:
         if not source:
             raise ImageLoadError("empty file (0 bytes)")
         return Image.open(io.BytesIO(source))
-    path = Path(source)
-    if not path.is_file():
-        raise ImageLoadError(f"not a readable file: {path}")
-    if path.stat().st_size == 0:
-        raise ImageLoadError("empty file (0 bytes)")
-    return Image.open(path)
+    try:
+        data = read_regular(source, MAX_PHOTO_BYTES, "photo")
+    except InputFileError as exc:
+        raise ImageLoadError(str(exc)) from None
+    return _open(data)
+
+
+def check_dimensions(width: int, height: int, max_pixels: int = MAX_PIXELS, what: str = "image") -> None:
+    """Refuse (:class:`ImageLoadError`, one line) a size with no pixels, more than ``max_pixels``, or an
+    aspect ratio over :data:`MAX_ASPECT`."""
+    if width <= 0 or height <= 0:
+        raise ImageLoadError(f"invalid {what} size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageLoadError(f"{what} has {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise ImageLoadError(
+            f"{what} is {width}x{height}, an aspect ratio of {max(width, height) / min(width, height):.0f}:1, "
+            f"over the {MAX_ASPECT:g}:1 limit: a strip, not a photo (crop it)"
+        )
 
 
 def _has_alpha(img: Image.Image) -> bool:
@@ -61,21 +81,28 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def open_checked(source: Union[str, os.PathLike, BinaryIO], max_pixels: int = MAX_PIXELS, what: str = "image") -> Image.Image:
+    """A lazily opened PIL image whose header passed :func:`check_dimensions` (no pixel decoded yet)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # check_dimensions is the authority
+        img = Image.open(source)
+    try:
+        check_dimensions(*img.size, max_pixels, what)
+    except ImageLoadError:
+        img.close()
+        raise
+    return img
+
+
 def _decode(source: ImageSource, max_pixels: int, convert: Callable[[Image.Image], T]) -> T:
-    """``convert`` of the decoded image, refusing files over ``max_pixels`` before any pixel is decoded;
+    """``convert`` of the decoded image, refusing (:func:`check_dimensions`) before any pixel is decoded;
     every failure is an :class:`ImageLoadError` with a one-line reason."""
     try:
         with warnings.catch_warnings():
             # Our own limit below is the authority; Pillow's hard limit (2x its MAX_IMAGE_PIXELS) still applies.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = _open(source)
-            width, height = img.size
-            if width <= 0 or height <= 0:
-                raise ImageLoadError(f"invalid image size {width}x{height}")
-            if width * height > max_pixels:
-                raise ImageLoadError(
-                    f"image has {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}"
-                )
+            check_dimensions(*img.size, max_pixels)
             img.load()
             return convert(img)
     except ImageLoadError:
@@ -89,7 +116,8 @@ def _decode(source: ImageSource, max_pixels: int, convert: Callable[[Image.Image
 
 
 def load_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS, apply_orientation: bool = True) -> Image.Image:
-    """Decode a photo to an upright 8-bit RGB PIL image, refusing files over ``max_pixels``.
+    """Decode a photo to an upright 8-bit RGB PIL image, refusing files over ``max_pixels`` or
+    :data:`MAX_ASPECT`; a path must be a regular file of at most :data:`MAX_PHOTO_BYTES`.
 
     The size is checked from the header before any pixel is decoded, so a decompression bomb
     costs nothing. Every failure raises :class:`ImageLoadError` with a one-line reason.

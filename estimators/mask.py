@@ -1,4 +1,5 @@
-"""Subject masks: the nearest salient depth layer, refined by GrabCut (no weights) or SAM, or a sidecar.
+"""Subject masks: the nearest salient depth layer, refined by GrabCut (no weights) or SAM, or a sidecar
+(read by :mod:`estimators.sidecars`).
 
 Both model-free and SAM masks start from one automatic prompt (:func:`depth_prompt`): the nearest
 depth region that is large and central enough, with its box and a few interior points.
@@ -35,7 +36,7 @@ ImageLike = Union[Image.Image, np.ndarray]
 
 
 class MaskUnavailableError(ValueError):
-    """No subject mask could be read for a photo (missing or broken sidecar); one-line reason."""
+    """No subject mask could be read for a photo (missing or refused sidecar); one-line reason."""
 
 
 @dataclass
@@ -349,33 +350,3 @@ class SamMasker:
 def mask_sidecar_path(photo: str | Path) -> Path:
     """``<stem>.mask.png`` next to ``photo``."""
     return Path(f"{Path(photo).with_suffix('')}{MASK_SIDECAR_SUFFIX}")
-
-
-def load_mask_sidecar(photo: str | Path, size: tuple[int, int]) -> SubjectMask:
-    """The subject mask of ``photo`` from ``<stem>.mask.png`` (any bit depth, > 0 = subject).
-
-    ``size`` is the (width, height) of the decoded, upright photo; the mask is resized to it
-    (nearest neighbour). Raises :class:`MaskUnavailableError` when it is missing, unreadable or empty.
-    """
-    path = mask_sidecar_path(photo)
-    if not path.is_file():
-        raise MaskUnavailableError(f"no mask sidecar for {Path(photo).name} (expected {path.name})")
-    width, height = (int(v) for v in size)
-    if width < 1 or height < 1:
-        raise ValueError(f"mask size must be positive (width, height), got {size}")
-    try:
-        with Image.open(path) as img:
-            if img.mode == "P":
-                img = img.convert("RGB")
-            arr = np.asarray(img)
-    except (OSError, ValueError, SyntaxError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise MaskUnavailableError(f"unreadable mask sidecar {path.name}: {reason}") from None
-    if arr.ndim == 3:
-        arr = arr[..., :3].max(axis=2) if arr.shape[2] >= 3 else arr[..., 0]
-    subject = (arr > 0).astype(np.uint8)
-    if subject.shape != (height, width):
-        subject = cv2.resize(subject, (width, height), interpolation=cv2.INTER_NEAREST)
-    if not subject.any():
-        raise MaskUnavailableError(f"mask sidecar {path.name} marks no subject pixels")
-    return SubjectMask(subject.astype(bool), 1.0, "sidecar")

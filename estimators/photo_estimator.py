@@ -8,9 +8,12 @@ import numpy as np
 
 from .backends import make_depth_model, make_masker
 from .bokeh_level import estimate_bokeh_level
-from .depth import DepthMap, DepthUnavailableError, load_depth_sidecar
+from .depth import DepthMap, DepthUnavailableError
 from .exif import read_exif
-from .image_io import MAX_PIXELS, ImageLoadError, load_image, to_array
+from .image_io import MAX_PHOTO_BYTES, MAX_PIXELS, ImageLoadError, load_image, to_array
+from .input_files import InputFileError, read_regular
+from .mask import MaskUnavailableError
+from .sidecars import photo_depth, photo_mask
 
 
 class PhotoEstimator:
@@ -32,46 +35,38 @@ class PhotoEstimator:
         self._masker = make_masker(mask, sam_model, device)
 
     def _depth(self, path: Path, image: Any, notes: list[str]) -> Optional[DepthMap]:
-        if self.depth_backend == "sidecar":
-            try:
-                return load_depth_sidecar(path, image.size)
-            except DepthUnavailableError as exc:
-                notes.append(f"{exc}: estimating without depth")
-                return None
-        if self._depth_model is not None:
-            return self._depth_model(image)
-        return None
+        if self.depth_backend == "none":
+            return None
+        try:
+            return photo_depth(path, image, self._depth_model, sidecar=self.depth_backend == "sidecar")
+        except DepthUnavailableError as exc:
+            notes.append(f"{exc}: estimating without depth")
+            return None
 
     def _mask(self, path: Path, image: Any, depth: Optional[DepthMap], notes: list[str]) -> tuple[Optional[np.ndarray], Optional[str]]:
-        if self.mask_backend == "sidecar":
-            from .mask import MaskUnavailableError, load_mask_sidecar
-
-            try:
-                found = load_mask_sidecar(path, image.size)
-                return found.mask, found.source
-            except MaskUnavailableError as exc:
-                notes.append(f"{exc}: estimating without a subject mask")
-                return None, None
-        if self._masker is None:
+        if self.mask_backend == "none":
             return None, None
-        if depth is None:
-            notes.append(f"mask backend '{self.mask_backend}' needs depth: estimating without a subject mask")
+        try:
+            found = photo_mask(path, image, None if depth is None else depth.disparity, self._masker,
+                               sidecar=self.mask_backend == "sidecar")
+        except MaskUnavailableError as exc:
+            notes.append(f"{exc}: estimating without a subject mask")
             return None, None
-        found = self._masker(image, depth.disparity)
         return found.mask, found.source
 
     def estimate(self, path: str | Path) -> dict[str, Any]:
         """The record of one photo as a JSON-ready dict; a file that cannot be read gives {source, error}."""
         path = Path(path)
         try:
-            image = load_image(path, max_pixels=self.max_pixels)
-        except ImageLoadError as exc:
+            data = read_regular(path, MAX_PHOTO_BYTES, "photo")
+            image = load_image(data, max_pixels=self.max_pixels)
+        except (InputFileError, ImageLoadError) as exc:
             return {"source": str(path), "error": str(exc)}
         notes: list[str] = []
         depth = self._depth(path, image, notes)
         mask, mask_source = self._mask(path, image, depth, notes)
         record = estimate_bokeh_level(
-            to_array(image), read_exif(path), depth, mask, source=str(path), mask_source=mask_source
+            to_array(image), read_exif(data), depth, mask, source=str(path), mask_source=mask_source
         )
         record.notes[:0] = notes
         return record.to_dict()

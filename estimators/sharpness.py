@@ -7,16 +7,28 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from .image_io import MAX_ASPECT
 from .lens import REFERENCE_SHORT_SIDE
+
+#: Most pixels a resize to the reference size may produce: short side 512 at the widest accepted aspect ratio.
+MAX_REFERENCE_PIXELS = int(REFERENCE_SHORT_SIDE * REFERENCE_SHORT_SIDE * MAX_ASPECT)
 
 
 def resize_to_reference(array: np.ndarray) -> np.ndarray:
-    """Resize an image or map so its short side is 512 px, where K and sharpness are comparable."""
+    """Resize an image or map so its short side is 512 px, where K and sharpness are comparable; ValueError
+    when that would take more than :data:`MAX_REFERENCE_PIXELS` (a strip, which photo decoding refuses)."""
     h, w = array.shape[:2]
+    if min(h, w) < 1:
+        raise ValueError(f"cannot resize an empty {w}x{h} array")
     scale = REFERENCE_SHORT_SIDE / min(h, w)
     if abs(scale - 1.0) < 1e-9:
         return array
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if size[0] * size[1] > MAX_REFERENCE_PIXELS:
+        raise ValueError(
+            f"a {w}x{h} array would resize to {size[0]}x{size[1]} at short side {REFERENCE_SHORT_SIDE}, over the "
+            f"{MAX_REFERENCE_PIXELS:,}-pixel budget (aspect ratio over {MAX_ASPECT:g}:1)"
+        )
     return cv2.resize(array, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
 
 

@@ -61,9 +61,10 @@ def fit_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def fit_disparity(disparity: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A disparity map fitted like :func:`fit_to`, renormalised to [0, 1]."""
-    grey = Image.fromarray(np.asarray(disparity, dtype=np.float32), mode="F")
-    return normalize_disparity(np.asarray(fit_to(grey, size, Image.Resampling.BILINEAR)))
+    """A disparity map normalised to [0, 1] at its own size, then fitted like :func:`fit_to` (never renormalised
+    after: a flat map stays flat, interpolation noise does not become depth layers)."""
+    grey = Image.fromarray(normalize_disparity(disparity), mode="F")
+    return np.clip(np.asarray(fit_to(grey, size, Image.Resampling.BILINEAR), dtype=np.float32), 0.0, 1.0)
 
 
 class EstimatedScenes:
@@ -220,26 +221,23 @@ class DatasetSource:
 
 def reference_photo(path: str | Path, size: tuple[int, int], depth_model: Any = None, masker: Any = None) -> tuple[Image.Image, Scene]:
     """A photo fitted to ``size`` with its scene: depth from its sidecar, else ``depth_model``; subject
-    from its mask sidecar, else ``masker`` (default: the weight-free depth masker)."""
-    from estimators.depth import DepthUnavailableError, load_depth_sidecar
-    from estimators.mask import DepthMasker, MaskUnavailableError, load_mask_sidecar
+    from its mask sidecar, else ``masker`` (default: the weight-free depth masker); a sidecar that is there
+    but refused is a UserError, never replaced by a model."""
+    from estimators.depth import DepthUnavailableError
+    from estimators.mask import DepthMasker, MaskUnavailableError
+    from estimators.sidecars import NoDepthSidecar, photo_depth, photo_mask
 
     try:
         photo = load_image(path)
     except ImageLoadError as exc:
         raise UserError(f"reference photo {path}: {exc}") from None
     try:
-        depth = load_depth_sidecar(path, photo.size)
-    except DepthUnavailableError as exc:
-        if depth_model is None:
-            raise UserError(f"reference photo {path}: {exc}, and no depth model (pass --depth depth-anything)") from None
-        depth = depth_model(photo)
+        depth = photo_depth(path, photo, depth_model)
+        found = photo_mask(path, photo, depth.disparity, masker or DepthMasker())
+    except (DepthUnavailableError, MaskUnavailableError) as exc:
+        missing = isinstance(exc, NoDepthSidecar)
+        hint = " (add one, or score with --mask depth or sam, which load --depth-model)" if missing else ""
+        raise UserError(f"reference photo {path}: {exc}{hint}") from None
     image = fit_to(photo, size)
-    disparity = fit_disparity(depth.disparity, size)
-    try:
-        found = load_mask_sidecar(path, photo.size)
-        mask, mask_source = fit_mask(found.mask, size), found.source
-    except MaskUnavailableError:
-        found = (masker or DepthMasker())(image, disparity)
-        mask, mask_source = np.asarray(found.mask, dtype=bool), found.source
-    return image, Scene(mask, disparity, f"{depth.source} + {mask_source}")
+    scene = Scene(fit_mask(found.mask, size), fit_disparity(depth.disparity, size), f"{depth.source} + {found.source}")
+    return image, scene

@@ -75,45 +75,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_render)
 
 
-def _read_disparity_file(path: str, size: tuple[int, int]) -> np.ndarray:
-    """A disparity file as a normalised HxW map at ``size`` = (width, height)."""
-    from estimators.depth import normalize_disparity, read_disparity_png, resize_map
-
-    file = Path(path)
-    try:
-        if file.suffix.lower() == ".npy":
-            raw = np.load(file, allow_pickle=False)
-        elif file.suffix.lower() == ".npz":
-            with np.load(file, allow_pickle=False) as archive:
-                if not archive.files:
-                    raise UserError(f"disparity archive {file.name} holds no array")
-                raw = archive[archive.files[0]]
-        else:
-            raw = read_disparity_png(file)
-    except UserError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read disparity {file}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
-    if raw.ndim != 2:
-        raise UserError(f"disparity {file.name} must be a 2-D map, got shape {raw.shape}")
-    return resize_map(normalize_disparity(raw), size)
-
-
 def _disparity(args: argparse.Namespace, image: Any) -> tuple[np.ndarray, str]:
     """The photo's normalised disparity and where it came from."""
-    if args.disparity:
-        return _read_disparity_file(args.disparity, image.size), f"file {Path(args.disparity).name}"
-    if args.depth == "sidecar":
-        from estimators.depth import DepthUnavailableError, load_depth_sidecar
+    from estimators.depth import DepthUnavailableError
+    from estimators.sidecars import photo_depth, read_disparity_file
 
+    if args.disparity:
         try:
-            depth = load_depth_sidecar(args.photo, image.size)
-        except DepthUnavailableError as exc:
-            raise UserError(f"{exc}; pass --disparity FILE or --depth depth-anything") from None
-        return depth.disparity, depth.source
+            return read_disparity_file(args.disparity, image.size), f"file {Path(args.disparity).name}"
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
     from estimators.backends import make_depth_model
 
-    depth = make_depth_model("depth-anything", args.depth_model, args.device)(image)
+    model = make_depth_model(args.depth, args.depth_model, args.device)  # None for sidecar
+    try:
+        depth = photo_depth(args.photo, image, model, sidecar=model is None)
+    except DepthUnavailableError as exc:
+        raise UserError(f"{exc}; pass --disparity FILE or a depth model with --depth") from None
     return depth.disparity, depth.source
 
 

@@ -152,7 +152,8 @@ def test_record_is_strict_json_with_infinite_background():
 def test_image_only_estimate_tracks_renderer_k_on_a_real_photo():
     """The renderer defines K; the image-only estimate (with the photo's depth and mask) must follow it."""
     from conftest import DEMO_PHOTOS
-    from estimators.depth import focus_disparity_from_mask, load_depth_sidecar
+    from estimators.depth import focus_disparity_from_mask
+    from estimators.sidecars import load_depth_sidecar
     from estimators.image_io import load_image, to_array
     from estimators.mask import DepthMasker
     from synth_blur import render

@@ -16,7 +16,7 @@ from dataset_tools.demo_scenes import (
     write_demo_data,
 )
 from estimators.cli_util import UserError
-from estimators.depth import load_depth_sidecar
+from estimators.sidecars import load_depth_sidecar
 from estimators.sharpness import laplacian_variance
 
 SEEDS = range(40)
@@ -190,7 +190,7 @@ def test_scene_seeds_are_distinct_across_runs_and_indices():
 
 
 def test_written_sidecars_load_through_the_estimators_and_match(tmp_path):
-    from estimators.mask import load_mask_sidecar
+    from estimators.sidecars import load_mask_sidecar
 
     paths = write_demo_data(tmp_path / "demo", 3, seed=5, width=80, height=64, progress=False)
     assert [p.name for p in paths] == ["scene_00000.png", "scene_00001.png", "scene_00002.png"]

@@ -8,9 +8,9 @@ from estimators.depth import (
     disparity_from_depth,
     focus_disparity_from_mask,
     focus_distance_from_mask,
-    load_depth_sidecar,
     normalize_disparity,
 )
+from estimators.sidecars import load_depth_sidecar
 
 
 def test_disparity_from_depth_matches_design_formula():
@@ -75,5 +75,5 @@ def test_missing_and_broken_sidecars(tmp_path):
     with pytest.raises(DepthUnavailableError, match="no depth sidecar"):
         load_depth_sidecar(photo, (4, 4))
     (tmp_path / "x.disparity.png").write_bytes(b"not a png")
-    with pytest.raises(DepthUnavailableError, match="unreadable"):
+    with pytest.raises(DepthUnavailableError, match="unusable"):
         load_depth_sidecar(photo, (4, 4))

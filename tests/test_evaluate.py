@@ -376,3 +376,22 @@ def test_cli_end_to_end_with_a_tiny_model(tmp_path, capsys):
     assert (tmp_path / "out" / "images" / "p0-s0-grounded_K30.png").is_file()
     out = capsys.readouterr().out
     assert "LVCorr >= 0.9 (grounded)" in out and "wrote" in out and "LPIPS not used" in out
+
+
+def test_reference_photo_sidecar_else_model_and_a_refused_sidecar_is_an_error(tmp_path):
+    from estimators.depth import DepthMap
+
+    calls = []
+
+    def ramp_model(image):
+        calls.append(image.size)
+        return DepthMap(np.tile(np.linspace(0, 1, image.size[0], dtype=np.float32), (image.size[1], 1)), source="ramp")
+
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 90, 3), np.uint8)).save(photo)
+    image, scene = reference_photo(photo, (48, 32), ramp_model)  # no sidecar: the model
+    assert calls == [(90, 60)] and scene.source.startswith("ramp + ")
+    Image.fromarray(np.full((300, 17), 128, np.uint8)).save(tmp_path / "p.disparity.png")
+    with pytest.raises(UserError, match=r"unusable depth sidecar .* 17x300 but the photo is 90x60") as info:
+        reference_photo(photo, (48, 32), ramp_model)  # there but refused: never replaced by the model
+    assert calls == [(90, 60)] and "\n" not in str(info.value)

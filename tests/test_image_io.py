@@ -1,5 +1,6 @@
 """Decoding untrusted photos: every bad case is one ImageLoadError line, every odd mode becomes RGB."""
 import io
+import os
 import struct
 import zlib
 
@@ -59,9 +60,9 @@ def test_pixel_limit_is_configurable(tmp_path):
 
 
 def test_unreadable_path(tmp_path):
-    with pytest.raises(ImageLoadError, match="not a readable file"):
+    with pytest.raises(ImageLoadError, match="photo .*missing.jpg cannot be opened: No such file"):
         load_image(tmp_path / "missing.jpg")
-    with pytest.raises(ImageLoadError, match="not a readable file"):
+    with pytest.raises(ImageLoadError, match="is a folder, not a regular file"):
         load_image(tmp_path)
 
 
@@ -110,3 +111,20 @@ def test_masks_grey_levels_or_alpha():
         load_mask(b"not a png")
     with pytest.raises(ImageLoadError, match="over the limit"):
         load_mask(encoded(Image.fromarray(grey), "PNG"), max_pixels=10)
+
+
+@pytest.mark.parametrize("size,ok", [((20, 1), True), ((1, 20), True), ((21, 1), False), ((1, 40000), False),
+                                     ((4000, 199), False), ((4000, 200), True)])
+def test_aspect_ratio_limit_of_20_to_1(size, ok):
+    data = encoded(Image.new("RGB", size), format="PNG")
+    if ok:
+        assert load_image(data).size == size
+    else:
+        with pytest.raises(ImageLoadError, match=r"aspect ratio of \d+:1, over the 20:1 limit"):
+            load_image(data)
+
+
+def test_fifo_photo_is_refused_without_waiting(tmp_path):
+    os.mkfifo(tmp_path / "pipe.jpg")
+    with pytest.raises(ImageLoadError, match="is a FIFO"):
+        load_image(tmp_path / "pipe.jpg")

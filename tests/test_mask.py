@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 
 from conftest import DEMO_PHOTOS
-from estimators.depth import load_depth_sidecar
 from estimators.image_io import load_image
 from estimators.mask import (
     DepthMasker,
@@ -17,11 +16,11 @@ from estimators.mask import (
     SamMasker,
     choose_mask,
     depth_prompt,
-    load_mask_sidecar,
     mask_choice_score,
     size_factor,
 )
 from estimators.model_loading import ModelUnavailableError
+from estimators.sidecars import load_depth_sidecar, load_mask_sidecar
 
 
 
@@ -220,7 +219,7 @@ def test_sidecar_missing_broken_or_empty(tmp_path):
     with pytest.raises(MaskUnavailableError, match="no mask sidecar for a.jpg"):
         load_mask_sidecar(tmp_path / "a.jpg", (10, 10))
     (tmp_path / "b.mask.png").write_bytes(b"not a png")
-    with pytest.raises(MaskUnavailableError, match="unreadable mask sidecar b.mask.png"):
+    with pytest.raises(MaskUnavailableError, match="unusable mask sidecar b.mask.png"):
         load_mask_sidecar(tmp_path / "b.jpg", (10, 10))
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "c.mask.png")
     with pytest.raises(MaskUnavailableError, match="no subject pixels"):

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from conftest import DEMO_PHOTOS
-from estimators.depth import focus_disparity_from_mask, load_depth_sidecar
+from estimators.depth import focus_disparity_from_mask
+from estimators.sidecars import load_depth_sidecar
 from estimators.image_io import load_image, to_array
 from estimators.mask import DepthMasker
 from pipelines import metrics

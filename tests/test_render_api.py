@@ -258,6 +258,15 @@ def test_cli_errors_are_one_line_user_errors(tmp_path, argv, message):
         run_cli(str(tmp_path / "bare.png"), *argv, "-o", str(tmp_path / "o.png"))
 
 
+def test_cli_refuses_a_disparity_file_of_another_shape(tmp_path):
+    image, _ = scene(32, 32)
+    Image.fromarray(image).save(tmp_path / "bare.png")
+    np.save(tmp_path / "strip.npy", np.linspace(0, 1, 300 * 17).reshape(300, 17))
+    with pytest.raises(UserError, match="strip.npy is 17x300 but the photo is 32x32: another aspect ratio"):
+        run_cli(str(tmp_path / "bare.png"), "--bokeh", "5", "--disparity", str(tmp_path / "strip.npy"),
+                "--focus-disparity", "0.5", "-o", str(tmp_path / "o.png"))
+
+
 def test_cli_depth_anything_from_a_local_checkpoint(photo, tmp_path, relative_dir, capsys):
     path, image = photo
     out = tmp_path / "da.png"

@@ -75,3 +75,16 @@ def test_report_on_a_folder_that_is_not_a_dataset(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("bokeh report: error:") and "not a finished bokeh dataset" in err and "\n" not in err
+
+
+def test_a_group_with_an_image_over_the_limits_is_left_out_with_a_line(dataset, tmp_path):
+    buf = io.BytesIO()
+    Image.new("RGB", (4000, 1)).save(buf, format="PNG")  # 880,000 px wide at the sheet's 220 px height
+    strip = row("s1", "real", 0.0, "a strip")
+    strip["image"] = {"bytes": buf.getvalue(), "path": None}
+    rows = [strip, row("s1", "synthetic", 5.0), row("g9", "real", 0.0), row("g9", "synthetic", 4.0)]
+    pq.write_table(pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA), dataset / "data" / "train-00002-of-00003.parquet")
+    write_report(dataset, tmp_path / "r.html", max_groups=5)
+    page = (tmp_path / "r.html").read_text()
+    assert "/photos/s1.jpg: group not shown (image is 4000x1, an aspect ratio of 4000:1" in page
+    assert page.count('<img src="data:image/jpeg;base64,') == 4  # g1, g2, g3 and g9

@@ -70,3 +70,10 @@ def test_sharp_edges_read_as_zero_radius_and_map_is_dense_near_edges():
 def test_resize_to_reference_short_side():
     assert resize_to_reference(np.zeros((1333, 2000), np.float32)).shape == (512, 768)
     assert resize_to_reference(np.zeros((512, 700), np.float32)).shape == (512, 700)
+
+
+def test_resize_to_reference_has_a_pixel_budget():
+    # 20:1 at short side 8 -> 10240 x 512 = 5,242,880 px, exactly the budget (512^2 * MAX_ASPECT).
+    assert resize_to_reference(np.zeros((8, 160), np.float32)).shape == (512, 10240)
+    with pytest.raises(ValueError, match=r"1x40000 array would resize to 512x20480000 .* over the 5,242,880-pixel budget"):
+        resize_to_reference(np.zeros((40000, 1), np.float32))  # 42 GB of float32 if it were allowed

@@ -7,7 +7,15 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from dataset_tools.sources import InputError, iter_sources
+from dataset_tools.sources import (
+    MAX_CAPTION_BYTES,
+    MAX_LIST_LINE,
+    CaptionError,
+    InputError,
+    check_caption,
+    iter_sources,
+    listing_code,
+)
 
 
 def png_bytes(color=(10, 20, 30)):
@@ -89,3 +97,35 @@ def test_saved_datasets_folder_with_image_feature(tmp_path):
     (item,) = iter_sources([str(tmp_path / "saved")], image_column="img", caption_column="text")
     assert item.caption == "red square"
     assert Image.open(io.BytesIO(item.read_bytes())).getpixel((0, 0)) == (200, 0, 0)
+
+
+def test_captions_must_be_utf8_text_of_bounded_length(tmp_path):
+    assert check_caption(b"\xef\xbb\xbf caf\xc3\xa9 \n") == "café"  # UTF-8 with a byte-order mark
+    assert check_caption(None) == ""
+    for bad, message in ((b"\xe9t\xe9", "not UTF-8 text"), ("a\x00b", "NUL"), ("x" * (MAX_CAPTION_BYTES + 1), "shorten it"),
+                         ("é" * (MAX_CAPTION_BYTES // 2 + 1), "8,194 bytes")):  # é is 2 bytes in UTF-8
+        with pytest.raises(CaptionError, match=message):
+            check_caption(bad)
+
+
+def test_listing_refusals_and_their_codes(tree):
+    (tree / "clip.gif").write_bytes(b"GIF89a")
+    os.mkfifo(tree / "pipe.webp")
+    os.symlink(tree / "b", tree / "link")
+    os.symlink(tree / "b" / "C.PNG", tree / "inner.png")  # resolves inside the folder: read
+    items = {os.path.relpath(i.source, tree): i for i in iter_sources([str(tree)])}
+    assert set(items) == {"a.jpg", "b/C.PNG", "b/deep/d.heic", "clip.gif", "pipe.webp", "link", "inner.png"}
+    assert items["inner.png"].error is None and items["inner.png"].read_bytes() == png_bytes()
+    assert {name: listing_code(items[name].error) for name in ("clip.gif", "pipe.webp", "link")} == {
+        "clip.gif": "unsupported-format", "pipe.webp": "not-a-file", "link": "symlinked-folder"}
+    (tree / "b" / "C.txt").mkdir()  # a folder where C.PNG's caption would be
+    (item,) = [i for i in iter_sources([str(tree / "b" / "*.PNG")])]
+    assert listing_code(item.error) == "bad-caption" and "is a folder, not a regular file" in item.error
+
+
+def test_path_list_with_an_endless_line_is_refused(tmp_path):
+    (tmp_path / "list.txt").write_text("a.jpg\n" + "x" * (MAX_LIST_LINE + 1) + "\n")
+    with pytest.raises(InputError, match=f"line 2 of .*list.txt is over {MAX_LIST_LINE} characters"):
+        list(iter_sources([str(tmp_path / "list.txt")]))
+    (tmp_path / "ok.txt").write_text("y" * MAX_LIST_LINE + "\r\n")
+    assert [len(os.path.basename(i.source)) for i in iter_sources([str(tmp_path / "ok.txt")])] == [MAX_LIST_LINE]
