@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
+from estimators.backends import MODEL_DEPTH_BACKENDS, default_depth_model
 from estimators.cli_util import UserError
 
 from .atomic import write_atomic
@@ -104,17 +105,16 @@ def _shard_inputs(inputs: Sequence[str], layout: Layout, config: BuildConfig) ->
 
 def check_models(config: BuildConfig) -> None:
     """Fail fast, in the driver, when a requested model is not available (reads its config only)."""
-    if config.depth != "depth-anything" and config.mask != "sam":
+    if config.depth not in MODEL_DEPTH_BACKENDS and config.mask != "sam":
         return
     from transformers import AutoConfig
 
-    from estimators.depth_anything import DEFAULT_DEPTH_MODEL
     from estimators.mask import DEFAULT_SAM_MODEL
     from estimators.model_loading import load_pretrained
 
-    if config.depth == "depth-anything":
-        load_pretrained(AutoConfig.from_pretrained, config.depth_model or DEFAULT_DEPTH_MODEL,
-                        what="depth model", avoid="--depth sidecar")
+    if config.depth in MODEL_DEPTH_BACKENDS:
+        load_pretrained(AutoConfig.from_pretrained, config.depth_model or default_depth_model(config.depth),
+                        what="depth model", avoid="--depth sidecar", check_hub=True)
     if config.mask == "sam":
         load_pretrained(AutoConfig.from_pretrained, config.sam_model or DEFAULT_SAM_MODEL,
                         what="SAM model", avoid="--mask depth")

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
+from estimators.backends import MODEL_DEPTH_BACKENDS
+
 from .build_config import BuildConfig
 from .death_ledger import ATTEMPTS, DeathLedger, read_recorded, run_states
 from .dedup import Duplicate, chunk_ids, decode, encode
@@ -107,7 +109,7 @@ class RecordedActor:
 
 
 def _needs_model(cls: type, config: BuildConfig) -> bool:
-    return (cls is DepthStage and config.depth == "depth-anything") or (cls is MaskStage and config.mask == "sam")
+    return (cls is DepthStage and config.depth in MODEL_DEPTH_BACKENDS) or (cls is MaskStage and config.mask == "sam")
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import exifread
 
 from estimators.exif_container import BadValue, find_tiff_block
 from estimators.image_io import ImageSource
+from estimators.input_files import read_regular
 from estimators.makernotes import maker_note_focus_distance
 
 # exifread logs every oddity of a damaged file as a warning; they would flood dataset logs.
@@ -107,11 +108,7 @@ def _all_missing(reason: str) -> ExifInfo:
 def _read_bytes(source: ImageSource) -> bytes:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source)
-    path = Path(os.fspath(source))
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise ValueError(f"{size:,} bytes is over the {MAX_FILE_BYTES:,} byte limit")
-    return path.read_bytes()
+    return read_regular(Path(os.fspath(source)), MAX_FILE_BYTES, "photo")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 
-from .backends import make_depth_model, make_masker
+from .backends import DEFAULT_DEPTH_BACKEND, make_depth_model, make_masker
 from .bokeh_level import estimate_bokeh_level
 from .depth import DepthMap, DepthUnavailableError
 from .exif import read_exif
@@ -21,7 +21,7 @@ class PhotoEstimator:
 
     def __init__(
         self,
-        depth: str = "depth-anything",
+        depth: str = DEFAULT_DEPTH_BACKEND,
         mask: str = "depth",
         *,
         depth_model: Optional[str] = None,
