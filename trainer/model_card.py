@@ -131,7 +131,7 @@ def model_card(state: dict[str, Any], adapter_ref: str = "ADAPTER_DIR", eval_pat
 
     settings = state.get("settings") or {}
     step = state.get("step")
-    family = settings.get("model.family", "unknown")
+    family = settings.get("model.family")
     base = settings.get("model.base_model")
     dataset = settings.get("data.dataset", "")
     rows = dataset_rows(dataset) if dataset else None
@@ -140,7 +140,9 @@ def model_card(state: dict[str, Any], adapter_ref: str = "ADAPTER_DIR", eval_pat
                          tags=list(TAGS), pipeline_tag="text-to-image", **base_license(base))
     trained = state.get("trained_modules") or []
 
-    if family == "tiny":
+    if family is None:
+        base_text, base_arg = "not recorded (the adapter has no checkpoint state)", "BASE"
+    elif family == "tiny":
         base_text = ("the tiny pixel-space UNet that `bokeh train` builds from scratch and trains with the adapter; "
                      "the trained model is the checkpoint's `model/` folder, next to this adapter")
         base_arg = "CHECKPOINT/model" if hub_id(adapter_ref) else str(Path(adapter_ref).parent / "model")
@@ -149,14 +151,14 @@ def model_card(state: dict[str, Any], adapter_ref: str = "ADAPTER_DIR", eval_pat
         base_arg = base or "BASE"
     sample_k = "0 10 20 30"
     lines = [
-        f"# Bokeh Diffusion adapter ({family})",
+        "# Bokeh Diffusion adapter" + (f" ({family})" if family else ""),
         "",
         "A Bokeh Diffusion adapter (arXiv 2503.08434) trained with the Bokeh Diffusion toolkit (`bokeh train`): it "
         "adds one number, the bokeh level K, to a text-to-image model, so that the background blur of an image is "
         "set by K while the scene stays the same.",
         "",
         f"- **Base model:** {base_text}",
-        f"- **Trained steps:** {step}",
+        f"- **Trained steps:** {'not recorded' if step is None else step}",
         f"- **Dataset:** {_dataset_text(dataset, dataset_id)}" + (f", {rows} rows" if rows is not None else ""),
         "",
         "## The bokeh level K",
