@@ -143,7 +143,7 @@ def label_index(column: str, name: Optional[str]) -> Optional[int]:
 
 
 def label_names(column: str, values: list[Any]) -> list[Optional[str]]:
-    """The names of a class-label column's values: indices (this schema) or names already (datasets written as text)."""
+    """The names of a class-label column's values: indices (this schema) or names already (a text column)."""
     names = LABELS[column]
     return [names[v] if isinstance(v, int) and 0 <= v < len(names) else (None if v is None else str(v)) for v in values]
 

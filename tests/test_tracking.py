@@ -152,3 +152,14 @@ def test_mlflow_metrics_equal_train_jsonl_and_grids_are_artifacts(dataset, tmp_p
             assert math.isclose(metric.value, record[name], rel_tol=1e-12)
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "validation")]
     assert artifacts == ["validation/step-0000002.png"]
+
+
+def test_overwrite_clears_the_tracker_folders_and_keeps_other_files(tmp_path):
+    from trainer.run_folder import MARKER, clear
+
+    (tmp_path / MARKER).write_text("{}")
+    for name in ("logs/tensorboard/events.out.tfevents.1.host", "logs/wandb/run-1/files/a", "logs/mine.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    clear(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["mine.txt"]

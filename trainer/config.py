@@ -268,8 +268,9 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
 
 
 #: Settings a resumed run may change, as dotted keys or section prefixes: they leave what is trained as it was
-#: (how far it goes, logs and their trackers, checkpoints, validation grids, speed and memory, the published weight average; mixed
-#: precision and the attention kernels change the rounding of the arithmetic, not the data, model or optimizer).
+#: (how far it goes, logs and their trackers, checkpoints, validation grids, speed and memory, the published weight
+#: average; mixed precision and the attention kernels change the rounding of the arithmetic, not the data, model or
+#: optimizer).
 RESUMABLE = ("run.max_steps", "run.checkpoint_every", "run.keep_last", "run.log_every", "run.num_threads", "run.progress",
              "run.cudnn_attention", "run.mixed_precision", "run.report_to", "model.gradient_checkpointing", "data.cache_images",
              "optim.ema_decay", "validation")
