@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 from typing import Any, Optional
 
@@ -56,7 +55,7 @@ def real_row(state: PhotoState, quality: int, k_scale: float) -> dict[str, Any]:
         "z_near_m": _number(rec.z_near_m),
         "z_far_m": _number(rec.z_far_m),
         "image_bokeh_level": _number(rec.image_bokeh_level),
-        "notes": rec.notes,
+        "notes": list(rec.notes),
     }
     return {
         "id": state.id,
@@ -69,7 +68,7 @@ def real_row(state: PhotoState, quality: int, k_scale: float) -> dict[str, Any]:
         "bokeh_level": _number(rec.bokeh_level),
         "k_metric": None if rec.k_metric is None else _number(rec.k_metric * k_scale),
         "bokeh_source": rec.provenance,
-        "provenance": json.dumps(provenance),
+        "provenance": provenance,
         "confidence": _number(rec.confidence),
         "focus_distance_m": _number(rec.focus_distance_m),
         "focus_disparity": _number(rec.focus_disparity),
@@ -100,8 +99,8 @@ def synthetic_row(pivot: dict[str, Any], state: PhotoState, render: Render, inde
         "bokeh_level": float(render.bokeh_level),
         "k_metric": None,
         "bokeh_source": "synthetic",
-        "provenance": json.dumps({"pivot_id": state.id, "depth_source": state.estimate.depth_source,
-                                  "mask_source": state.estimate.mask_source}),
+        "provenance": {"pivot_id": state.id, "depth_source": state.estimate.depth_source,
+                       "mask_source": state.estimate.mask_source},
         "confidence": 1.0,
         "focus_disparity": float(render.params.get("focus_disparity", pivot["focus_disparity"])),
         "f_number": None,
@@ -112,5 +111,20 @@ def synthetic_row(pivot: dict[str, Any], state: PhotoState, render: Render, inde
         "sharpness_subject": _number(render.sharpness_subject),
         "sharpness_background": _number(render.sharpness_background),
         "is_all_in_focus": False,
-        "render_params": json.dumps(render.params),
+        "render_params": render_params(render.params),
+    }
+
+
+def render_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The ``render_params`` struct of a render's parameters (``synth_blur.group``): its group and pivot flag are
+    the row's ``group_id`` and ``kind``; the aperture is "disc" or "<n>-blade"."""
+    aperture = params.get("aperture", "disc")
+    return {
+        "bokeh_level": float(params["bokeh_level"]),
+        "focus_disparity": float(params["focus_disparity"]),
+        "gamma": float(params["gamma"]),
+        "highlight_boost": float(params["highlight_boost"]),
+        "aperture": aperture if isinstance(aperture, str) else f"{int(aperture)}-blade",
+        "seed": int(params["seed"]),
+        "levels_drawn": bool(params["levels_drawn"]),
     }

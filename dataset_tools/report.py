@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import pyarrow.parquet as pq
 from PIL import Image
 
-from dataset_tools.schema import cell_bytes
+from dataset_tools.schema import LABELS, cell_bytes, label_names
 from estimators.image_io import ImageLoadError, load_image
 from synth_blur.contact_sheet import contact_sheet
 
@@ -34,12 +34,17 @@ def _data_files(out: Path) -> list[Path]:
 
 
 def _rows(files: list[Path]) -> Iterator[dict[str, Any]]:
-    """Rows of the data shards in order, a row group at a time (memory stays flat)."""
+    """Rows of the data shards in order, a row group at a time (memory stays flat); class labels by name."""
     for path in files:
         parquet = pq.ParquetFile(path)
         columns = [c for c in _COLUMNS if c in parquet.schema_arrow.names]
         for batch in parquet.iter_batches(batch_size=16, columns=columns):
-            yield from batch.to_pylist()
+            rows = batch.to_pylist()
+            for column in LABELS:
+                if column in columns:
+                    for row, name in zip(rows, label_names(column, [r[column] for r in rows])):
+                        row[column] = name
+            yield from rows
 
 
 def _decode(cell: Any) -> Image.Image:

@@ -36,13 +36,12 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .atomic import publish, write_atomic
 from .build_stats import BuildStats
 from .card import dataset_card
-from .schema import OUTPUT_SCHEMA
+from .schema import OUTPUT_SCHEMA, rows_table
 
 #: Rows buffered per shard before they are written as one Parquet row group.
 ROW_GROUP_ROWS = 64
@@ -102,7 +101,7 @@ class _OpenShard:
             return
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.temp, OUTPUT_SCHEMA)
-        self.writer.write_table(pa.Table.from_pylist(self.buffer, schema=OUTPUT_SCHEMA))
+        self.writer.write_table(rows_table(self.buffer))
         self.buffer = []
 
     def close(self) -> None:

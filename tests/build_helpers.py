@@ -51,10 +51,16 @@ def cli(*args: object) -> list[str]:
 
 
 def read_rows(out: Path, columns=META_COLUMNS) -> list[dict]:
-    """All rows of OUT/data (selected columns), shard by shard."""
+    """All rows of OUT/data (selected columns; None: all), shard by shard, class labels by name."""
+    from dataset_tools.schema import LABELS
+
     rows = []
     for path in sorted((out / "data").glob("train-*.parquet")):
-        rows.extend(pq.read_table(path, columns=list(columns)).to_pylist())
+        rows.extend(pq.read_table(path, columns=None if columns is None else list(columns)).to_pylist())
+    for row in rows:
+        for column, names in LABELS.items():
+            if row.get(column) is not None:
+                row[column] = names[row[column]]
     return rows
 
 

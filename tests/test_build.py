@@ -15,7 +15,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageOps
 
@@ -161,8 +160,9 @@ def test_groups_and_row_counts(built):
         assert 1.0 <= r["bokeh_level"] <= 30.0
         assert r["bokeh_source"] == "synthetic" and r["k_metric"] is None and r["caption"] == pivot["caption"]
         assert r["sharpness_background"] < pivot["sharpness_background"]
-        params = json.loads(r["render_params"])
-        assert params["bokeh_level"] == pytest.approx(r["bokeh_level"]) and params["group_id"] == pivot["id"]
+        params = r["render_params"]
+        assert params["bokeh_level"] == pytest.approx(r["bokeh_level"]) and params["aperture"] == "disc"
+        assert params["focus_disparity"] == pytest.approx(r["focus_disparity"]) and params["gamma"] == pytest.approx(2.2)
     for pivot_id in by_id:
         members = [r for r in synthetic if r["group_id"] == pivot_id]
         assert len(members) in (0, LEVELS)
@@ -179,7 +179,7 @@ def test_ids_are_sha1_of_source_bytes(built):
 
 def test_sizes_captions_and_depth_column(built):
     out, _, _ = built
-    rows = [r for path in sorted((out / "data").glob("*.parquet")) for r in pq.read_table(path).to_pylist()]
+    rows = read_rows(out, columns=None)
     street = next(r for r in rows if r["source"].endswith("street_8.jpg") and r["kind"] == "real")
     assert (street["width"], street["height"]) == (384, 256)  # 2000x1333 -> short side 256, 2000*256/1333 = 384.1
     assert street["caption"] == (DEMO_PHOTOS / "street_8.txt").read_text().strip()
@@ -198,7 +198,7 @@ def test_sizes_captions_and_depth_column(built):
 
 def test_exif_rotated_photo_is_stored_upright(built):
     out, _, _ = built
-    rows = [r for path in sorted((out / "data").glob("*.parquet")) for r in pq.read_table(path).to_pylist()]
+    rows = read_rows(out, columns=None)
     row = next(r for r in rows if r["source"].endswith("rotated.jpg"))
     stored = np.asarray(Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB"), dtype=np.float64)
     assert (row["width"], row["height"]) == (341, 256)  # 450x600 file, orientation 6 -> 600x450 upright
@@ -220,7 +220,9 @@ def test_loads_with_datasets_both_ways(built, tmp_path):
         assert ds.num_rows == len(rows)
         first = ds[0]
         assert isinstance(first["image"], Image.Image) and first["image"].size == (first["width"], first["height"])
-        real = ds.filter(lambda kind: kind == "real", input_columns="kind")[0]
+        assert ds.features["kind"].names == ["real", "synthetic"] and ds.features["bokeh_source"].num_classes == 4
+        real = ds.filter(lambda kind: kind == ds.features["kind"].str2int("real"), input_columns="kind")[0]
+        assert set(real["provenance"]) >= {"depth_source", "notes"} and isinstance(real["provenance"]["notes"], list)
         assert real["depth"].mode == "I;16" and real["subject_mask"].mode == "L"
 
 
@@ -320,7 +322,7 @@ def test_depth_anything_and_sam_run_in_actor_pools(local_ray, relative_dir, sam_
     assert all(e["status"] == "filtered" for e in errors)
     for row in read_rows(out, columns=("kind", "provenance")):
         if row["kind"] == "real":
-            provenance = json.loads(row["provenance"])
+            provenance = row["provenance"]
             assert provenance["depth_source"] == f"depth-anything:{relative_dir}"
             assert provenance["mask_source"] in (f"sam:{sam_dir}", "centre-prior")
     stats = json.loads((out / "stats.json").read_text())

@@ -2,14 +2,13 @@
 import io
 import json
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from dataset_tools.build_stats import BuildStats
 from dataset_tools.report import collect_groups, write_report
-from dataset_tools.schema import OUTPUT_SCHEMA
+from dataset_tools.schema import OUTPUT_SCHEMA, rows_table
 from pipelines.cli import main
 
 
@@ -34,7 +33,7 @@ def dataset(tmp_path):
               row("r1", "real", 12.0, "a real photo")]
     shard1 = [row("g2", "real", 0.5), row("g2", "synthetic", 3.0), row("g3", "real", 0.0), row("g3", "synthetic", 9.0)]
     for i, rows in enumerate((shard0, shard1)):
-        pq.write_table(pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA), out / "data" / f"train-0000{i}-of-00002.parquet")
+        pq.write_table(rows_table(rows), out / "data" / f"train-0000{i}-of-00002.parquet")
     stats = BuildStats(photos=6, kept=4, rows_real=4, rows_synthetic=4, groups=3)
     stats.failed["decode"] = 2
     stats.k_real[0], stats.k_real[12] = 3, 1
@@ -83,7 +82,7 @@ def test_a_group_with_an_image_over_the_limits_is_left_out_with_a_line(dataset, 
     strip = row("s1", "real", 0.0, "a strip")
     strip["image"] = {"bytes": buf.getvalue(), "path": None}
     rows = [strip, row("s1", "synthetic", 5.0), row("g9", "real", 0.0), row("g9", "synthetic", 4.0)]
-    pq.write_table(pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA), dataset / "data" / "train-00002-of-00003.parquet")
+    pq.write_table(rows_table(rows), dataset / "data" / "train-00002-of-00003.parquet")
     write_report(dataset, tmp_path / "r.html", max_groups=5)
     page = (tmp_path / "r.html").read_text()
     assert "/photos/s1.jpg: group not shown (image is 4000x1, an aspect ratio of 4000:1" in page

@@ -1,6 +1,7 @@
 """Training checkpoints: ``OUTPUT/checkpoints/step-NNNNNNN/`` holding
 
-- ``adapter/`` config.json + model.safetensors (loadable by ``Bokeh*Adapter.from_pretrained``);
+- ``adapter/`` config.json + model.safetensors (loadable by ``Bokeh*Adapter.from_pretrained``) and its model card
+  README.md (``trainer.model_card``);
 - ``model/<name>/`` every base network that trains (safetensors, by save_pretrained), plus the
   tokenizer and scheduler when the base is a local folder (so the tiny model is a complete folder);
 - ``optimizer.pt``, ``lr_scheduler.pt``, ``rng.pt``: read back with ``torch.load(weights_only=True)``;
@@ -31,6 +32,7 @@ from torch import nn
 
 from estimators.cli_util import UserError
 from trainer.ema import WeightAverage, load_trained, save_trained
+from trainer.model_card import write_model_card
 from trainer.run_folder import fsync_dir
 
 PATTERN = re.compile(r"^step-(\d+)$")
@@ -202,6 +204,7 @@ def save_checkpoint(
     torch.save(rng_state(), tmp / "rng.pt")
     state = {"step": step, "trained_modules": sorted(trained), "settings": settings}
     (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+    write_model_card(tmp / "adapter", state, adapter_ref=str(final / "adapter"))
     _fsync_tree(tmp)
     fsync_dir(root)
     shutil.rmtree(final, ignore_errors=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from estimators.cli_util import UserError
+from trainer.tracking import TRACKERS
 
 FAMILIES = ("tiny", "unet", "flux")
 PRECISIONS = ("no", "fp16", "bf16")
@@ -94,6 +95,9 @@ class RunConfig:
     # PyTorch's cuDNN attention backend (CUDA only). Off: its backward crashed full-size FLUX training
     # on an H200 (torch 2.11, cuDNN 9.19: illegal memory access); flash / efficient attention ran it.
     cudnn_attention: bool = False
+    # Where the scalars and validation grids also go: tensorboard (OUTPUT/logs/tensorboard), wandb, mlflow or none
+    # (trainer/tracking.py); logs/train.jsonl is written whatever this says.
+    report_to: str = "tensorboard"
 
 
 @dataclass
@@ -132,6 +136,8 @@ class TrainConfig:
             raise UserError(f"model.base_model is required for family {self.model.family!r}")
         if self.run.mixed_precision not in PRECISIONS:
             raise UserError(f"run.mixed_precision must be one of {PRECISIONS}, got {self.run.mixed_precision!r}")
+        if self.run.report_to not in TRACKERS:
+            raise UserError(f"run.report_to must be one of {TRACKERS}, got {self.run.report_to!r}")
         if self.model.weight_dtype not in ("float32", "float16", "bfloat16"):
             raise UserError(f"model.weight_dtype must be float32, float16 or bfloat16, got {self.model.weight_dtype!r}")
         for name in ("snr_gamma", "snr_floor"):
@@ -262,10 +268,11 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
 
 
 #: Settings a resumed run may change, as dotted keys or section prefixes: they leave what is trained as it was
-#: (how far it goes, logs, checkpoints, validation grids, speed and memory, the published weight average; mixed
-#: precision and the attention kernels change the rounding of the arithmetic, not the data, model or optimizer).
+#: (how far it goes, logs and their trackers, checkpoints, validation grids, speed and memory, the published weight
+#: average; mixed precision and the attention kernels change the rounding of the arithmetic, not the data, model or
+#: optimizer).
 RESUMABLE = ("run.max_steps", "run.checkpoint_every", "run.keep_last", "run.log_every", "run.num_threads", "run.progress",
-             "run.cudnn_attention", "run.mixed_precision", "model.gradient_checkpointing", "data.cache_images",
+             "run.cudnn_attention", "run.mixed_precision", "run.report_to", "model.gradient_checkpointing", "data.cache_images",
              "optim.ema_decay", "validation")
 #: Where the run writes: a run resumed from another folder's checkpoint writes elsewhere by design.
 PLACE = ("run.output_dir",)

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from dataset_tools.schema import cell_bytes
+from dataset_tools.schema import cell_bytes, label_names
 from estimators.cli_util import UserError
 from estimators.lens import MAX_BOKEH_LEVEL
 
@@ -96,7 +96,7 @@ class TrainingRows:
         self._images = table.column("image")
         self.ids = [str(v) for v in table.column("id").to_pylist()]
         self.group_ids = [str(v) for v in table.column("group_id").to_pylist()]
-        self.kinds = [str(v) for v in table.column("kind").to_pylist()]
+        self.kinds = label_names("kind", table.column("kind").to_pylist())  # class-label indices or names
         self.captions = ["" if v is None else str(v) for v in table.column("caption").to_pylist()]
         self.levels = np.asarray(table.column("bokeh_level").to_pylist(), dtype=np.float64)
         self.groups = self._contrastive_groups()

@@ -28,7 +28,7 @@ RUN_ENTRIES = ("config.yaml", "checkpoints", "logs", "base", "validation")
 #: Inside ``checkpoints/`` (finished and temporary), ``logs/`` and ``validation/``: the trainer's own files.
 _OWN = {
     "checkpoints": re.compile(r"^\.?step-\d+(\.tmp)?$"),
-    "logs": re.compile(r"^(train\.jsonl|errors\.jsonl|events\.out\.tfevents\..+)$"),
+    "logs": re.compile(r"^(train\.jsonl|errors\.jsonl|events\.out\.tfevents\..+|tensorboard|wandb)$"),
     "validation": re.compile(r"^step-\d+\.png$"),
 }
 

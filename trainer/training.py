@@ -1,5 +1,5 @@
 """The training loop: accelerate (mixed precision, gradient accumulation, multi-GPU via
-``accelerate launch``), checkpoints with exact resume, JSONL / TensorBoard logs and validation grids.
+``accelerate launch``), checkpoints with exact resume, JSONL logs, experiment trackers (``trainer.tracking``) and validation grids.
 
 Determinism: micro-batch ``n`` (counted over all processes) takes its rows from ``BatchSampler.plan(n)``
 and its noise and timesteps from a generator seeded by ``(seed, n)``, so the data position is the step
@@ -28,6 +28,7 @@ from trainer.config import STEP_FREE_SCHEDULES, OptimConfig, TrainConfig, job_se
 from trainer.data import BatchPlan, BatchSampler, ImageLoader, load_rows
 from trainer.ema import WeightAverage
 from trainer.run_folder import RunLock, claim, note_built_base, write_text
+from trainer.tracking import check_tracker, log_scalars, log_validation, log_with, start_tracking
 
 
 class TrainStep(nn.Module):
@@ -245,14 +246,6 @@ def _open_run(config: TrainConfig, state: Any, resume: Optional[str], overwrite:
     return checkpoint, step
 
 
-def _tensorboard(log_dir: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(log_dir))
-
-
 def validation_grid(backbone: Any, adapter: nn.Module, config: TrainConfig, device: torch.device) -> Any:
     """A PIL image: one contact-sheet row per prompt, one column per K, same seed across K."""
     from PIL import Image
@@ -309,6 +302,7 @@ def _train(config: TrainConfig, resume: Optional[str], overwrite: bool, stack: c
     if state.num_processes == 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError(f"launched as {os.environ['WORLD_SIZE']} processes, but accelerate runs this one alone (they would "
                         "train independently into one folder); on CPUs set ACCELERATE_USE_CPU=1")
+    check_tracker(run.report_to)
     if run.num_threads > 0:
         torch.set_num_threads(run.num_threads)
     output_dir = Path(run.output_dir)
@@ -329,7 +323,8 @@ def _train(config: TrainConfig, resume: Optional[str], overwrite: bool, stack: c
     with state.main_process_first():  # the main process builds the tiny model, the others read it
         backbone, base_dir = build_backbone(config, output_dir, rows)
     set_loss_weights(backbone, config)
-    accelerator = Accelerator(mixed_precision=run.mixed_precision, gradient_accumulation_steps=run.gradient_accumulation_steps)
+    accelerator = Accelerator(mixed_precision=run.mixed_precision, gradient_accumulation_steps=run.gradient_accumulation_steps,
+                              log_with=log_with(run.report_to), project_dir=str(output_dir / "logs"))
     if accelerator.device.type == "cpu" and run.mixed_precision != "no":
         warnings.warn(f"run.mixed_precision={run.mixed_precision} on a CPU: autocast made the tiny model's step 9x slower "
                       "there (12.3 vs 1.4 s over its first 10 steps at 2 threads); run.mixed_precision=no is faster on CPUs", stacklevel=3)
@@ -377,7 +372,7 @@ def _train(config: TrainConfig, resume: Optional[str], overwrite: bool, stack: c
 
         write_text(output_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
         log_path.parent.mkdir(parents=True, exist_ok=True)
-    writer = _tensorboard(output_dir / "logs") if accelerator.is_main_process else None
+    start_tracking(accelerator, run.report_to, settings, output_dir.resolve().name, step)
 
     accum = run.gradient_accumulation_steps
     bar = tqdm(total=run.max_steps, initial=step, desc="train", disable=not (run.progress and accelerator.is_main_process))
@@ -417,11 +412,7 @@ def _train(config: TrainConfig, resume: Optional[str], overwrite: bool, stack: c
             record = {"step": step, "loss": last_loss, "grad_norm": norm, "lr": lr, "elapsed_s": round(time.time() - started, 3)}
             with log_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
-            if writer is not None:
-                writer.add_scalar("train/loss", last_loss, step)
-                writer.add_scalar("train/lr", lr, step)
-                if norm is not None:
-                    writer.add_scalar("train/grad_norm", norm, step)
+            log_scalars(accelerator, record)
         if run.checkpoint_every and (step % run.checkpoint_every == 0 or step == run.max_steps):
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
@@ -433,8 +424,9 @@ def _train(config: TrainConfig, resume: Optional[str], overwrite: bool, stack: c
                 grid = validation_grid(backbone, adapter, config, accelerator.device)
             step_module.train()
             (output_dir / "validation").mkdir(exist_ok=True)
-            grid.save(output_dir / "validation" / f"step-{step:07d}.png")
+            grid_path = output_dir / "validation" / f"step-{step:07d}.png"
+            grid.save(grid_path)
+            log_validation(accelerator, run.report_to, grid, grid_path, step)
     bar.close()
-    if writer is not None:
-        writer.close()
+    accelerator.end_training()
     return {"step": step, "loss": last_loss, "bad_rows": len(reported), "complete": False}
