@@ -18,13 +18,15 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Optional
 
+import pyarrow.parquet as pq
+
 from estimators.input_files import open_regular, read_regular, remote_fs, remote_url
 
 from .atomic import publish, write_atomic
 
 __all__ = [
-    "create", "exists", "is_file", "is_remote", "join", "list_files", "location", "open_read", "publish",
-    "read_bytes", "remove", "remove_tree", "temp_for", "write_atomic",
+    "create", "exists", "is_file", "is_remote", "join", "list_files", "list_names", "location", "make_dirs",
+    "open_read", "parquet_file", "publish", "read_bytes", "remove", "remove_tree", "temp_for", "write_atomic",
 ]
 
 #: Local folder of the temporary copies of files bound for an object store (one per driver or worker process).
@@ -82,6 +84,31 @@ def read_bytes(path: str | os.PathLike, max_bytes: int, what: str = "file") -> b
 def open_read(path: str | os.PathLike, what: str = "file") -> BinaryIO:
     """A binary reader of a regular file or object (seekable: pyarrow reads Parquet footers through it)."""
     return open_regular(path, what)
+
+
+def parquet_file(path: str | os.PathLike) -> pq.ParquetFile:
+    """A Parquet file or object opened for reading (row groups, columns and metadata on demand)."""
+    if remote_url(path) is None:
+        return pq.ParquetFile(path)
+    return pq.ParquetFile(open_read(path, "Parquet file"))
+
+
+def make_dirs(path: str | os.PathLike) -> None:
+    """Make the folder ``path`` and its parents locally; nothing for a URL (a prefix exists with its first key)."""
+    if remote_url(path) is None:
+        os.makedirs(path, exist_ok=True)
+
+
+def list_names(path: str | os.PathLike) -> list[str]:
+    """The names of the files and folders directly in ``path`` (sorted); [] when there is no such folder."""
+    url = remote_url(path)
+    if url is None:
+        return sorted(os.listdir(path)) if os.path.isdir(path) else []
+    fs, key = _fs(url)
+    try:
+        return sorted(name.rstrip("/").rsplit("/", 1)[-1] for name in fs.ls(key, detail=False))
+    except FileNotFoundError:
+        return []
 
 
 def list_files(path: str | os.PathLike) -> list[str]:

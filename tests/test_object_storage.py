@@ -218,7 +218,8 @@ def test_write_publish_create_and_remove(s3, bucket, tmp_path):
     pq.write_table(__import__("pyarrow").table({"x": [1, 2, 3]}), temp)
     publish(temp, storage.join(out, "data", "train-00000-of-00001.parquet"))
     assert not os.path.exists(temp)
-    assert pq.read_table(storage.open_read(f"{out}/data/train-00000-of-00001.parquet"))["x"].to_pylist() == [1, 2, 3]
+    shard = storage.parquet_file(Path(f"{out}/data/train-00000-of-00001.parquet"))  # pathlib's spelling too
+    assert shard.metadata.num_rows == 3 and shard.read()["x"].to_pylist() == [1, 2, 3]
 
     lock = storage.join(out, "lock")
     assert storage.create(lock, b"first") and not storage.create(lock, b"second")
@@ -235,6 +236,21 @@ def test_write_publish_create_and_remove(s3, bucket, tmp_path):
     assert storage.list_files(out) == [f"{out}/_work2/keep", f"{out}/data/train-00000-of-00001.parquet",
                                        f"{out}/stats.json"]
     assert not storage.exists(f"{out}/_work")
+    assert storage.list_names(out) == ["_work2", "data", "stats.json"] and storage.list_names(f"{out}/none") == []
+    storage.make_dirs(f"{out}/made")  # a prefix needs no folder: nothing is written
+    assert storage.list_names(out) == ["_work2", "data", "stats.json"]
+
+
+def test_local_paths_take_the_os_calls(tmp_path):
+    storage.make_dirs(tmp_path / "a" / "b")
+    write_atomic(tmp_path / "a" / "b" / "f.txt", "text")
+    assert storage.list_names(tmp_path / "a") == ["b"] and storage.list_names(tmp_path / "none") == []
+    assert storage.list_files(tmp_path) == [str(tmp_path / "a" / "b" / "f.txt")]
+    assert storage.is_file(tmp_path / "a" / "b" / "f.txt") and not storage.is_file(tmp_path / "a")
+    assert storage.temp_for(tmp_path / "a" / "f.txt") == str(tmp_path / "a" / ".f.txt.tmp")
+    storage.remove_tree(tmp_path / "a")
+    storage.remove_tree(tmp_path / "a")
+    assert not storage.exists(tmp_path / "a")
 
 
 def test_local_create_is_exclusive(tmp_path):
@@ -305,13 +321,15 @@ class _Stopped(Exception):
 
 @pytest.mark.xfail(strict=True, reason="wired after merge: build.py / writer.py / input_shards.py / stages.py call "
                    "dataset_tools.storage for OUT and the work state")
-def test_build_from_s3_to_s3_resume_and_overwrite(s3, bucket, tmp_path, capsys):
+def test_build_from_s3_to_s3_resume_and_overwrite(s3, bucket, tmp_path, capsys, monkeypatch):
     """Four photos with sidecars in a bucket, built into the same bucket: every photo in exactly one place, read
     back with `datasets`; a removed shard object is redone alone on --resume; --overwrite removes only the
-    build's objects."""
+    build's objects. Nothing lands on the local disk under pathlib's spelling of the URL (``s3:/...``)."""
     import datasets
 
     from pipelines.cli import main
+
+    monkeypatch.chdir(tmp_path)
 
     demo_scenes(tmp_path / "in", 3, size=64)
     (tmp_path / "in" / "broken.png").write_bytes(b"not a png")
@@ -353,3 +371,4 @@ def test_build_from_s3_to_s3_resume_and_overwrite(s3, bucket, tmp_path, capsys):
     assert main(["build", f"s3://{bucket}/in", "-o", out, *E2E_FLAGS, "--overwrite"]) == 0
     assert s3.cat_file(f"{bucket}/out/notes.txt") == b"the user's"
     assert sorted(s3.glob(f"{bucket}/out/data/train-*.parquet")) == shards
+    assert not (tmp_path / "s3:").exists()
