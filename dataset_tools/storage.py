@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Optional
 
 import pyarrow.parquet as pq
@@ -25,12 +25,26 @@ from estimators.input_files import open_regular, read_regular, remote_fs, remote
 from .atomic import publish, write_atomic
 
 __all__ = [
-    "create", "exists", "is_file", "is_remote", "join", "list_files", "list_names", "location", "make_dirs",
+    "ObjectPath", "as_path", "create", "exists", "is_file", "is_remote", "join", "list_files", "list_names", "location", "make_dirs",
     "open_read", "parquet_file", "publish", "read_bytes", "remove", "remove_tree", "temp_for", "write_atomic",
 ]
 
 #: Local folder of the temporary copies of files bound for an object store (one per driver or worker process).
 _SPOOL: Optional[str] = None
+
+
+class ObjectPath(PurePosixPath):
+    """An object-store location with pathlib's joining and naming (``/``, ``name``, ``parent``, ``with_suffix``),
+    shown as its URL. It has none of ``Path``'s file operations, so code that would touch the local disk
+    instead of the store fails at once: read and write it with this module's functions."""
+
+    def __str__(self) -> str:
+        return location(super().__str__())
+
+
+def as_path(path: str | os.PathLike) -> Path | ObjectPath:
+    """``path`` as a ``Path``, or an :class:`ObjectPath` for an object-store URL."""
+    return ObjectPath(location(path)) if is_remote(path) else Path(path)
 
 
 def is_remote(path: str | os.PathLike) -> bool:
