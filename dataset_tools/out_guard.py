@@ -117,6 +117,15 @@ def _holder() -> dict[str, object]:
     return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
+def _parsed(raw: bytes) -> dict[str, object]:
+    """The holder a lock's bytes record ({} when they are not a JSON object)."""
+    try:
+        found = json.loads(raw)
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 def _process_gone(pid: object) -> bool:
     """True when no process ``pid`` runs on this machine."""
     if not isinstance(pid, int) or pid <= 0:
@@ -141,13 +150,15 @@ class ObjectLock:
 
     def acquire(self) -> "ObjectLock":
         """Take the lock (taking over one that a dead driver of this machine left) or raise UserError naming the
-        build that holds it."""
+        build that holds it. A takeover deletes the dead holder's lock and creates it again conditionally: two
+        drivers of one machine taking over the same dead lock in the same instant could both get it."""
         text = json.dumps(_holder()).encode()
+        holder: dict[str, object] = {}
         for _ in range(2):
             if storage.create(self.path, text):
                 self.text = text
                 return self
-            holder = self._holder()
+            holder = _parsed(self._read())
             if not (holder.get("host") == socket.gethostname() and _process_gone(holder.get("pid"))):
                 break
             storage.remove(self.path)  # its driver died on this machine without releasing it
@@ -156,23 +167,19 @@ class ObjectLock:
         raise UserError(f"{self.out} is in use by another bokeh build ({who}): wait for it to end; if that build "
                         f"is no longer running, delete {self.path}")
 
-    def _holder(self) -> dict[str, object]:
-        """The holder recorded in the lock object ({} when it cannot be read)."""
+    def _read(self) -> bytes:
+        """The lock object's bytes (b"" when it cannot be read)."""
         try:
-            found = json.loads(storage.read_bytes(self.path, _SMALL_FILE_BYTES, "lock"))
-        except (OSError, ValueError):
-            return {}
-        return found if isinstance(found, dict) else {}
+            return storage.read_bytes(self.path, _SMALL_FILE_BYTES, "lock")
+        except OSError:
+            return b""
 
     def release(self) -> None:
         """Remove the lock object when it is still this build's."""
         if self.text is None:
             return
-        try:
-            if storage.read_bytes(self.path, _SMALL_FILE_BYTES, "lock") == self.text:
-                storage.remove(self.path)
-        except OSError:
-            pass  # already gone
+        if self._read() == self.text:
+            storage.remove(self.path)
         self.text = None
 
     def __enter__(self) -> "ObjectLock":

@@ -347,7 +347,7 @@ def _object_listing(entry: str) -> tuple[str, dict[str, dict[str, Any]], list[st
             return protocol, infos, named
         info = fs.info(key)
         if info.get("type") == "file":
-            infos = {i["name"]: i for i in fs.ls(fs._parent(key), detail=True)}
+            infos = {i["name"]: i for i in fs.ls(info["name"].rsplit("/", 1)[0], detail=True)}
             return protocol, infos, [info["name"]]
         infos = fs.find(key, detail=True)
         return protocol, infos, sorted(infos)
@@ -377,9 +377,11 @@ def _captions(protocol: str, waiting: list[tuple[SourceItem, str]]) -> None:
             item.error = str(exc)
 
 
-def _object_items(protocol: str, infos: dict[str, dict[str, Any]], named: list[str]) -> Iterator[SourceItem]:
-    """The items of the image objects among ``named`` (refused formats as error items), stamped from ``infos``,
-    their ``<stem>.txt`` captions read in batches of CAPTION_BATCH."""
+def _object_items(protocol: str, infos: dict[str, dict[str, Any]], named: list[str],
+                  single: bool = False) -> Iterator[SourceItem]:
+    """The items of the image objects among ``named`` (refused formats as error items; a ``single`` object the
+    user named is taken whatever its ending: decoding decides), stamped from ``infos``, their ``<stem>.txt``
+    captions read in batches of CAPTION_BATCH."""
     from .input_stamp import object_stamp
 
     batch: list[SourceItem] = []
@@ -387,9 +389,9 @@ def _object_items(protocol: str, infos: dict[str, dict[str, Any]], named: list[s
     for key in named:
         url = f"{protocol}://{key}"
         ext = os.path.splitext(key)[1].lower()
-        if ext in REFUSED_EXTENSIONS:
+        if ext in REFUSED_EXTENSIONS and not single:
             batch.append(SourceItem(source=url, error=f"unsupported format {ext}: {REFUSED_EXTENSIONS[ext]}"))
-        elif _is_image(key):
+        elif single or _is_image(key):
             item = SourceItem(source=url, path=url)
             item.stamp, item.sidecars = object_stamp(key, infos)
             caption = os.path.splitext(key)[0] + CAPTION_SUFFIX
@@ -437,7 +439,8 @@ def iter_sources(
                     f"{entry} holds both photos ({protocol}://{photo}) and Parquet files ({parquet_files[0]}): pass "
                     "them as separate inputs (a prefix or glob of the photos, and the .parquet files)")
             if not parquet_files:
-                yield from _object_items(protocol, infos, named)
+                single = len(named) == 1 and location(entry) == f"{protocol}://{named[0]}"
+                yield from _object_items(protocol, infos, named, single)
                 continue
             rows = _parquet_rows(parquet_files, image_column)
         elif any(ch in entry for ch in "*?["):

@@ -62,20 +62,6 @@ def one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _object_info(url: str, what: str) -> tuple[Any, str, dict[str, Any]]:
-    """(filesystem, key, info) of the object ``url``; InputFileError when it is missing, a folder or unreachable."""
-    try:
-        fs, key = remote_fs(url)
-        info = fs.info(key)
-    except FileNotFoundError:
-        raise InputFileError(f"{what} {url} cannot be opened: no such object") from None
-    except Exception as exc:  # noqa: BLE001 - object-store clients raise many types; one line per file
-        raise InputFileError(f"{what} {url} cannot be opened: {one_line(exc)}") from None
-    if info.get("type") != "file":
-        raise InputFileError(f"{what} {url} is a folder, not a regular file", "not-a-file")
-    return fs, key, info
-
-
 class InputFileError(OSError):
     """An input file that is refused or cannot be read; the message is one line that says why, ``code`` a
     short key for statistics: unreadable, not-a-file, too-large or outside-input."""
@@ -95,6 +81,20 @@ def size_text(size: int) -> str:
     if size < 2**10:
         return f"{size} bytes"
     return f"{size / 2**10:.3g} KiB" if size < 2**20 else f"{size / 2**20:.3g} MiB"
+
+
+def _object_info(url: str, what: str) -> tuple[Any, str, dict[str, Any]]:
+    """(filesystem, key, info) of the object ``url``; InputFileError when it is missing, a folder or unreachable."""
+    try:
+        fs, key = remote_fs(url)
+        info = fs.info(key)
+    except FileNotFoundError:
+        raise InputFileError(f"{what} {url} cannot be opened: no such object") from None
+    except Exception as exc:  # noqa: BLE001 - object-store clients raise many types; one line per file
+        raise InputFileError(f"{what} {url} cannot be opened: {one_line(exc)}") from None
+    if info.get("type") != "file":
+        raise InputFileError(f"{what} {url} is a folder, not a regular file", "not-a-file")
+    return fs, key, info
 
 
 def open_regular(path: PathLike, what: str = "file") -> BinaryIO:

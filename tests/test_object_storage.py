@@ -186,6 +186,10 @@ def test_listing_globs_single_objects_and_refusals(s3, bucket, tmp_path):
     assert top == [f"s3://{bucket}/in/{n}" for n in ("a.png", "d.png", "e.png")]
     single = list(iter_sources([f"s3://{bucket}/in/a.png"]))
     assert [(i.source, i.caption, stamp_of(i)[1]) for i in single] == [(f"s3://{bucket}/in/a.png", "a red square", 6)]
+    # one object named by the user is read whatever its ending, as a single local file is: decoding decides
+    assert [(i.source, i.error) for i in iter_sources([f"s3://{bucket}/in/f.gif"])] == [(f"s3://{bucket}/in/f.gif", None)]
+    assert [(i.source, i.error) for i in iter_sources([str(tmp_path / "in" / "f.gif")])] == [
+        (str(tmp_path / "in" / "f.gif"), None)]
     for bad, text in ((f"s3://{bucket}/none", "input not found"), (f"s3://{bucket}/in/*.tif", "no object matches"),
                       (f"s3://{bucket}/list.txt", "lists of paths are read from local files only")):
         with pytest.raises(InputError, match=text):
