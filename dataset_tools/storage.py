@@ -12,6 +12,7 @@ variables or ~/.config/fsspec for any fsspec option), so every Ray worker finds 
 """
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -174,6 +175,7 @@ def temp_for(final: str | os.PathLike) -> str:
         return str(final.with_name(f".{final.name}.tmp"))
     if _SPOOL is None or not os.path.isdir(_SPOOL):
         _SPOOL = tempfile.mkdtemp(prefix="bokeh-build-")
+        atexit.register(shutil.rmtree, _SPOOL, True)  # copies of uploads that never happened (a failed build)
     handle, temp = tempfile.mkstemp(dir=_SPOOL, suffix=f"-{url.rsplit('/', 1)[-1]}")
     os.close(handle)
     return temp
