@@ -80,8 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "of drawing --synthetic-levels of them, e.g. so that every group reaches the top level")
     p.add_argument("--ray-address", metavar="auto|HOST:PORT",
                    help="join this Ray cluster (auto = the one `ray start` runs on this machine); default: start a "
-                   "local Ray bound to 127.0.0.1. On several nodes, inputs and OUT must be on shared storage or an object "
-                   "store")
+                   "local Ray bound to 127.0.0.1. On several nodes, inputs and OUT must be on shared storage or an "
+                   "object store")
     p.add_argument("--ray-timeout", type=_seconds, metavar="SECONDS",
                    help=f"with --ray-address: give up joining the cluster after about this long, with a one-line error "
                    f"(default {DEFAULT_RAY_TIMEOUT:g})")

@@ -26,8 +26,9 @@ from estimators.input_files import open_regular, read_regular, remote_fs, remote
 from .atomic import publish, write_atomic
 
 __all__ = [
-    "ObjectPath", "as_path", "create", "exists", "is_file", "is_remote", "join", "list_files", "list_names", "location", "make_dirs",
-    "open_read", "parquet_file", "publish", "read_bytes", "remove", "remove_tree", "temp_for", "write_atomic",
+    "ObjectPath", "as_path", "create", "exists", "is_file", "is_remote", "join", "list_files", "list_names",
+    "location", "make_dirs", "open_read", "parquet_file", "publish", "read_bytes", "remove", "remove_tree",
+    "temp_for", "write_atomic",
 ]
 
 #: Local folder of the temporary copies of files bound for an object store (one per driver or worker process).

@@ -187,7 +187,8 @@ def test_listing_globs_single_objects_and_refusals(s3, bucket, tmp_path):
     single = list(iter_sources([f"s3://{bucket}/in/a.png"]))
     assert [(i.source, i.caption, stamp_of(i)[1]) for i in single] == [(f"s3://{bucket}/in/a.png", "a red square", 6)]
     # one object named by the user is read whatever its ending, as a single local file is: decoding decides
-    assert [(i.source, i.error) for i in iter_sources([f"s3://{bucket}/in/f.gif"])] == [(f"s3://{bucket}/in/f.gif", None)]
+    gif = f"s3://{bucket}/in/f.gif"
+    assert [(i.source, i.error) for i in iter_sources([gif])] == [(gif, None)]
     assert [(i.source, i.error) for i in iter_sources([str(tmp_path / "in" / "f.gif")])] == [
         (str(tmp_path / "in" / "f.gif"), None)]
     for bad, text in ((f"s3://{bucket}/none", "input not found"), (f"s3://{bucket}/in/*.tif", "no object matches"),
@@ -332,8 +333,9 @@ class _Stopped(Exception):
 @pytest.mark.xfail(strict=True, reason="wired after merge: build.py / writer.py / input_shards.py / dedup.py / "
                    "death_ledger.py call dataset_tools.storage for OUT and the work state")
 def test_build_from_s3_to_s3_resume_and_overwrite(s3, bucket, tmp_path, capsys, monkeypatch):
-    """Four photos with sidecars in a bucket, built into the same bucket: every photo in exactly one place; a removed shard object is redone alone on --resume; --overwrite removes only the
-    build's objects. Nothing lands on the local disk under pathlib's spelling of the URL (``s3:/...``)."""
+    """Four photos with sidecars in a bucket, built into the same bucket: every photo in exactly one place; a
+    removed shard object is redone alone on --resume; --overwrite removes only the build's objects. Nothing
+    lands on the local disk under pathlib's spelling of the URL (``s3:/...``)."""
     from pipelines.cli import main
 
     monkeypatch.chdir(tmp_path)
