@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from estimators.cli_util import UserError, comma_list, non_negative_float, non_negative_int, positive_int
 from estimators.lens import MAX_BOKEH_LEVEL
@@ -44,11 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="folders (searched recursively), glob patterns, text files listing photo paths (.txt/.lst), "
-                   "Parquet files or folders, saved `datasets` folders, or hf://DATASET_ID; captions come from "
-                   "<stem>.txt sidecars or the caption column")
+                   "Parquet files or folders, saved `datasets` folders, or hf://DATASET_ID; folders, globs and Parquet "
+                   "files may be object-store URLs (s3://bucket/prefix, gs://..., credentials from the environment); "
+                   "captions come from <stem>.txt sidecars or the caption column")
     p.add_argument("-o", "--out", required=True, metavar="OUT",
-                   help="output directory: new or empty, unless --resume/--overwrite; never an input, inside one or "
-                   "holding one. One build at a time per OUT (OUT/.bokeh-build.lock)")
+                   help="output directory or object-store URL (s3://bucket/prefix): new or empty, unless "
+                   "--resume/--overwrite; never an input, inside one or holding one. One build at a time per OUT "
+                   "(OUT/.bokeh-build.lock)")
     p.add_argument("--synthetic-levels", type=non_negative_int, metavar="N",
                    help="renders per all-in-focus photo, at K ~ U(1, 30) seeded from (--seed, photo id) "
                    f"(default {DEFAULT_SYNTHETIC_LEVELS}; 0 = none)")
@@ -79,7 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "of drawing --synthetic-levels of them, e.g. so that every group reaches the top level")
     p.add_argument("--ray-address", metavar="auto|HOST:PORT",
                    help="join this Ray cluster (auto = the one `ray start` runs on this machine); default: start a "
-                   "local Ray bound to 127.0.0.1. On several nodes, inputs and OUT must be on shared storage")
+                   "local Ray bound to 127.0.0.1. On several nodes, inputs and OUT must be on shared storage or an "
+                   "object store")
     p.add_argument("--ray-timeout", type=_seconds, metavar="SECONDS",
                    help=f"with --ray-address: give up joining the cluster after about this long, with a one-line error "
                    f"(default {DEFAULT_RAY_TIMEOUT:g})")
@@ -107,6 +109,7 @@ def run_build(args: argparse.Namespace) -> int:
     from .build import BuildFailed, build
     from .build_config import DEFAULT_SYNTHETIC_LEVELS, BuildConfig
     from .ray_join import DEFAULT_RAY_TIMEOUT
+    from .storage import join
 
     if args.ray_address is not None and args.workers is not None:
         raise UserError("--workers sizes the local Ray; with --ray-address the cluster's resources are used")
@@ -133,13 +136,13 @@ def run_build(args: argparse.Namespace) -> int:
     except ValueError as exc:  # BuildConfig checks the fixed levels itself (a repeat)
         raise UserError(f"--levels: {exc}") from exc
     try:
-        stats = build(args.inputs, Path(args.out), config, ray_address=args.ray_address, workers=args.workers,
+        stats = build(args.inputs, args.out, config, ray_address=args.ray_address, workers=args.workers,
                       ray_timeout=args.ray_timeout or DEFAULT_RAY_TIMEOUT, resume=args.resume, overwrite=args.overwrite)
     except BuildFailed as exc:
         print(f"bokeh build: error: {exc}", file=sys.stderr)
         return 1
     print(stats.summary())
     if stats.kept == 0:
-        print(f"bokeh build: no photo was kept: see {Path(args.out) / 'errors.jsonl'}", file=sys.stderr)
+        print(f"bokeh build: no photo was kept: see {join(args.out, 'errors.jsonl')}", file=sys.stderr)
         return 1
     return 0

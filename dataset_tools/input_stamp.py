@@ -11,7 +11,7 @@ import os
 import zlib
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 from estimators.depth import sidecar_paths
 from estimators.mask import mask_sidecar_path
@@ -34,21 +34,43 @@ def _file_stamp(path: Path) -> Optional[str]:
     return f"{info.st_size}:{info.st_mtime_ns}"
 
 
+def _sidecars(photo: Path) -> tuple[tuple[int, Path], ...]:
+    """(bit, path) of every sidecar a photo may have."""
+    depth, disparity = sidecar_paths(photo)
+    return ((DEPTH_SIDECAR, depth), (DEPTH_SIDECAR, disparity), (MASK_SIDECAR, mask_sidecar_path(photo)),
+            (CAPTION, photo.with_suffix(CAPTION_SUFFIX)))
+
+
 def stamp_of(item: SourceItem) -> tuple[str, int]:
     """The stamp of an input and its sidecar bits."""
     bits = CAPTION if item.caption else 0
+    if item.stamp is not None:
+        return item.stamp, item.sidecars | bits
     if item.data is not None:
         return f"bytes {len(item.data)}:{zlib.crc32(item.data):08x}", bits
     if item.path is None:
         return f"none {item.error or ''}", bits
     photo = Path(item.path)
     parts = [_file_stamp(photo) or "missing"]
-    depth, disparity = sidecar_paths(photo)
-    for bit, sidecar in ((DEPTH_SIDECAR, depth), (DEPTH_SIDECAR, disparity), (MASK_SIDECAR, mask_sidecar_path(photo)),
-                         (CAPTION, photo.with_suffix(CAPTION_SUFFIX))):
+    for bit, sidecar in _sidecars(photo):
         stamp = _file_stamp(sidecar)
         if stamp is not None:
             parts.append(f"{sidecar.name}={stamp}")
+            bits |= bit
+    return " ".join(parts), bits
+
+
+def object_stamp(key: str, infos: Mapping[str, Mapping[str, Any]]) -> tuple[str, int]:
+    """The stamp and sidecar bits of the object ``key`` from a listing of its folder (key -> info with size and
+    ETag or modification time), as :func:`stamp_of` makes them from a file system."""
+    def stamp(info: Mapping[str, Any]) -> str:
+        return f"{info.get('size')}:{info.get('ETag') or info.get('LastModified') or info.get('mtime')}"
+
+    parts = [stamp(infos[key]) if key in infos else "missing"]
+    bits = 0
+    for bit, sidecar in _sidecars(Path(key)):
+        if str(sidecar) in infos:
+            parts.append(f"{sidecar.name}={stamp(infos[str(sidecar)])}")
             bits |= bit
     return " ".join(parts), bits
 

@@ -1,5 +1,11 @@
 """The reader: turns build inputs (folders, globs, path lists, Parquet / Hugging Face datasets) into a
-stream of source items, without listing everything in memory first."""
+stream of source items, without listing everything in memory first.
+
+Folders, globs and Parquet files may also be object-store URLs (``s3://bucket/photos``, any fsspec protocol):
+their keys are listed once (the listing gives every object's size and ETag, so stamps and caption size checks
+cost no request), captions are fetched in concurrent batches, and photos and their depth / mask sidecars are
+read later by the workers, with the same size caps as local files.
+"""
 from __future__ import annotations
 
 import glob
@@ -12,8 +18,19 @@ from typing import Any, Iterator, Optional, Sequence
 
 from estimators.depth import DISPARITY_SIDECAR_SUFFIX
 from estimators.image_io import MAX_PHOTO_BYTES
-from estimators.input_files import InputFileError, file_kind, inside, open_regular, read_regular, sidecar_of
+from estimators.input_files import (
+    InputFileError,
+    file_kind,
+    inside,
+    one_line,
+    open_regular,
+    read_regular,
+    remote_fs,
+    sidecar_of,
+)
 from estimators.mask import MASK_SIDECAR_SUFFIX
+
+from .storage import is_remote, location
 
 #: File endings taken from folders and globs (case-insensitive).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".heic", ".heif", ".avif"})
@@ -34,6 +51,8 @@ CAPTION_SUFFIX = ".txt"
 MAX_CAPTION_BYTES = 8192
 #: Longest line of a path list, in characters.
 MAX_LIST_LINE = 4096
+#: Captions fetched together from an object store (one concurrent request batch).
+CAPTION_BATCH = 64
 #: Seconds the Hugging Face Hub gets to say whether a dataset id exists before the build gives up.
 HUB_TIMEOUT_S = 10.0
 #: Columns of a dataset input that may carry EXIF-like values for the estimators.
@@ -64,6 +83,10 @@ class SourceItem:
     caption: str = ""
     exif: dict[str, Any] = field(default_factory=dict)
     error: Optional[str] = None  # set when the item is already known to be unreadable
+    #: Its stamp and sidecar bits (:mod:`dataset_tools.input_stamp`) when the listing already knows them
+    #: (object stores); None: stamped from the file system.
+    stamp: Optional[str] = None
+    sidecars: int = 0
 
     def read_bytes(self) -> bytes:
         """The encoded image bytes; :class:`~estimators.input_files.InputFileError` (an OSError) unless the path
@@ -260,12 +283,7 @@ def _parquet_rows(paths: Sequence[str], image_column: str) -> Iterator[tuple[str
                         yield path, index, row
                         index += 1
         except (OSError, pa.ArrowException) as exc:
-            raise InputError(f"cannot read Parquet file {path} ({_first_line(exc)}): is it complete?") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+            raise InputError(f"cannot read Parquet file {path} ({one_line(exc)}): is it complete?") from None
 
 
 def _check_hub(name: str) -> None:
@@ -281,7 +299,7 @@ def _check_hub(name: str) -> None:
     except RepositoryNotFoundError:
         raise InputError(f"no dataset {name} on the Hugging Face Hub (a private one needs `hf auth login`)") from None
     except Exception as exc:  # noqa: BLE001 - network errors come from several libraries
-        raise InputError(f"cannot reach the Hugging Face Hub for dataset {name} ({_first_line(exc)}): check the "
+        raise InputError(f"cannot reach the Hugging Face Hub for dataset {name} ({one_line(exc)}): check the "
                          "network, or set HF_HUB_OFFLINE=1 to use a cached copy") from None
 
 
@@ -309,7 +327,87 @@ def _dataset_rows(name: str, image_column: str) -> Iterator[tuple[str, int, dict
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - `datasets` raises many types; the build needs one line
-        raise InputError(f"cannot load dataset {name} ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise InputError(f"cannot load dataset {name} ({type(exc).__name__}: {one_line(exc)})") from None
+
+
+def _object_listing(entry: str) -> tuple[str, dict[str, dict[str, Any]], list[str]]:
+    """(protocol, key -> listing info of every object near the input, the keys the input names, sorted) of an
+    object-store input: a prefix (every key below it), a glob, or one object (its folder is listed for the
+    sidecars). A missing or unreachable input is one InputError line."""
+    url = location(entry)
+    protocol = url.split("://", 1)[0]
+    try:
+        fs, key = remote_fs(url)
+        cut = next((i for i, part in enumerate(key.split("/")) if any(ch in part for ch in "*?[")), None)
+        if cut is not None:
+            infos = fs.find("/".join(key.split("/")[:cut]), detail=True)
+            named = sorted(k for k in fs.glob(key) if k in infos)
+            if not named:
+                raise InputError(f"no object matches {url}")
+            return protocol, infos, named
+        info = fs.info(key)
+        if info.get("type") == "file":
+            infos = {i["name"]: i for i in fs.ls(info["name"].rsplit("/", 1)[0], detail=True)}
+            return protocol, infos, [info["name"]]
+        infos = fs.find(key, detail=True)
+        return protocol, infos, sorted(infos)
+    except FileNotFoundError:
+        raise InputError(f"input not found: {url}") from None
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - object-store clients raise many types; the build needs one line
+        raise InputError(f"cannot list {url} ({type(exc).__name__}: {one_line(exc)})") from None
+
+
+def _captions(protocol: str, waiting: list[tuple[SourceItem, str]]) -> None:
+    """Fetch the caption objects of ``waiting`` (item, caption key) in one concurrent batch and set each item's
+    caption, or its error when the caption is refused."""
+    if not waiting:
+        return
+    fs, _ = remote_fs(f"{protocol}://{waiting[0][1]}")
+    found = fs.cat([key for _, key in waiting], on_error="return", start=0, end=MAX_CAPTION_BYTES + 1)
+    for item, key in waiting:
+        url = f"{protocol}://{key}"
+        data = found.get(key, FileNotFoundError(key))
+        try:
+            if isinstance(data, BaseException):
+                raise CaptionError(f"caption {url} cannot be read: {one_line(data)}: fix or remove it")
+            item.caption = check_caption(data, f"caption {url}")
+        except CaptionError as exc:
+            item.error = str(exc)
+
+
+def _object_items(protocol: str, infos: dict[str, dict[str, Any]], named: list[str],
+                  single: bool = False) -> Iterator[SourceItem]:
+    """The items of the image objects among ``named`` (refused formats as error items; a ``single`` object the
+    user named is taken whatever its ending: decoding decides), stamped from ``infos``, their ``<stem>.txt``
+    captions read in batches of CAPTION_BATCH."""
+    from .input_stamp import object_stamp
+
+    batch: list[SourceItem] = []
+    waiting: list[tuple[SourceItem, str]] = []
+    for key in named:
+        url = f"{protocol}://{key}"
+        ext = os.path.splitext(key)[1].lower()
+        if ext in REFUSED_EXTENSIONS and not single:
+            batch.append(SourceItem(source=url, error=f"unsupported format {ext}: {REFUSED_EXTENSIONS[ext]}"))
+        elif single or _is_image(key):
+            item = SourceItem(source=url, path=url)
+            item.stamp, item.sidecars = object_stamp(key, infos)
+            caption = os.path.splitext(key)[0] + CAPTION_SUFFIX
+            size = int(infos.get(caption, {}).get("size") or 0)
+            if size > MAX_CAPTION_BYTES:
+                item.error = (f"caption {protocol}://{caption} is {size:,} bytes, over the {MAX_CAPTION_BYTES:,}-byte "
+                              "caption limit: shorten it")
+            elif caption in infos:
+                waiting.append((item, caption))
+            batch.append(item)
+        if len(batch) >= CAPTION_BATCH:
+            _captions(protocol, waiting)
+            yield from batch
+            batch, waiting = [], []
+    _captions(protocol, waiting)
+    yield from batch
 
 
 def _is_saved_dataset(folder: str) -> bool:
@@ -328,6 +426,23 @@ def iter_sources(
         if entry.startswith(HF_PREFIXES):
             name = entry.split(":", 1)[1].lstrip("/")
             rows = _dataset_rows(name, image_column)
+        elif is_remote(entry):
+            if os.path.splitext(entry)[1].lower() in LIST_EXTENSIONS:
+                raise InputError(f"{entry}: lists of paths are read from local files only; pass the photos' prefix "
+                                 "or a glob")
+            protocol, infos, named = _object_listing(entry)
+            parquet_files = [f"{protocol}://{k}" for k in named if k.lower().endswith(".parquet")]
+            photo = next((k for k in named if _is_image(k) or os.path.splitext(k)[1].lower() in REFUSED_EXTENSIONS),
+                         None)
+            if parquet_files and photo:
+                raise InputError(
+                    f"{entry} holds both photos ({protocol}://{photo}) and Parquet files ({parquet_files[0]}): pass "
+                    "them as separate inputs (a prefix or glob of the photos, and the .parquet files)")
+            if not parquet_files:
+                single = len(named) == 1 and location(entry) == f"{protocol}://{named[0]}"
+                yield from _object_items(protocol, infos, named, single)
+                continue
+            rows = _parquet_rows(parquet_files, image_column)
         elif any(ch in entry for ch in "*?["):
             matches = sorted(glob.iglob(entry, recursive=True))
             if not matches:
