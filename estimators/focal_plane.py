@@ -2,8 +2,11 @@
 
 A photo with defocus is focused where it is sharpest, which is often not its nearest salient region
 (a portrait through leaves, foreground grass). Edge blur (Zhuo & Sim) is grouped by normalised
-disparity into layers; the layer whose edges are sharpest holds the focal plane. An edge on a depth
-discontinuity belongs to the nearer surface (its outline; see :func:`edge_owner_disparity`).
+disparity into layers; the layer whose edges are sharpest holds the focal plane. A surface's own
+texture can be soft (shading, fabric) where its outline against what lies behind it is as sharp as
+the focus lets it be, so whether a photo has defocus at all is judged on the lesser of a layer's
+interior and outline blur (see :func:`_level_layers`). The outline reading mixes in what lies
+behind a blurred foreground, so the amount of blur (K) is read from the interiors.
 
 Zhuo & Sim's re-blur ratio resolves blurs of a few pixels only: a wide blur reads too narrow (its
 gradients barely change under the re-blur, so noise and neighbouring edges dominate), a narrow one
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple, Optional
+from typing import Callable, Iterable, NamedTuple, Optional, TypeVar
 
 import cv2
 import numpy as np
@@ -23,10 +26,15 @@ import numpy as np
 from .depth import normalize_disparity
 from .sharpness import INTRINSIC_EDGE_SIGMA, defocus_at_edges, downscale_to_reference
 
+T = TypeVar("T")
+
 #: Width of a depth layer in normalised disparity.
 LAYER_WIDTH = 1.0 / 12.0
 #: A layer needs this many measured edges (at a pyramid level) to count there.
 MIN_LAYER_EDGES = 20
+#: The in-focus reference (edge-width floor, focal plane) is a layer with at least this many edges: a
+#: sliver of a layer says little about the photo's sharpness.
+MIN_REFERENCE_EDGES = 100
 #: Percentile of a layer's edge sigmas taken as its blur: the lower ones are noise and edges that
 #: crowd each other (both read sharper than the blur that made them).
 LAYER_PERCENTILE = 75
@@ -47,6 +55,8 @@ MIN_FOCUS_CONTRAST = 1.0
 #: DISCONTINUITY in normalised disparity lie on a depth discontinuity.
 DISCONTINUITY_REACH = 0.015
 DISCONTINUITY = 0.05
+#: Edges this close (px of their level) to a depth discontinuity are the nearer surface's outline.
+OUTLINE_PX = 2
 #: Pyramid scales of the image at short side <= 512, and the smallest short side measured.
 PYRAMID_SCALES = (1.0, 0.5, 0.25, 0.125)
 MIN_PYRAMID_SIDE = 32
@@ -71,24 +81,16 @@ class FocalPlane:
     layers: list[LayerBlur] = field(default_factory=list)
 
 
-def edge_owner_disparity(disparity: np.ndarray, reach_px: int) -> np.ndarray:
-    """The disparity an edge pixel's blur belongs to: its own, or on a depth discontinuity (range within
-    ``reach_px`` above DISCONTINUITY) the nearest surface's there, since the visible edge is that
-    surface's outline: a blurred foreground spreads over what lies behind, a sharp one stays sharp."""
-    size = 2 * max(2, int(reach_px)) + 1
-    kernel = np.ones((size, size), np.uint8)
-    disp = disparity.astype(np.float32)
+def _disparity_range(disp: np.ndarray, reach_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """Largest disparity (the nearest surface) and disparity range within ``reach_px`` of each pixel."""
+    kernel = np.ones((2 * reach_px + 1,) * 2, np.uint8)
     nearest = cv2.dilate(disp, kernel)
-    return np.where(nearest - cv2.erode(disp, kernel) < DISCONTINUITY, disp, nearest)
+    return nearest, nearest - cv2.erode(disp, kernel)
 
 
-def _level_layers(gray: np.ndarray, disp: np.ndarray) -> dict[int, tuple[float, float, int]]:
-    """One pyramid level: layer index -> (median disparity, percentile edge sigma in level px, edge count)."""
-    edges = defocus_at_edges(gray)
-    owner = edge_owner_disparity(disp, round(DISCONTINUITY_REACH * min(gray.shape)))
-    sigma, d = edges.sigma[edges.edges], owner[edges.edges]
-    last = int(round(1.0 / LAYER_WIDTH)) - 1
-    index = np.minimum((d / LAYER_WIDTH).astype(int), last)
+def _layer_readings(sigma: np.ndarray, d: np.ndarray) -> dict[int, tuple[float, float, int]]:
+    """Layer index -> (median disparity, LAYER_PERCENTILE sigma, count) of edge sigmas at disparities ``d``."""
+    index = np.minimum((d / LAYER_WIDTH).astype(int), int(round(1.0 / LAYER_WIDTH)) - 1)
     out = {}
     for i in np.unique(index):
         inside = index == i
@@ -97,13 +99,38 @@ def _level_layers(gray: np.ndarray, disp: np.ndarray) -> dict[int, tuple[float, 
     return out
 
 
+def _level_layers(gray: np.ndarray, disp: np.ndarray) -> tuple[dict[int, tuple[float, float, int]], dict[int, float]]:
+    """One pyramid level: the layers' interior readings, layer index -> (median disparity, percentile
+    edge sigma in level px, edge count), and their outline sigmas, layer index -> sigma.
+
+    Interior edges have no depth discontinuity within the reach. Outline edges lie within OUTLINE_PX
+    of one and belong to the nearer side, whose outline they are: a blurred foreground spreads over
+    what lies behind it, a sharp one stays sharp.
+    """
+    edges = defocus_at_edges(gray)
+    disp = disp.astype(np.float32)
+    _, spread = _disparity_range(disp, max(2, round(DISCONTINUITY_REACH * min(gray.shape))))
+    nearest, step = _disparity_range(disp, OUTLINE_PX)
+    interior = edges.edges & (spread < DISCONTINUITY)
+    outline = edges.edges & (step >= DISCONTINUITY)
+    outlines = _layer_readings(edges.sigma[outline], nearest[outline])
+    return _layer_readings(edges.sigma[interior], disp[interior]), {i: s for i, (_, s, _) in outlines.items()}
+
+
+def _well_measured(items: Iterable[T], count: Callable[[T], int]) -> list[T]:
+    """The items (layers) with at least MIN_REFERENCE_EDGES edges, or all when none has that many."""
+    items = list(items)
+    return [item for item in items if count(item) >= MIN_REFERENCE_EDGES] or items
+
+
 def radius_from_sigma(sigma: float, floor: float) -> float:
     """Lens blur radius (px) of a layer whose edges read ``sigma`` where in-focus edges read ``floor``."""
     return RADIUS_PER_SIGMA * math.sqrt(max(sigma * sigma - floor * floor, 0.0))
 
 
-def layer_blurs(gray: np.ndarray, disparity: np.ndarray) -> list[LayerBlur]:
-    """Lens blur per depth layer of a 0-255 gray image and its disparity (same shape, larger = nearer).
+def layer_blurs(gray: np.ndarray, disparity: np.ndarray, outline_cap: bool = False) -> list[LayerBlur]:
+    """Lens blur per depth layer of a 0-255 gray image and its disparity (same shape, larger = nearer);
+    with ``outline_cap`` a layer's reading is the lesser of its interior's and its outline's.
 
     The layer sharpest at the finest level holds the photo's in-focus edge width (lens, resizing,
     compression); its sigma at each level is removed from every layer's there (a single layer keeps the
@@ -129,17 +156,19 @@ def layer_blurs(gray: np.ndarray, disparity: np.ndarray) -> list[LayerBlur]:
             break
         size = (max(1, round(small.shape[1] * scale)), max(1, round(small.shape[0] * scale)))
         level = cv2.resize(small, size, interpolation=cv2.INTER_AREA) if scale < 1 else small
-        layers = _level_layers(level, cv2.resize(disp, size, interpolation=cv2.INTER_LINEAR))
+        layers, outlines = _level_layers(level, cv2.resize(disp, size, interpolation=cv2.INTER_LINEAR))
         if not layers:
             break
         pixel = to_512 / scale  # one pixel of this level, in px at short side 512
         if reference is None and len(layers) > 1:
-            reference = min(layers, key=lambda i: layers[i][1])
+            reference = min(_well_measured(layers, lambda i: layers[i][2]), key=lambda i: layers[i][1])
         if reference is not None and reference in layers:
             floor = layers[reference][1]
         else:
             floor = min(s for _, s, _ in layers.values()) if len(layers) > 1 else INTRINSIC_EDGE_SIGMA
         for i, (d, sigma, count) in layers.items():
+            if outline_cap:
+                sigma = min(sigma, outlines.get(i, sigma))
             radius = radius_from_sigma(sigma, floor) * pixel
             if i in settled:
                 continue
@@ -208,9 +237,12 @@ def find_focal_plane(gray: np.ndarray, disparity: np.ndarray) -> FocalPlane:
     layers = layer_blurs(gray, disp)
     if len(layers) < 2:
         return FocalPlane(None, None, 0.0, layers)
-    sharpest = min(layers, key=lambda layer: layer.radius)
-    fit = fit_blur_slope(layers, sharpest.disparity, LAYER_WIDTH)
-    contrast = 0.0 if fit is None else fit.slope * max(abs(layer.disparity - sharpest.disparity) for layer in layers)
+    # Where the focus is and whether there is defocus at all ask the outlines too: soft texture inside a
+    # sharp outline is not blur.
+    outlined = layer_blurs(gray, disp, outline_cap=True)
+    sharpest = min(_well_measured(outlined, lambda layer: layer.count), key=lambda layer: layer.radius)
+    fit = fit_blur_slope(outlined, sharpest.disparity, LAYER_WIDTH)
+    contrast = 0.0 if fit is None else fit.slope * max(abs(layer.disparity - sharpest.disparity) for layer in outlined)
     if contrast < MIN_FOCUS_CONTRAST:
         return FocalPlane(None, None, contrast, layers)
     region = np.abs(disp - sharpest.disparity) <= LAYER_WIDTH / 2
