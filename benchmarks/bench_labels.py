@@ -378,8 +378,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         rows.append((scene, truth, records, pinhole, synth, render_s))
 
     k_col = {"exif+metric": "K exif+metric", "exif+relative": "K exif+rel", "image": "K image"}
-    header = ["scene", "fg", "K true", "s true (m)", *k_col.values(), "s read (m)", "focus_source",
-              "image conf", "pinhole K (AIF)", "synth fit K/K"]
+    header = ["scene", "fg", "K true", "s true (m)", *k_col.values(), "s exif+metric (m)", "s exif+rel (m)",
+              "focus_source", "image conf", "pinhole K (AIF)", "synth fit K/K"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     errors: dict[str, list[float]] = {m: [] for m in k_col}
@@ -394,9 +394,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             if r is not None and k_true >= 2.0:
                 errors[mode].append(abs(r - 1.0))
         s_read = records["exif+metric"].get("focus_distance_m")
-        if s_read is not None:
+        if s_read is not None and k_true >= 2.0:
             focus_errors.append(abs(s_read / scene.focus_m - 1.0))
-        cells += [_fmt(s_read), str(records["exif+metric"].get("focus_source")), _fmt(records["image"].get("confidence"))]
+        cells += [_fmt(s_read), _fmt(records["exif+relative"].get("focus_distance_m")),
+                  str(records["exif+metric"].get("focus_source")), _fmt(records["image"].get("confidence"))]
         k_aif = pinhole.get("bokeh_level")
         cells.append(f"{_fmt(k_aif)} ({'AIF' if pinhole.get('is_all_in_focus') else 'not AIF'})")
         cells.append(_fmt(_ratio(synth, k_true)))
@@ -407,9 +408,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"{k_col[mode]}, scenes with K >= 2 ({len(errs)}): median |error| {100 * statistics.median(errs):.1f} %, "
                   f"worst {100 * max(errs):.1f} %")
     if focus_errors:
-        print(f"focus distance (exif+metric): median |error| {100 * statistics.median(focus_errors):.1f} %, "
+        print(f"focus distance (exif+metric), scenes with K >= 2 ({len(focus_errors)}): median |error| "
+              f"{100 * statistics.median(focus_errors):.1f} %, "
               f"worst {100 * max(focus_errors):.1f} %")
     spp = sorted({truth["samples_per_pixel"] for _, truth, *_ in rows})
+    aif = sum(bool(pinhole.get("is_all_in_focus")) for _, _, _, pinhole, _, _ in rows)
+    print(f"pinhole renders read all-in-focus: {aif} / {len(rows)}")
     print(f"machine: {platform.processor() or platform.machine()}, {platform.system()}, python {platform.python_version()}; "
           f"thin-lens renders at {'/'.join(map(str, spp))} spp, rendering / loading {sum(r[-1] for r in rows):.0f} s in all")
     return 0

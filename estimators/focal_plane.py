@@ -240,7 +240,8 @@ def find_focal_plane(gray: np.ndarray, disparity: np.ndarray) -> FocalPlane:
     # Where the focus is and whether there is defocus at all ask the outlines too: soft texture inside a
     # sharp outline is not blur.
     outlined = layer_blurs(gray, disp, outline_cap=True)
-    sharpest = min(_well_measured(outlined, lambda layer: layer.count), key=lambda layer: layer.radius)
+    outlined = _well_measured(outlined, lambda layer: layer.count)
+    sharpest = min(outlined, key=lambda layer: layer.radius)
     fit = fit_blur_slope(outlined, sharpest.disparity, LAYER_WIDTH)
     contrast = 0.0 if fit is None else fit.slope * max(abs(layer.disparity - sharpest.disparity) for layer in outlined)
     if contrast < MIN_FOCUS_CONTRAST:
