@@ -5,7 +5,6 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple, Optional
 
-import cv2
 import numpy as np
 
 from . import lens
