@@ -45,6 +45,8 @@ LAYER_PERCENTILE = 75
 RADIUS_PER_SIGMA = 2.15
 #: Above this sigma (px of its level) a layer's reading is saturated and the level is not used for it.
 SATURATED_SIGMA = 1.6
+#: A layer's weight in the blur-over-depth fit grows with its edge count up to this many edges.
+WEIGHT_EDGES = 200
 #: A coarser level's reading replaces a finer one when it is this many times wider.
 WIDER = 1.5
 #: The photo has readable defocus when the fitted blur (:func:`fit_blur_slope`) of its layer farthest
@@ -203,7 +205,8 @@ class BlurFit(NamedTuple):
 def fit_blur_slope(layers: list[LayerBlur], focus: float, min_lever: float) -> Optional[BlurFit]:
     """Fit the layers' blur radii against their lever ``|d - focus|`` (DESIGN.md §1: r = K |d - d_focus|).
 
-    Layers at lever >= ``min_lever`` carry the slope, weighted by their edge counts. With layers at
+    Layers at lever >= ``min_lever`` carry the slope, weighted by their edge counts up to WEIGHT_EDGES
+    (beyond that a layer's error is its texture's, which more edges do not average away). With layers at
     three or more distinct levers (the focus layer counts) a non-negative offset is fitted too: surfaces
     whose texture is softer than the in-focus layer's read a little blur at every depth, which is no
     defocus. ``spread`` is the weighted deviation of the per-layer ``log(1 + r / lever)`` from
@@ -211,7 +214,8 @@ def fit_blur_slope(layers: list[LayerBlur], focus: float, min_lever: float) -> O
     """
     lever = np.array([abs(layer.disparity - focus) for layer in layers])
     radius = np.array([layer.radius for layer in layers])
-    n = np.array([layer.count for layer in layers], dtype=np.float64)
+    edges = np.array([layer.count for layer in layers])
+    n = np.minimum(edges, WEIGHT_EDGES).astype(np.float64)
     sloped = lever >= min_lever
     if not sloped.any():
         return None
@@ -225,7 +229,7 @@ def fit_blur_slope(layers: list[LayerBlur], focus: float, min_lever: float) -> O
     slope = max(slope, 0.0)
     per_layer = np.log1p(np.maximum(radius[sloped] - offset, 0.0) / lever[sloped]) - np.log1p(slope)
     spread = float(np.sqrt(np.sum(n[sloped] * per_layer**2) / np.sum(n[sloped])))
-    return BlurFit(slope, offset, spread, int(sloped.sum()), int(n[sloped].sum()))
+    return BlurFit(slope, offset, spread, int(sloped.sum()), int(edges[sloped].sum()))
 
 
 def find_focal_plane(gray: np.ndarray, disparity: np.ndarray) -> FocalPlane:
