@@ -219,3 +219,18 @@ def test_fine_texture_is_not_read_as_blur_at_a_coarse_scale(index, kind, k_band)
     rendered = render(scene.image, depth.disparity, 3.0, focus_disparity_from_mask(depth.disparity, scene.mask))
     low, high = k_band
     assert low * 3.0 <= estimate_bokeh_level(rendered, ExifInfo(), depth, scene.mask).bokeh_level <= high * 3.0
+
+
+def test_blur_slope_by_hand():
+    """r = K |d - d_focus|: layers at levers 0.4 and 0.6 blurred 6 and 9 px, the focus layer sharp -> K = 15,
+    the layer at lever 0.05 (below the minimum lever) is left out of the slope and its count; soft texture
+    everywhere, r = 2 + 10 |d - d_focus| at three levers, is an offset of 2 and a slope of 10."""
+    from estimators.focal_plane import LayerBlur, fit_blur_slope
+
+    layers = [LayerBlur(0.0, 6.0, 300), LayerBlur(0.4, 0.0, 300), LayerBlur(0.45, 0.75, 300), LayerBlur(1.0, 9.0, 300)]
+    fit = fit_blur_slope(layers, 0.4, 0.15)
+    assert fit.slope == pytest.approx(15.0) and fit.layers == 2 and fit.edges == 600 and fit.spread == pytest.approx(0.0)
+    assert fit_blur_slope(layers[1:3], 0.4, 0.15) is None
+    soft = [LayerBlur(d, 2.0 + 10.0 * d, 300) for d in (0.2, 0.4, 0.6)]
+    fit = fit_blur_slope(soft, 0.0, 0.15)
+    assert (fit.offset, fit.slope) == (pytest.approx(2.0), pytest.approx(10.0))
