@@ -11,8 +11,8 @@ behind a blurred foreground, so the amount of blur (K) is read from the interior
 Zhuo & Sim's re-blur ratio resolves blurs of a few pixels only: a wide blur reads too narrow (its
 gradients barely change under the re-blur, so noise and neighbouring edges dominate), a narrow one
 vanishes into the in-focus edge width. Each layer is therefore measured on a pyramid (short sides
-<= 512, halving, never below MIN_PYRAMID_SIDE) and keeps its widest reading among the levels where it
-is neither saturated nor an artefact of the coarse pixels (see :func:`layer_blurs`).
+<= 512, halving, never below MIN_PYRAMID_SIDE) and keeps the reading of the level that resolves it:
+neither saturated nor an artefact of the coarse pixels (see :func:`layer_blurs`).
 """
 from __future__ import annotations
 
@@ -136,10 +136,11 @@ def layer_blurs(gray: np.ndarray, disparity: np.ndarray, outline_cap: bool = Fal
 
     The layer sharpest at the finest level holds the photo's in-focus edge width (lens, resizing,
     compression); its sigma at each level is removed from every layer's there (a single layer keeps the
-    estimator's own floor; a level that lost the reference layer uses its sharpest). Going from fine to coarse, a level's reading of a layer counts when it is not saturated
-    and, below full size, spans more than one of the level's pixels while the next finer level, where
-    the same blur spans twice the pixels, read at least half that or found no edges of the layer at all
-    (a sharp texture finer than the coarse pixels averages away into a few wide-looking edges). The first counted reading is kept
+    estimator's own floor; a level that lost the reference layer uses its sharpest). Going from fine to
+    coarse, a level's reading of a layer counts when it is not saturated and, below full size, spans
+    more than one of the level's pixels while the next finer level, where the same blur spans twice the
+    pixels, read at least half that or found no edges of the layer at all (a sharp texture finer than
+    the coarse pixels averages away into a few wide-looking edges). The first counted reading is kept
     unless a coarser one exceeds it WIDER times (the finer level under-read a wide blur) or follows a
     saturated level; the first coarser reading that does neither settles the layer. A layer with no
     counted reading keeps its finest saturated one (a lower bound; coarser ones may be averaged-away

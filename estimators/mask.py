@@ -1,4 +1,5 @@
-"""Subject masks: the in-focus (or nearest salient) depth region, refined by GrabCut (no weights) or SAM, or a sidecar.
+"""Subject masks: the in-focus (or nearest salient) depth region, refined by GrabCut (no weights) or
+SAM, or a sidecar.
 
 Both model-free and SAM masks start from one automatic prompt (:func:`subject_prompt`): in a photo
 with defocus the region where it is sharpest (:func:`focus_prompt`), in an all-in-focus one the
