@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from .depth import normalize_disparity
+from .lens import REFERENCE_SHORT_SIDE
 from .sharpness import INTRINSIC_EDGE_SIGMA, defocus_at_edges, downscale_to_reference
 
 T = TypeVar("T")
@@ -53,6 +54,12 @@ WIDER = 1.5
 #: from the sharpest one reaches this radius (px at short side 512); K <= 1 blurs a layer one disparity
 #: unit away by at most 1 px.
 MIN_FOCUS_CONTRAST = 1.0
+#: Spread of in-focus edge widths, as a lens blur radius (px at the finest pyramid level): a pixel-sharp
+#: edge oblique to the pixel grid reads sigma 0.95-0.98 at the LAYER_PERCENTILE, an axis-aligned one
+#: 0.83-0.84, which is RADIUS_PER_SIGMA * sqrt(0.98^2 - 0.835^2) = 1.1 px of blur. A single layer's blur is
+#: defocus only beyond it (removed in quadrature); layers on a line through the focal plane confirm
+#: each other.
+ONE_LAYER_RESOLUTION = 1.1
 #: Edges whose neighbourhood (this fraction of the short side, at least 2 px) spans more than
 #: DISCONTINUITY in normalised disparity lie on a depth discontinuity.
 DISCONTINUITY_REACH = 0.015
@@ -90,7 +97,11 @@ def _disparity_range(disp: np.ndarray, reach_px: int) -> tuple[np.ndarray, np.nd
     return nearest, nearest - cv2.erode(disp, kernel)
 
 
-def _layer_readings(sigma: np.ndarray, d: np.ndarray) -> dict[int, tuple[float, float, int]]:
+#: One layer's reading at one pyramid level: median disparity, percentile edge sigma (level px), edge count.
+Reading = tuple[float, float, int]
+
+
+def _layer_readings(sigma: np.ndarray, d: np.ndarray) -> dict[int, Reading]:
     """Layer index -> (median disparity, LAYER_PERCENTILE sigma, count) of edge sigmas at disparities ``d``."""
     index = np.minimum((d / LAYER_WIDTH).astype(int), int(round(1.0 / LAYER_WIDTH)) - 1)
     out = {}
@@ -101,9 +112,9 @@ def _layer_readings(sigma: np.ndarray, d: np.ndarray) -> dict[int, tuple[float, 
     return out
 
 
-def _level_layers(gray: np.ndarray, disp: np.ndarray) -> tuple[dict[int, tuple[float, float, int]], dict[int, float]]:
-    """One pyramid level: the layers' interior readings, layer index -> (median disparity, percentile
-    edge sigma in level px, edge count), and their outline sigmas, layer index -> sigma.
+def _level_layers(gray: np.ndarray, disp: np.ndarray) -> tuple[dict[int, Reading], dict[int, Reading]]:
+    """One pyramid level: the layers' interior and outline readings, layer index -> (median disparity,
+    percentile edge sigma in level px, edge count).
 
     Interior edges have no depth discontinuity within the reach. Outline edges lie within OUTLINE_PX
     of one and belong to the nearer side, whose outline they are: a blurred foreground spreads over
@@ -116,7 +127,7 @@ def _level_layers(gray: np.ndarray, disp: np.ndarray) -> tuple[dict[int, tuple[f
     interior = edges.edges & (spread < DISCONTINUITY)
     outline = edges.edges & (step >= DISCONTINUITY)
     outlines = _layer_readings(edges.sigma[outline], nearest[outline])
-    return _layer_readings(edges.sigma[interior], disp[interior]), {i: s for i, (_, s, _) in outlines.items()}
+    return _layer_readings(edges.sigma[interior], disp[interior]), outlines
 
 
 def _well_measured(items: Iterable[T], count: Callable[[T], int]) -> list[T]:
@@ -169,10 +180,14 @@ def layer_blurs(gray: np.ndarray, disparity: np.ndarray, outline_cap: bool = Fal
             floor = layers[reference][1]
         else:
             floor = min(s for _, s, _ in layers.values()) if len(layers) > 1 else INTRINSIC_EDGE_SIGMA
-        for i, (d, sigma, count) in layers.items():
-            if outline_cap:
-                sigma = min(sigma, outlines.get(i, sigma))
-            radius = radius_from_sigma(sigma, floor) * pixel
+        for i in sorted(layers.keys() | outlines.keys() if outline_cap else layers.keys()):
+            d, sigma, count = layers.get(i, outlines.get(i))
+            radius = radius_from_sigma(sigma, floor) * pixel if i in layers else math.inf
+            if outline_cap and i in outlines:
+                # An outline is an isolated step edge: in focus it reads the estimator's own step width.
+                outline = radius_from_sigma(outlines[i][1], max(floor, INTRINSIC_EDGE_SIGMA)) * pixel
+                if outline < radius:
+                    sigma, radius = outlines[i][1], outline
             if i in settled:
                 continue
             if sigma > SATURATED_SIGMA:
@@ -220,17 +235,33 @@ def fit_blur_slope(layers: list[LayerBlur], focus: float, min_lever: float) -> O
     sloped = lever >= min_lever
     if not sloped.any():
         return None
-    slope = float(np.sum(n[sloped] * radius[sloped] * lever[sloped]) / np.sum(n[sloped] * lever[sloped] ** 2))
+    slope = max(float(np.sum(n[sloped] * radius[sloped] * lever[sloped]) / np.sum(n[sloped] * lever[sloped] ** 2)), 0.0)
     offset = 0.0
     if len(np.unique(np.round(lever, 2))) >= 3:
-        design = np.stack([np.ones_like(lever), lever], axis=1) * np.sqrt(n)[:, None]
-        (a, b), *_ = np.linalg.lstsq(design, radius * np.sqrt(n), rcond=None)
-        if a > 0 and b > 0:
-            offset, slope = float(a), float(b)
-    slope = max(slope, 0.0)
+        offset, slope = _non_negative_line(lever, radius, n, slope)
     per_layer = np.log1p(np.maximum(radius[sloped] - offset, 0.0) / lever[sloped]) - np.log1p(slope)
     spread = float(np.sqrt(np.sum(n[sloped] * per_layer**2) / np.sum(n[sloped])))
     return BlurFit(slope, offset, spread, int(sloped.sum()), int(edges[sloped].sum()))
+
+
+def _non_negative_line(lever: np.ndarray, radius: np.ndarray, weight: np.ndarray, through_origin: float) -> tuple[float, float]:
+    """Weighted least-squares ``radius = offset + slope * lever`` with offset and slope both >= 0.
+
+    Without the bounds the best line is the answer; past one, the best line on that boundary: through
+    the origin (``through_origin``, its slope) or flat (slope 0, offset the weighted mean), whichever
+    fits better. Blur that does not grow with the distance from the focal plane is a flat line: the
+    surfaces' own softness, no defocus.
+    """
+    design = np.stack([np.ones_like(lever), lever], axis=1) * np.sqrt(weight)[:, None]
+    (a, b), *_ = np.linalg.lstsq(design, radius * np.sqrt(weight), rcond=None)
+    if a >= 0 and b >= 0:
+        return float(a), float(b)
+    flat = float(np.sum(weight * radius) / np.sum(weight))
+
+    def misfit(offset: float, slope: float) -> float:
+        return float(np.sum(weight * (radius - offset - slope * lever) ** 2))
+
+    return min(((0.0, through_origin), (flat, 0.0)), key=lambda line: misfit(*line))
 
 
 def find_focal_plane(gray: np.ndarray, disparity: np.ndarray) -> FocalPlane:
@@ -249,6 +280,9 @@ def find_focal_plane(gray: np.ndarray, disparity: np.ndarray) -> FocalPlane:
     sharpest = min(outlined, key=lambda layer: layer.radius)
     fit = fit_blur_slope(outlined, sharpest.disparity, LAYER_WIDTH)
     contrast = 0.0 if fit is None else fit.slope * max(abs(layer.disparity - sharpest.disparity) for layer in outlined)
+    if fit is not None and fit.layers == 1:
+        resolution = ONE_LAYER_RESOLUTION * max(1.0, REFERENCE_SHORT_SIDE / min(disp.shape))
+        contrast = math.sqrt(max(contrast * contrast - resolution * resolution, 0.0))
     if contrast < MIN_FOCUS_CONTRAST:
         return FocalPlane(None, None, contrast, layers)
     region = np.abs(disp - sharpest.disparity) <= LAYER_WIDTH / 2
