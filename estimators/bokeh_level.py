@@ -198,7 +198,7 @@ def estimate_bokeh_level(
     )
     rec.image_bokeh_level, rec.image_edge_count = blur.bokeh_level, blur.edge_count
     if focal is not None and focal.disparity is None and blur.bokeh_level is not None:
-        # No readable focal plane: no layer is blurred beyond focal.contrast, which bounds the image's K.
+        # No readable focal plane: the defocus that follows depth stays below focal.contrast, which bounds K.
         rec.image_bokeh_level = min(blur.bokeh_level, focal.contrast)
     rec.image_layer_count, rec.image_spread = blur.layer_count, round(blur.spread, 4)
 

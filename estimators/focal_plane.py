@@ -6,7 +6,9 @@ disparity into layers; the layer whose edges are sharpest holds the focal plane.
 texture can be soft (shading, fabric) where its outline against what lies behind it is as sharp as
 the focus lets it be, so whether a photo has defocus at all is judged on the lesser of a layer's
 interior and outline blur (see :func:`_level_layers`). The outline reading mixes in what lies
-behind a blurred foreground, so the amount of blur (K) is read from the interiors.
+behind a blurred foreground, so the amount of blur (K) is read from the interiors. Defocus also has
+to follow depth (see :func:`find_focal_plane`): blur that does not grow with the distance from the
+focal plane, or that the layers disagree about, is the surfaces' own softness.
 
 Zhuo & Sim's re-blur ratio resolves blurs of a few pixels only: a wide blur reads too narrow (its
 gradients barely change under the re-blur, so noise and neighbouring edges dominate), a narrow one
@@ -50,9 +52,8 @@ SATURATED_SIGMA = 1.6
 WEIGHT_EDGES = 200
 #: A coarser level's reading replaces a finer one when it is this many times wider.
 WIDER = 1.5
-#: The photo has readable defocus when the fitted blur (:func:`fit_blur_slope`) of its layer farthest
-#: from the sharpest one reaches this radius (px at short side 512); K <= 1 blurs a layer one disparity
-#: unit away by at most 1 px.
+#: The photo has readable defocus when its defocus over depth (``contrast``, :func:`find_focal_plane`)
+#: reaches this radius (px at short side 512); K <= 1 blurs a layer one disparity unit away by at most 1 px.
 MIN_FOCUS_CONTRAST = 1.0
 #: Spread of in-focus edge widths, as a lens blur radius (px at the finest pyramid level): a pixel-sharp
 #: edge oblique to the pixel grid reads sigma 0.95-0.98 at the LAYER_PERCENTILE, an axis-aligned one
@@ -82,7 +83,8 @@ class LayerBlur:
 
 @dataclass
 class FocalPlane:
-    """Where the photo is sharpest: its normalised disparity and region (None when nothing is readable)."""
+    """Where the photo is sharpest: its normalised disparity and region (None when nothing is readable),
+    and the defocus read over depth (``contrast``, px at short side 512; see :func:`find_focal_plane`)."""
 
     disparity: Optional[float]
     region: Optional[np.ndarray]
@@ -143,7 +145,9 @@ def radius_from_sigma(sigma: float, floor: float) -> float:
 
 def layer_blurs(gray: np.ndarray, disparity: np.ndarray, outline_cap: bool = False) -> list[LayerBlur]:
     """Lens blur per depth layer of a 0-255 gray image and its disparity (same shape, larger = nearer);
-    with ``outline_cap`` a layer's reading is the lesser of its interior's and its outline's.
+    with ``outline_cap`` a layer's reading is the lesser of its interior's and its outline's, the outline
+    measured against an isolated step's in-focus width (at least INTRINSIC_EDGE_SIGMA), and a layer with
+    an outline but too few interior edges (a smoothly shaded object) is read from its outline.
 
     The layer sharpest at the finest level holds the photo's in-focus edge width (lens, resizing,
     compression); its sigma at each level is removed from every layer's there (a single layer keeps the
@@ -223,10 +227,11 @@ def fit_blur_slope(layers: list[LayerBlur], focus: float, min_lever: float) -> O
 
     Layers at lever >= ``min_lever`` carry the slope, weighted by their edge counts up to WEIGHT_EDGES
     (beyond that a layer's error is its texture's, which more edges do not average away). With layers at
-    three or more distinct levers (the focus layer counts) a non-negative offset is fitted too: surfaces
-    whose texture is softer than the in-focus layer's read a little blur at every depth, which is no
-    defocus. ``spread`` is the weighted deviation of the per-layer ``log(1 + r / lever)`` from
-    ``log(1 + slope)`` over the sloped layers. None when no layer is far enough from the focus.
+    three or more distinct levers (the focus layer counts) an offset is fitted too, offset and slope both
+    >= 0 (:func:`_non_negative_line`): surfaces whose texture is softer than the in-focus layer's read a
+    little blur at every depth, which is no defocus. ``spread`` is the weighted deviation of the per-layer
+    ``log(1 + r / lever)`` from ``log(1 + slope)`` over the sloped layers. None when no layer is far
+    enough from the focus.
     """
     lever = np.array([abs(layer.disparity - focus) for layer in layers])
     radius = np.array([layer.radius for layer in layers])
@@ -244,7 +249,9 @@ def fit_blur_slope(layers: list[LayerBlur], focus: float, min_lever: float) -> O
     return BlurFit(slope, offset, spread, int(sloped.sum()), int(edges[sloped].sum()))
 
 
-def _non_negative_line(lever: np.ndarray, radius: np.ndarray, weight: np.ndarray, through_origin: float) -> tuple[float, float]:
+def _non_negative_line(
+    lever: np.ndarray, radius: np.ndarray, weight: np.ndarray, through_origin: float
+) -> tuple[float, float]:
     """Weighted least-squares ``radius = offset + slope * lever`` with offset and slope both >= 0.
 
     Without the bounds the best line is the answer; past one, the best line on that boundary: through
@@ -266,7 +273,13 @@ def _non_negative_line(lever: np.ndarray, radius: np.ndarray, weight: np.ndarray
 
 def find_focal_plane(gray: np.ndarray, disparity: np.ndarray) -> FocalPlane:
     """The sharpest depth layer of a photo and its pixels (at ``gray``'s size); disparity None when the
-    blur fitted over depth stays below MIN_FOCUS_CONTRAST (all in focus, or too few layers to tell)."""
+    photo's defocus (``contrast``) stays below MIN_FOCUS_CONTRAST (all in focus, or too few layers to tell).
+
+    ``contrast`` is the blur fitted over depth (:func:`fit_blur_slope`, offset and slope >= 0) at the
+    layer farthest from the sharpest one, divided by ``exp(spread)`` (a one-standard-deviation lower
+    bound in log space: layers that disagree about K are no defocus) and, when a single layer carries
+    the slope, less ONE_LAYER_RESOLUTION in quadrature.
+    """
     disp = normalize_disparity(np.asarray(disparity))
     if disp.shape != np.asarray(gray).shape[:2]:
         raise ValueError(f"disparity shape {disp.shape} does not match the image's {np.asarray(gray).shape[:2]}")
@@ -279,10 +292,13 @@ def find_focal_plane(gray: np.ndarray, disparity: np.ndarray) -> FocalPlane:
     outlined = _well_measured(outlined, lambda layer: layer.count)
     sharpest = min(outlined, key=lambda layer: layer.radius)
     fit = fit_blur_slope(outlined, sharpest.disparity, LAYER_WIDTH)
-    contrast = 0.0 if fit is None else fit.slope * max(abs(layer.disparity - sharpest.disparity) for layer in outlined)
-    if fit is not None and fit.layers == 1:
-        resolution = ONE_LAYER_RESOLUTION * max(1.0, REFERENCE_SHORT_SIDE / min(disp.shape))
-        contrast = math.sqrt(max(contrast * contrast - resolution * resolution, 0.0))
+    contrast = 0.0
+    if fit is not None:
+        farthest = max(abs(layer.disparity - sharpest.disparity) for layer in outlined)
+        contrast = fit.slope * farthest * math.exp(-fit.spread)
+        if fit.layers == 1:
+            resolution = ONE_LAYER_RESOLUTION * max(1.0, REFERENCE_SHORT_SIDE / min(disp.shape))
+            contrast = math.sqrt(max(contrast * contrast - resolution * resolution, 0.0))
     if contrast < MIN_FOCUS_CONTRAST:
         return FocalPlane(None, None, contrast, layers)
     region = np.abs(disp - sharpest.disparity) <= LAYER_WIDTH / 2

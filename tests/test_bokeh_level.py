@@ -234,3 +234,47 @@ def test_blur_slope_by_hand():
     soft = [LayerBlur(d, 2.0 + 10.0 * d, 300) for d in (0.2, 0.4, 0.6)]
     fit = fit_blur_slope(soft, 0.0, 0.15)
     assert (fit.offset, fit.slope) == (pytest.approx(2.0), pytest.approx(10.0))
+
+
+def test_blur_that_does_not_grow_with_depth_is_no_slope():
+    """Offset and slope are bounded at 0. Radii 3, 2, 1 at levers 0.2, 0.4, 0.6 fall with depth (the free line
+    is 4 - 5 lever): flat at their mean 2 misfits by 2 (x300), through the origin (slope 2 / 0.56) by 6.86, so
+    the slope is 0. Radii 0, 2, 4 (free line -2 + 10 lever): through the origin, slope 3.2 / 0.56 = 40 / 7,
+    misfits by 1.71, flat by 8."""
+    from estimators.focal_plane import LayerBlur, fit_blur_slope
+
+    falling = [LayerBlur(lever, radius, 300) for lever, radius in ((0.2, 3.0), (0.4, 2.0), (0.6, 1.0))]
+    fit = fit_blur_slope(falling, 0.0, 0.15)
+    assert (fit.offset, fit.slope) == (pytest.approx(2.0), 0.0)
+    rising = [LayerBlur(lever, radius, 300) for lever, radius in ((0.2, 0.0), (0.4, 2.0), (0.6, 4.0))]
+    fit = fit_blur_slope(rising, 0.0, 0.15)
+    assert (fit.offset, fit.slope) == (0.0, pytest.approx(40.0 / 7.0))
+
+
+def oblique_stripes(h, w, angle, period=16.0):
+    """Pixel-sharp anti-aliased stripes (coverage ramp one pixel wide) at ``angle`` degrees, 45 % duty."""
+    yy, xx = np.mgrid[:h, :w].astype(np.float64) + 0.5
+    t = xx * math.cos(math.radians(angle)) + yy * math.sin(math.radians(angle))
+    half = 0.45 * period / 2
+    cover = np.clip(half - np.abs(np.mod(t - half + period / 2, period) - period / 2) + 0.5, 0.0, 1.0)
+    return np.repeat((60 + 140 * cover)[..., None], 3, axis=2).astype(np.float32)
+
+
+@pytest.mark.parametrize("angle", [35, 45, 135])
+def test_sharp_oblique_edges_behind_a_sharp_subject_read_all_in_focus(angle):
+    """A pixel-sharp edge oblique to the pixel grid reads wider than an axis-aligned one (about 1.1 px of blur
+    against the subject's checker): one layer that little wider is no defocus. The same stripes blurred by a
+    disc of radius 3 px, one disparity unit behind the subject, read K ~ 3 with the focus found by sharpness."""
+    h = w = 512
+    mask = np.zeros((h, w), bool)
+    mask[h // 3 : 2 * h // 3, w // 3 : 2 * w // 3] = True
+    depth = DepthMap(disparity_from_depth(np.where(mask, 1.0, 10.0).astype(np.float32)))
+    for radius in (0, 3):
+        img = oblique_stripes(h, w, angle)
+        img = disc_blur(img, radius) if radius else img
+        img[mask] = texture(h, w, cell=10, seed=1)[mask]
+        rec = estimate_bokeh_level(np.clip(img, 0, 255).astype(np.uint8), ExifInfo(), depth, mask)
+        if radius:
+            assert rec.focus_source == "sharpness" and 3 / 1.25 <= rec.bokeh_level <= 3 * 1.25
+        else:
+            assert rec.focus_source == "subject" and rec.is_all_in_focus and rec.bokeh_level <= 1.0
