@@ -52,9 +52,11 @@ def real_row(state: PhotoState, quality: int, k_scale: float) -> dict[str, Any]:
         "mask_source": rec.mask_source,
         "focus_distance_source": rec.focus_distance_source,
         "sensor_width_source": rec.sensor_width_source,
+        "focus_source": rec.focus_source,
         "z_near_m": _number(rec.z_near_m),
         "z_far_m": _number(rec.z_far_m),
         "image_bokeh_level": _number(rec.image_bokeh_level),
+        "image_to_exif_ratio": _number(rec.image_to_exif_ratio),
         "notes": list(rec.notes),
     }
     return {

@@ -25,9 +25,9 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("caption", "string", "from <stem>.txt or the caption column; empty when none was given"),
     ("bokeh_level", "float32", "unified K at short side 512 (DESIGN.md section 1), whatever the stored size"),
     ("k_metric", "float32", "blur radius in px (of the stored image) per 1/m of inverse depth; null unless from EXIF"),
-    ("bokeh_source", "class_label", "where K came from: exif+depth, exif-only, image-only or synthetic"),
-    ("provenance", "struct", "depth, mask, focus-distance and sensor sources, depth range and image-based K, the "
-     "estimator's notes (real rows); pivot id, depth and mask sources (synthetic rows)"),
+    ("bokeh_source", "class_label", "where K came from: exif+depth, exif-only, exif+image, image-only or synthetic"),
+    ("provenance", "struct", "depth, mask, focus-distance, focal-plane and sensor sources, depth range, image-based K "
+     "and its ratio to the EXIF K, the estimator's notes (real rows); pivot id, depth and mask sources (synthetic rows)"),
     ("confidence", "float32", "the estimator's confidence in K, 0-1 (renders: 1)"),
     ("focus_distance_m", "float32", "focus distance in metres, when known"),
     ("focus_disparity", "float32", "normalised disparity of the focal plane (1 = nearest)"),
@@ -49,14 +49,14 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 #: Class-label columns: their names, in index order (a name's index is what the Parquet column stores; only ever append).
 LABELS: dict[str, tuple[str, ...]] = {
     "kind": ("real", "synthetic"),
-    "bokeh_source": ("exif+depth", "exif-only", "image-only", "synthetic"),
+    "bokeh_source": ("exif+depth", "exif-only", "image-only", "synthetic", "exif+image"),
 }
 #: Struct columns: their fields as (name, Hugging Face dtype, or "list" for a list of strings).
 STRUCTS: dict[str, tuple[tuple[str, str], ...]] = {
     "provenance": (
         ("pivot_id", "string"), ("depth_source", "string"), ("mask_source", "string"), ("focus_distance_source", "string"),
-        ("sensor_width_source", "string"), ("z_near_m", "float32"), ("z_far_m", "float32"),
-        ("image_bokeh_level", "float32"), ("notes", "list"),
+        ("sensor_width_source", "string"), ("focus_source", "string"), ("z_near_m", "float32"), ("z_far_m", "float32"),
+        ("image_bokeh_level", "float32"), ("image_to_exif_ratio", "float32"), ("notes", "list"),
     ),
     "render_params": (
         ("bokeh_level", "float32"), ("focus_disparity", "float32"), ("gamma", "float32"), ("highlight_boost", "float32"),

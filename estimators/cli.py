@@ -131,7 +131,8 @@ def _summary_line(record: dict[str, Any]) -> str:
     return (
         f"{record['source']}: K={_fmt(record['bokeh_level'])} ({record['provenance'] or 'no estimate'}, "
         f"confidence {record['confidence']:.2f}) focus={_fmt(record['focus_distance_m'])} m "
-        f"[{record['focus_distance_source'] or '-'}] image-K={_fmt(record['image_bokeh_level'])} "
+        f"[{record['focus_distance_source'] or '-'}] focal plane by {record.get('focus_source') or '-'} "
+        f"image-K={_fmt(record['image_bokeh_level'])} "
         f"sharpness subject/background={_fmt(record['sharpness_subject'])}/{_fmt(record['sharpness_background'])}"
     )
 

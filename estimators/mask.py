@@ -1,8 +1,10 @@
-"""Subject masks: the nearest salient depth layer, refined by GrabCut (no weights) or SAM, or a sidecar
-(read by :mod:`estimators.sidecars`).
+"""Subject masks: the in-focus (or nearest salient) depth region, refined by GrabCut (no weights) or
+SAM, or a sidecar (read by :mod:`estimators.sidecars`).
 
-Both model-free and SAM masks start from one automatic prompt (:func:`depth_prompt`): the nearest
-depth region that is large and central enough, with its box and a few interior points.
+Both model-free and SAM masks start from one automatic prompt (:func:`subject_prompt`): in a photo
+with defocus the region where it is sharpest (:func:`focus_prompt`), in an all-in-focus one the
+nearest depth region that is large and central enough (:func:`depth_prompt`), with its box and a few
+interior points.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import numpy as np
 from PIL import Image
 
 from estimators.depth import normalize_disparity
-from estimators.image_io import as_rgb_array
+from estimators.focal_plane import find_focal_plane
+from estimators.image_io import as_rgb_array, to_gray
 
 if TYPE_CHECKING:  # torch is imported only when a SamMasker is built
     import torch
@@ -200,6 +203,34 @@ def depth_prompt(disparity: np.ndarray, n_points: int = 3) -> DepthPrompt:
     return _prompt_from_region(region, contrast, False, n_points)
 
 
+def focus_prompt(gray: np.ndarray, disparity: np.ndarray, n_points: int = 3) -> Optional[DepthPrompt]:
+    """The in-focus region of a photo with defocus as a prompt (DESIGN.md §1), or None when the photo has
+    no readable defocus (then the subject rule, :func:`depth_prompt`, decides).
+
+    The focal plane's depth layer (:func:`estimators.focal_plane.find_focal_plane`) is split into
+    connected components; the one with the most centre-weighted area, holes filled, is the subject. The
+    score is its share of the layer's area.
+    """
+    plane = find_focal_plane(gray, disparity)
+    if plane.disparity is None or not plane.region.any():
+        return None
+    height, width = plane.region.shape
+    count, labels = cv2.connectedComponents(plane.region.astype(np.uint8), connectivity=8)
+    weight = _centre_weight(height, width).ravel()
+    merit = np.bincount(labels.ravel(), weights=weight, minlength=count)
+    merit[0] = -1.0  # label 0 is outside the layer
+    best = int(np.argmax(merit))
+    region = _fill_holes(labels == best)
+    area = np.bincount(labels.ravel(), minlength=count)
+    return _prompt_from_region(region, float(area[best] / area[1:].sum()), False, n_points)
+
+
+def subject_prompt(rgb: np.ndarray, disparity: np.ndarray, n_points: int = 3) -> DepthPrompt:
+    """The prompt of a photo's subject: its in-focus region when it has readable defocus, else the
+    nearest salient depth region."""
+    return focus_prompt(to_gray(rgb), disparity, n_points) or depth_prompt(disparity, n_points)
+
+
 # ---------------------------------------------------------------- helpers shared by the maskers
 
 
@@ -250,7 +281,7 @@ class DepthMasker:
         disp = _checked_disparity(disparity, (height, width))
         scale = _working_scale(height, width)
         small_rgb, small_disp = _downscale(rgb, scale), _downscale(disp, scale)
-        prompt = depth_prompt(small_disp)
+        prompt = subject_prompt(small_rgb, small_disp)
         if prompt.flat:
             return SubjectMask(_upscale_mask(prompt.region, height, width), prompt.score, "centre-prior")
         refined = self._grabcut(small_rgb, normalize_disparity(small_disp), prompt.region)
@@ -258,15 +289,16 @@ class DepthMasker:
         return SubjectMask(_upscale_mask(refined, height, width), float(score), "depth-grabcut")
 
     def _grabcut(self, rgb: np.ndarray, disp: np.ndarray, region: np.ndarray) -> np.ndarray:
-        """GrabCut seeded from depth: eroded region sure fg, band probable, far layer sure bg."""
+        """GrabCut seeded from depth: eroded region sure fg, band probable, the depth layers far from the
+        subject's (in front of it or behind) sure bg."""
         band = max(2, int(round(0.01 * max(rgb.shape[:2]))))
         kernel = np.ones((2 * band + 1, 2 * band + 1), np.uint8)
         core = cv2.erode(region.astype(np.uint8), kernel).astype(bool)
         near_zone = cv2.dilate(region.astype(np.uint8), kernel).astype(bool)
-        subject_level = float(np.percentile(disp[region], 10))
-        outside = disp[~near_zone]
-        background_level = float(np.median(outside)) if outside.size else 0.0
-        far = disp < background_level + 0.5 * (subject_level - background_level)
+        subject_level = float(np.median(disp[region]))
+        outside = np.abs(disp[~near_zone] - subject_level)
+        separation = float(np.median(outside)) if outside.size else 1.0
+        far = np.abs(disp - subject_level) > 0.5 * separation
 
         labels = np.full(region.shape, cv2.GC_PR_BGD, np.uint8)
         labels[far & ~near_zone] = cv2.GC_BGD
@@ -320,7 +352,7 @@ class SamMasker:
         height, width = rgb.shape[:2]
         disp = _checked_disparity(disparity, (height, width))
         scale = _working_scale(height, width)
-        prompt = depth_prompt(_downscale(disp, scale))
+        prompt = subject_prompt(_downscale(rgb, scale), _downscale(disp, scale))
         if prompt.flat:
             return SubjectMask(_upscale_mask(prompt.region, height, width), prompt.score, "centre-prior")
         x_scale, y_scale = width / prompt.region.shape[1], height / prompt.region.shape[0]

@@ -139,8 +139,7 @@ def test_backgrounds_are_strongly_textured(scenes):
 def test_demo_data_scenes_read_as_all_in_focus():
     """The scenes are pinhole renders (K = 0). The first 40 that ``bokeh demo-data`` writes, with their exact
     depth and mask, must read K <= 1 to the image-only estimator, or the build gives them no renders and
-    labels them blurred (soft hedge leaves read 1.0-1.2, fine stripes 25-35 before the fixes; also checked
-    for the first 600: all <= 1)."""
+    labels them blurred."""
     from estimators.bokeh_level import estimate_bokeh_level
     from estimators.depth import DepthMap, disparity_from_depth
     from estimators.exif import ExifInfo

@@ -224,3 +224,26 @@ def test_sidecar_missing_broken_or_empty(tmp_path):
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "c.mask.png")
     with pytest.raises(MaskUnavailableError, match="no subject pixels"):
         load_mask_sidecar(tmp_path / "c.jpg", (10, 10))
+
+
+def test_depth_masker_takes_the_in_focus_subject_not_the_foreground():
+    """Thin-lens render (tests/data/physics) with a blurred object in front of the focused subject: the mask
+    is the plane at the focus distance; in the pinhole render of the same scene (nothing to read focus
+    from) it is the nearest region, the foreground object. Truth from the metric depth."""
+    import json
+    from pathlib import Path
+
+    from estimators.depth import disparity_from_depth
+
+    data = Path(__file__).parent / "data" / "physics"
+    camera = json.loads((data / "ff50-f1.8-fg.json").read_text())
+    depth = np.load(data / "ff50-f1.8-fg.depth.npy", allow_pickle=False).astype(np.float32)
+    subject = np.abs(depth - camera["focus_distance_m"]) < 0.01
+    foreground = depth < 0.95 * camera["focus_distance_m"]
+    assert subject.any() and foreground.any()
+    disparity = disparity_from_depth(depth)
+    lens = np.asarray(Image.open(data / "ff50-f1.8-fg.png").convert("RGB"))
+    found = DepthMasker()(lens, disparity).mask
+    assert _iou(found, subject) > 0.7 and (found & foreground).sum() < 0.05 * found.sum()
+    pinhole = np.asarray(Image.open(data / "ff50-f1.8-fg.pinhole.png").convert("RGB"))
+    assert _iou(DepthMasker()(pinhole, disparity).mask, foreground) > 0.7
