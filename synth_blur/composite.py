@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from .aperture import Aperture
 from .layers import LayerPlan
+from .resample import upsample2
 from .tiles import HALO, PatchFetcher, TileGrid, blur_and_composite, kernel_spectra, presence_from_blocks, tile_presence
 
 #: Coverage below which a pixel's normalised colour is blended with the push-pull fill.
@@ -39,8 +40,8 @@ def _upsample2(image: Optional[torch.Tensor], height: int, width: int) -> Option
     """
     if image is None:
         return None
-    up = F.interpolate(image[None], scale_factor=2, mode="bicubic", align_corners=False)[0, :, :height, :width]
-    return up.clamp_min(0.0) / up[3:4].clamp_min(1.0)
+    up = upsample2(image, height, width).clamp_min_(0.0)
+    return up.div_(up[3:4].clamp_min(1.0))
 
 
 def _slot_order(plan: LayerPlan, members: list[int]) -> list[int]:
@@ -52,14 +53,17 @@ def _coarse_stacks(premult: torch.Tensor, plan: LayerPlan) -> dict[int, tuple[li
     """Area-averaged copies of the reduced-grid layers: per scale, its layers in slot order, its grid
     and their copies [L, 4, H + 2 HALO, W + 2 HALO] (tile-padded, with halo).
 
-    One index_add over all pixels: each pixel lands in its own layer's copy, in the cell it falls in.
+    One weighted bincount per channel over all pixels: each pixel lands in its own layer's copy,
+    in the cell it falls in; a pixel's cell index is a row term plus a column term, both looked up
+    in small per-layer tables.
     """
     _, height, width = premult.shape
     device = premult.device
     n_layers = len(plan.layers)
-    base = torch.zeros(n_layers + 1, dtype=torch.long)
-    scale_of = torch.ones(n_layers + 1, dtype=torch.long)
-    row_length = torch.zeros(n_layers + 1, dtype=torch.long)
+    rows_of = torch.arange(height)
+    cols_of = torch.arange(width)
+    row_table = torch.zeros(n_layers, height, dtype=torch.long)
+    col_table = torch.zeros(n_layers, width, dtype=torch.long)
     layout = {}
     offset = 0
     for s in sorted({layer.scale for layer in plan.layers if layer.scale > 1}):
@@ -68,22 +72,21 @@ def _coarse_stacks(premult: torch.Tensor, plan: LayerPlan) -> dict[int, tuple[li
         rows, cols = grid.padded_height + 2 * HALO, grid.padded_width + 2 * HALO
         layout[s] = (members, grid, offset, (len(members), rows, cols))
         for slot, i in enumerate(members):
-            base[i], scale_of[i], row_length[i] = offset + slot * rows * cols, s, cols
+            row_table[i] = offset + slot * rows * cols + (rows_of // s + HALO) * cols
+            col_table[i] = cols_of // s + HALO
         offset += len(members) * rows * cols
-    base[n_layers] = offset  # full-resolution pixels all land in one spare cell
-    coarse = (scale_of[:-1] > 1).to(device)
-    ids = torch.where(coarse[plan.ids], plan.ids, n_layers)
-    s_map = scale_of.to(device)[ids]
-    cell_row = torch.arange(height, device=device)[:, None] // s_map + HALO
-    cell_col = torch.arange(width, device=device)[None, :] // s_map + HALO
-    dest = base.to(device)[ids] + cell_row * row_length.to(device)[ids] + cell_col
-    dest = torch.where(ids == n_layers, torch.full_like(dest, offset), dest)
-    buffer = premult.new_zeros((offset + 1, 4))
-    buffer.index_add_(0, dest.reshape(-1), premult.reshape(4, -1).t())
+    for i, layer in enumerate(plan.layers):
+        if layer.scale == 1:
+            row_table[i] = offset  # full-resolution pixels all land in one spare cell
+    ids = plan.ids
+    dest = row_table.to(device).view(-1)[ids * height + rows_of.to(device)[:, None]]
+    dest += col_table.to(device).view(-1)[ids * width + cols_of.to(device)[None, :]]
+    dest = dest.view(-1)
+    buffer = torch.stack([torch.bincount(dest, weights=channel.reshape(-1), minlength=offset + 1) for channel in premult])
     stacks = {}
     for s, (members, grid, start, (count, rows_s, cols_s)) in layout.items():
-        block = buffer[start : start + count * rows_s * cols_s].view(count, rows_s, cols_s, 4)
-        stack = (block / float(s * s)).permute(0, 3, 1, 2).contiguous()
+        stack = buffer[:, start : start + count * rows_s * cols_s].view(4, count, rows_s, cols_s).transpose(0, 1)
+        stack.mul_(1.0 / (s * s))
         # Cells cut by the frame hold fewer pixels: scale them to full cells, then mirror the frame.
         stack[:, :, HALO + grid.height - 1] *= s / (height - s * (grid.height - 1))
         stack[:, :, :, HALO + grid.width - 1] *= s / (width - s * (grid.width - 1))
