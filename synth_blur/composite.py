@@ -32,15 +32,16 @@ from .tiles import HALO, PatchFetcher, TileGrid, blur_and_composite, kernel_spec
 HOLE_COVERAGE = 0.05
 
 
-def _upsample2(image: Optional[torch.Tensor], height: int, width: int) -> Optional[torch.Tensor]:
-    """Bicubic 2x upsampling of a premultiplied image, cropped to ``height`` x ``width``.
+def _upsample2(stack: Optional[torch.Tensor], source: TileGrid, target: TileGrid) -> Optional[torch.Tensor]:
+    """Bicubic 2x upsampling of a premultiplied stack on ``source`` to a stack on ``target`` (padded layouts).
 
     Overshoot is removed without changing any colour: negative values become 0 and pixels whose
     alpha exceeds 1 are scaled down as a whole (premultiplied colour with them).
     """
-    if image is None:
+    if stack is None:
         return None
-    up = upsample2(image, height, width).clamp_min_(0.0)
+    image = stack[:, : source.height, : source.width]
+    up = upsample2(image, target.padded_height, target.padded_width).clamp_min_(0.0)
     return up.div_(up[3:4].clamp_min(1.0))
 
 
@@ -101,17 +102,21 @@ def _composite_grid(
     """Blur one grid's layers (``members`` in slot order) and composite them into the back and front stacks.
 
     Back layers and the in-focus layer go over the back stack, front layers under the front stack.
+    Stacks come and go as images of ``grid``'s padded size, None while empty.
     """
     layers = [plan.layers[i] for i in members]
-    back_tiles, front_tiles = grid.to_tiles(back, like), grid.to_tiles(front, like)
+    back_tiles = front_tiles = None
+    if back is not None or any(layer.side <= 0 for layer in layers):
+        back_tiles = grid.to_tiles(back, like)
+    if front is not None or any(layer.side > 0 for layer in layers):
+        front_tiles = grid.to_tiles(front, like)
     blur_and_composite(
-        back_tiles, front_tiles, grid, presence, fetch,
+        back_tiles, front_tiles, grid.cols, presence, fetch,
         kernel_spectra([layer.radius / scale for layer in layers], aperture, like),
         [layer.side > 0 for layer in layers], [layer.side == 0 for layer in layers],
     )
-    used_back = back is not None or any(layer.side <= 0 for layer in layers)
-    used_front = front is not None or any(layer.side > 0 for layer in layers)
-    return (grid.from_tiles(back_tiles) if used_back else None, grid.from_tiles(front_tiles) if used_front else None)
+    return (None if back_tiles is None else grid.from_tiles(back_tiles),
+            None if front_tiles is None else grid.from_tiles(front_tiles))
 
 
 def _coarse_scale(
@@ -183,16 +188,20 @@ def render_linear(linear: torch.Tensor, plan: LayerPlan, aperture: Aperture) -> 
     back = front = None
     stacks = _coarse_stacks(premult, plan)
     scale = max(stacks, default=1)
+    grid = TileGrid(-(-height // scale), -(-width // scale))
     while scale > 1:
-        back = _upsample2(back, -(-height // scale), -(-width // scale))
-        front = _upsample2(front, -(-height // scale), -(-width // scale))
         if scale in stacks:
             back, front = _coarse_scale(plan, scale, *stacks[scale], aperture, back, front)
         scale //= 2
-    back, front = _upsample2(back, height, width), _upsample2(front, height, width)
+        finer = TileGrid(-(-height // scale), -(-width // scale))
+        back, front = _upsample2(back, grid, finer), _upsample2(front, grid, finer)
+        grid = finer
     back, front = _full_resolution(premult, plan, aperture, back, front)
+    if back is not None:
+        back = back[:, :height, :width]
     if front is None:
         return normalise(back)
+    front = front[:, :height, :width]
     if back is None:  # nothing behind the front stack anywhere: normalise it alone
         return front[:3] / front[3:4].clamp_min(1e-6)
     return front[:3] + (1.0 - front[3:4]) * normalise(back)

@@ -62,17 +62,17 @@ class TileGrid:
         """Overlapping patch view [..., rows, cols, PATCH, PATCH] of an array made by ``with_halo``."""
         return padded.unfold(-2, PATCH, TILE).unfold(-2, PATCH, TILE)
 
-    def to_tiles(self, image: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-        """[tiles, 4, TILE, TILE] copy of a premultiplied image [4, height, width] (zeros when None)."""
-        padded = like.new_zeros((4, self.padded_height, self.padded_width))
-        if image is not None:
-            padded[:, : self.height, : self.width] = image
-        return padded.view(4, self.rows, TILE, self.cols, TILE).permute(1, 3, 0, 2, 4).reshape(-1, 4, TILE, TILE)
+    def to_tiles(self, padded: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        """[tiles, 4, TILE, TILE] copy of a premultiplied image [4, padded_height, padded_width] (zeros when None)."""
+        if padded is None:
+            return like.new_zeros((self.rows * self.cols, 4, TILE, TILE))
+        tiles = padded.view(4, self.rows, TILE, self.cols, TILE).permute(1, 3, 0, 2, 4)
+        return tiles.reshape(-1, 4, TILE, TILE)
 
     def from_tiles(self, tiles: torch.Tensor) -> torch.Tensor:
-        """The image [4, height, width] of a tile-layout array."""
+        """The premultiplied image [4, padded_height, padded_width] of a tile-layout array."""
         image = tiles.view(self.rows, self.cols, 4, TILE, TILE).permute(2, 0, 3, 1, 4)
-        return image.reshape(4, self.padded_height, self.padded_width)[:, : self.height, : self.width]
+        return image.reshape(4, self.padded_height, self.padded_width)
 
 
 def tile_presence(coverage: torch.Tensor) -> torch.Tensor:
@@ -103,31 +103,37 @@ def kernel_spectra(radii: list[float], aperture: Aperture, like: torch.Tensor) -
     return torch.stack(spectra)
 
 
-def _pair_batches(presence: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(slot, row, col) index tensors of the present (layer, tile) pairs, in slot order, in batches."""
+def _pair_batches(presence: torch.Tensor, identity: list[bool]) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]]:
+    """(slot, row, col) index tensors of the present (layer, tile) pairs, in slot order, in batches,
+    and whether the batch's slots are identity slots (a batch never mixes the two kinds)."""
     slot, row, col = presence.nonzero(as_tuple=True)
-    for start in range(0, slot.numel(), PAIRS_PER_BATCH):
-        end = start + PAIRS_PER_BATCH
-        yield slot[start:end], row[start:end], col[start:end]
+    kind = torch.tensor(identity, device=presence.device)[slot]
+    cuts = (torch.nonzero(kind[1:] != kind[:-1]).flatten() + 1).tolist()
+    for run_start, run_end in zip([0] + cuts, cuts + [slot.numel()]):
+        sharp = bool(kind[run_start])
+        for start in range(run_start, run_end, PAIRS_PER_BATCH):
+            end = min(start + PAIRS_PER_BATCH, run_end)
+            yield slot[start:end], row[start:end], col[start:end], sharp
 
 
 def _blur(patches: torch.Tensor, spectra: torch.Tensor) -> torch.Tensor:
     """Tiles [N, 4, TILE, TILE] of patches blurred with per-patch spectra; round-off clipped.
 
     The 2-D transforms run one axis at a time so that the inverse's last pass only computes the
-    tile's rows (about twice as fast as rfft2 / irfft2 here).
+    tile's rows; those rows are made contiguous first, so that the real inverse runs as one batch.
     """
-    spectrum = torch.fft.fft(torch.fft.rfft(patches, dim=-1), dim=-2) * spectra[:, None]
-    rows = torch.fft.ifft(spectrum, dim=-2)[:, :, HALO : HALO + TILE]
+    spectrum = torch.fft.fft(torch.fft.rfft(patches, dim=-1), dim=-2)
+    spectrum *= spectra[:, None]
+    rows = torch.fft.ifft(spectrum, dim=-2)[:, :, HALO : HALO + TILE].contiguous()
     core = torch.fft.irfft(rows, n=PATCH, dim=-1)[..., HALO : HALO + TILE].clamp_min(0.0)
     core[:, 3].clamp_(max=1.0)
     return core
 
 
 def blur_and_composite(
-    back: torch.Tensor,
-    front: torch.Tensor,
-    grid: TileGrid,
+    back: Optional[torch.Tensor],
+    front: Optional[torch.Tensor],
+    cols: int,
     presence: torch.Tensor,
     fetch: PatchFetcher,
     spectra: torch.Tensor,
@@ -136,23 +142,19 @@ def blur_and_composite(
 ) -> None:
     """Blur every present (slot, tile) pair and composite it into a stack, slot after slot.
 
-    ``back`` and ``front`` are tile-layout premultiplied stacks on ``grid``. A slot with
-    ``in_front[i]`` False goes over ``back`` (slots come far to near), True under ``front`` (near
-    to far). ``identity[i]`` marks the in-focus slot, copied without blur.
+    ``back`` and ``front`` are tile-layout premultiplied stacks (:meth:`TileGrid.to_tiles`), None
+    where no slot goes to them. A slot with ``in_front[i]`` False goes over ``back`` (slots
+    come far to near), True under ``front`` (near to far). ``identity[i]`` marks the in-focus slot,
+    copied without blur.
     """
-    slot_identity = torch.tensor(identity, device=presence.device)
-    for slot, row, col in _pair_batches(presence):
+    for slot, row, col, sharp in _pair_batches(presence, identity):
         patches = fetch(slot, row, col)
-        sharp = slot_identity[slot]
-        if bool(sharp.any()):
-            tiles = patches[:, :, HALO : HALO + TILE, HALO : HALO + TILE].clone()
-            blurry = (~sharp).nonzero().flatten()
-            if blurry.numel():
-                tiles[blurry] = _blur(patches[blurry], spectra[slot[blurry]])
+        if sharp:
+            tiles = patches[:, :, HALO : HALO + TILE, HALO : HALO + TILE]
         else:
             tiles = _blur(patches, spectra[slot])
-        tile_index = row * grid.cols + col
         bounds = torch.nonzero(torch.diff(slot, prepend=slot.new_tensor([-1]))).flatten().tolist() + [slot.numel()]
+        tile_index = row * cols + col
         for start, end in zip(bounds[:-1], bounds[1:]):
             i = int(slot[start])
             index, layer = tile_index[start:end], tiles[start:end]
