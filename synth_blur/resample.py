@@ -27,19 +27,22 @@ def _block_matrix() -> torch.Tensor:
     return matrix
 
 
-def _blocks(image: torch.Tensor, dim: int) -> torch.Tensor:
-    """Overlapping windows [..., blocks, ..., BLOCK + 4] along ``dim`` of the edge-padded axis."""
+def _blocks(image: torch.Tensor, dim: int) -> tuple[torch.Tensor, int]:
+    """The edge-padded axis ``dim`` cut into overlapping windows of BLOCK + 4 samples, laid out one
+    after the other along ``dim`` (a contiguous copy), and the number of windows."""
     size = image.shape[dim]
     count = -(-size // BLOCK)
-    index = torch.arange(-2, count * BLOCK + 2, device=image.device).clamp_(0, size - 1)
-    return image.index_select(dim, index).unfold(dim, BLOCK + 4, BLOCK)
+    starts = torch.arange(count, device=image.device)[:, None] * BLOCK - 2
+    index = (starts + torch.arange(BLOCK + 4, device=image.device)).clamp_(0, size - 1)
+    return image.index_select(dim, index.reshape(-1)), count
 
 
 def upsample2(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Bicubic 2x upsampling of ``image`` [C, h, w], cropped to ``height`` x ``width`` (<= 2h x 2w)."""
-    channels, rows, cols = image.shape
+    channels, rows, _ = image.shape
     matrix = _block_matrix().to(image.device, image.dtype)
-    across = _blocks(image, 2) @ matrix  # [C, h, blocks, 2 BLOCK]
-    across = across.reshape(channels, rows, -1)[:, :, :width]
-    down = matrix.t() @ _blocks(across, 1).transpose(-1, -2)  # [C, blocks, 2 BLOCK, width]
-    return down.reshape(channels, -1, width)[:, :height]
+    windows, _ = _blocks(image, 2)  # [C, h, blocks * (BLOCK + 4)]
+    across = (windows.view(-1, BLOCK + 4) @ matrix).view(channels, rows, -1)[:, :, :width]
+    windows, count = _blocks(across, 1)  # [C, blocks * (BLOCK + 4), width]
+    down = matrix.t() @ windows.view(channels * count, BLOCK + 4, width)  # [C blocks, 2 BLOCK, width]
+    return down.view(channels, -1, width)[:, :height]
