@@ -51,8 +51,9 @@ def _slot_order(plan: LayerPlan, members: list[int]) -> list[int]:
 
 
 def _coarse_stacks(premult: torch.Tensor, plan: LayerPlan) -> dict[int, tuple[list[int], TileGrid, torch.Tensor]]:
-    """Area-averaged copies of the reduced-grid layers: per scale, its layers in slot order, its grid
-    and their copies [L, 4, H + 2 HALO, W + 2 HALO] (tile-padded, with halo).
+    """Area-summed copies of the reduced-grid layers: per scale, its layers in slot order, its grid
+    and their copies [L, 4, H + 2 HALO, W + 2 HALO] (tile-padded, with halo). Each cell holds the
+    sum of its s x s pixels; the 1 / s^2 of the area average is applied with the blur kernel.
 
     One weighted bincount per channel over all pixels: each pixel lands in its own layer's copy,
     in the cell it falls in; a pixel's cell index is a row term plus a column term, both looked up
@@ -87,7 +88,6 @@ def _coarse_stacks(premult: torch.Tensor, plan: LayerPlan) -> dict[int, tuple[li
     stacks = {}
     for s, (members, grid, start, (count, rows_s, cols_s)) in layout.items():
         stack = buffer[:, start : start + count * rows_s * cols_s].view(4, count, rows_s, cols_s).transpose(0, 1)
-        stack.mul_(1.0 / (s * s))
         # Cells cut by the frame hold fewer pixels: scale them to full cells, then mirror the frame.
         stack[:, :, HALO + grid.height - 1] *= s / (height - s * (grid.height - 1))
         stack[:, :, :, HALO + grid.width - 1] *= s / (width - s * (grid.width - 1))
@@ -102,7 +102,8 @@ def _composite_grid(
     """Blur one grid's layers (``members`` in slot order) and composite them into the back and front stacks.
 
     Back layers and the in-focus layer go over the back stack, front layers under the front stack.
-    Stacks come and go as images of ``grid``'s padded size, None while empty.
+    Stacks come and go as images of ``grid``'s padded size, None while empty. Patches on a grid
+    reduced by ``scale`` hold sums of scale^2 pixels, hence the kernels' 1 / scale^2.
     """
     layers = [plan.layers[i] for i in members]
     back_tiles = front_tiles = None
@@ -112,7 +113,7 @@ def _composite_grid(
         front_tiles = grid.to_tiles(front, like)
     blur_and_composite(
         back_tiles, front_tiles, grid.cols, presence, fetch,
-        kernel_spectra([layer.radius / scale for layer in layers], aperture, like),
+        kernel_spectra([layer.radius / scale for layer in layers], aperture, like) / float(scale * scale),
         [layer.side > 0 for layer in layers], [layer.side == 0 for layer in layers],
     )
     return (None if back_tiles is None else grid.from_tiles(back_tiles),
@@ -164,20 +165,39 @@ def _full_resolution(
     return _composite_grid(plan, members, grid, presence, fetch, 1, aperture, back, front, premult)
 
 
+def _halve(image: torch.Tensor) -> torch.Tensor:
+    """[C, ceil(h / 2), ceil(w / 2)]: the mean of each 2 x 2 block's in-frame pixels of ``image`` [C, h, w]."""
+    if image.shape[1] % 2:
+        image = torch.cat([image, image[:, -1:]], 1)
+    if image.shape[2] % 2:
+        image = torch.cat([image, image[:, :, -1:]], 2)
+    rows = image[:, 0::2] + image[:, 1::2]
+    return (rows[:, :, 0::2] + rows[:, :, 1::2]).mul_(0.25)
+
+
 def normalise(premult: torch.Tensor) -> torch.Tensor:
-    """Colour [3, H, W] of a premultiplied image: C / alpha, holes (alpha ~ 0) filled by push-pull."""
+    """Colour [3, H, W] of a premultiplied image: C / alpha, holes (alpha ~ 0) filled by push-pull.
+
+    Each pyramid level's colour is (C + w up) / (alpha + w), with w = 1 - alpha / HOLE_COVERAGE
+    clipped to [0, 1] and ``up`` the coarser level's colour resized; w is 0 outside the holes, so a
+    level is C / alpha with ``up`` computed at its holes only.
+    """
     colour, alpha = premult[:3], premult[3:4]
     if float(alpha.min()) >= HOLE_COVERAGE:
         return colour / alpha
     levels = [premult]
     while min(levels[-1].shape[-2:]) > 1:
-        levels.append(F.avg_pool2d(levels[-1][None], 2, ceil_mode=True)[0])
+        levels.append(_halve(levels[-1]))
     top = levels[-1]
     fill = torch.where(top[3:4] > 0, top[:3] / top[3:4].clamp_min(1e-12), torch.zeros_like(top[:3]))
     for level in reversed(levels[:-1]):
-        up = F.interpolate(fill[None], size=level.shape[-2:], mode="bilinear", align_corners=False)[0]
-        weight = (1.0 - level[3:4] / HOLE_COVERAGE).clamp(0.0, 1.0)
-        fill = (level[:3] + weight * up) / (level[3:4] + weight)
+        colour, alpha = level[:3], level[3]
+        rows, cols = torch.nonzero(alpha < HOLE_COVERAGE, as_tuple=True)
+        up = _bilinear_at(fill, tuple(alpha.shape), rows, cols)
+        hole_alpha = alpha[rows, cols]
+        weight = 1.0 - hole_alpha / HOLE_COVERAGE
+        fill = colour / alpha
+        fill[:, rows, cols] = (colour[:, rows, cols] + weight * up) / (hole_alpha + weight)
     return fill
 
 
@@ -205,3 +225,20 @@ def render_linear(linear: torch.Tensor, plan: LayerPlan, aperture: Aperture) -> 
     if back is None:  # nothing behind the front stack anywhere: normalise it alone
         return front[:3] / front[3:4].clamp_min(1e-6)
     return front[:3] + (1.0 - front[3:4]) * normalise(back)
+
+
+def _bilinear_at(image: torch.Tensor, size: tuple[int, int], rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """[C, N] values at output pixels (rows, cols) of ``image`` [C, h, w] bilinearly resized to ``size``
+    (half-pixel centres, as ``F.interpolate(..., mode="bilinear", align_corners=False)``)."""
+    _, in_h, in_w = image.shape
+
+    def taps(index: torch.Tensor, in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        source = ((index.to(image.dtype) + 0.5) * (in_size / out_size) - 0.5).clamp_min(0.0)
+        low = source.long().clamp_max(in_size - 1)
+        return low, (low + 1).clamp_max(in_size - 1), (source - low).clamp(0.0, 1.0)
+
+    y0, y1, fy = taps(rows, in_h, size[0])
+    x0, x1, fx = taps(cols, in_w, size[1])
+    top = image[:, y0, x0] * (1.0 - fx) + image[:, y0, x1] * fx
+    bottom = image[:, y1, x0] * (1.0 - fx) + image[:, y1, x1] * fx
+    return top * (1.0 - fy) + bottom * fy

@@ -113,21 +113,27 @@ def render(
         return image.clone() if isinstance(image, torch.Tensor) else image.copy()
 
     work = resolve_device(device)
+    channels = source.to(work).permute(2, 0, 1)
     if source.dtype == torch.uint8:
-        encoded = source.to(work).permute(2, 0, 1).float() / 255.0
+        encoded = None
+        # Decoding through a 256-entry table: one lookup per pixel instead of a power.
+        table = (torch.arange(256, dtype=torch.float32, device=work) / 255.0) ** gamma
+        linear = table.index_select(0, channels.reshape(-1).int()).view(3, height, width)
     else:
-        encoded = source.to(work, torch.float32).permute(2, 0, 1).clamp(0.0, 1.0)
-    linear = encoded**gamma
+        encoded = channels.to(torch.float32).clamp(0.0, 1.0)
+        linear = encoded**gamma
     radius = level * (disp.to(work, torch.float32).clamp(0.0, 1.0) - focus) * blur_radius_scale(height, width)
     if boost > 0:
+        if encoded is None:
+            encoded = channels.float() / 255.0
         linear = _boost_highlights(linear, encoded, radius, boost)
     plan = plan_layers(radius)
-    out = render_linear(linear, plan, aperture).clamp(0.0, 1.0) ** (1.0 / gamma)
-    out = out.permute(1, 2, 0).contiguous()
+    out = render_linear(linear, plan, aperture).clamp_(0.0, 1.0).pow_(1.0 / gamma)
     if source.dtype == torch.uint8:
-        out = (out * 255.0).round().to(torch.uint8)
+        out = out.mul_(255.0).round_().permute(1, 2, 0).to(torch.uint8)
     else:
-        out = out.to(source.dtype)
+        out = out.permute(1, 2, 0).to(source.dtype)
+    out = out.contiguous()
     if isinstance(image, torch.Tensor):
         return out.to(image.device)
     return out.cpu().numpy()
