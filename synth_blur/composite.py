@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from .aperture import Aperture
 from .layers import LayerPlan
 from .resample import upsample2
-from .tiles import HALO, PatchFetcher, TileGrid, blur_and_composite, kernel_spectra, presence_from_blocks, tile_presence
+from .tiles import HALO, TILE, PatchFetcher, TileGrid, blur_and_composite, kernel_spectra, presence_from_blocks, tile_presence
 
 #: Coverage below which a pixel's normalised colour is blended with the push-pull fill.
 HOLE_COVERAGE = 0.05
@@ -71,7 +71,7 @@ def _coarse_stacks(premult: torch.Tensor, plan: LayerPlan) -> dict[int, tuple[li
     for s in sorted({layer.scale for layer in plan.layers if layer.scale > 1}):
         members = _slot_order(plan, [i for i, layer in enumerate(plan.layers) if layer.scale == s])
         grid = TileGrid(-(-height // s), -(-width // s))
-        rows, cols = grid.padded_height + 2 * HALO, grid.padded_width + 2 * HALO
+        rows, cols = grid.padded_height + 2 * HALO, (grid.cols + 1) * TILE  # the layout of TileGrid.with_halo
         layout[s] = (members, grid, offset, (len(members), rows, cols))
         for slot, i in enumerate(members):
             row_table[i] = offset + slot * rows * cols + (rows_of // s + HALO) * cols
@@ -84,7 +84,8 @@ def _coarse_stacks(premult: torch.Tensor, plan: LayerPlan) -> dict[int, tuple[li
     dest = row_table.to(device).view(-1)[ids * height + rows_of.to(device)[:, None]]
     dest += col_table.to(device).view(-1)[ids * width + cols_of.to(device)[None, :]]
     dest = dest.view(-1)
-    buffer = torch.stack([torch.bincount(dest, weights=channel.reshape(-1), minlength=offset + 1) for channel in premult])
+    # Channel rows of offset + TILE cells: every copy starts on a multiple of TILE (TileGrid.patch_fetcher).
+    buffer = torch.stack([torch.bincount(dest, weights=channel.reshape(-1), minlength=offset + TILE) for channel in premult])
     stacks = {}
     for s, (members, grid, start, (count, rows_s, cols_s)) in layout.items():
         stack = buffer[:, start : start + count * rows_s * cols_s].view(4, count, rows_s, cols_s).transpose(0, 1)
@@ -106,18 +107,16 @@ def _composite_grid(
     reduced by ``scale`` hold sums of scale^2 pixels, hence the kernels' 1 / scale^2.
     """
     layers = [plan.layers[i] for i in members]
-    back_tiles = front_tiles = None
-    if back is not None or any(layer.side <= 0 for layer in layers):
-        back_tiles = grid.to_tiles(back, like)
-    if front is not None or any(layer.side > 0 for layer in layers):
-        front_tiles = grid.to_tiles(front, like)
+    if back is None and any(layer.side <= 0 for layer in layers):
+        back = like.new_zeros((4, grid.padded_height, grid.padded_width))
+    if front is None and any(layer.side > 0 for layer in layers):
+        front = like.new_zeros((4, grid.padded_height, grid.padded_width))
     blur_and_composite(
-        back_tiles, front_tiles, grid.cols, presence, fetch,
+        back, front, grid, presence, fetch,
         kernel_spectra([layer.radius / scale for layer in layers], aperture, like) / float(scale * scale),
         [layer.side > 0 for layer in layers], [layer.side == 0 for layer in layers],
     )
-    return (None if back_tiles is None else grid.from_tiles(back_tiles),
-            None if front_tiles is None else grid.from_tiles(front_tiles))
+    return back, front
 
 
 def _coarse_scale(
@@ -125,10 +124,8 @@ def _coarse_scale(
     back: Optional[torch.Tensor], front: Optional[torch.Tensor],
 ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Blur one reduced grid's layer copies into the back and front stacks of that grid."""
-    patches = grid.patches(stack).permute(0, 2, 3, 1, 4, 5)  # [L, rows, cols, 4, P, P]
     return _composite_grid(
-        plan, members, grid, tile_presence(stack[:, 3]), lambda slot, row, col: patches[slot, row, col],
-        scale, aperture, back, front, stack,
+        plan, members, grid, tile_presence(stack[:, 3]), grid.patch_fetcher(stack), scale, aperture, back, front, stack,
     )
 
 
@@ -154,13 +151,14 @@ def _full_resolution(
     counts = torch.bincount(key.reshape(-1), minlength=(n + 1) * block_rows * block_cols)
     presence = presence_from_blocks(counts[: n * block_rows * block_cols].view(n, block_rows, block_cols) > 0)
 
-    patches = grid.patches(grid.mirror_halo(grid.with_halo(premult))).permute(1, 2, 0, 3, 4)  # [rows, cols, 4, P, P]
-    id_patches = grid.patches(ids)
+    patches = grid.patch_fetcher(grid.mirror_halo(grid.with_halo(premult))[None])
+    id_patches = grid.patch_fetcher(ids[None, None])
     layer_of_slot = torch.tensor(members, dtype=torch.int16, device=device)
 
     def fetch(slot: torch.Tensor, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
-        mine = id_patches[row, col] == layer_of_slot[slot][:, None, None]
-        return patches[row, col] * mine[:, None]
+        outside = torch.zeros_like(slot)
+        mine = id_patches(outside, row, col) == layer_of_slot[slot][:, None, None, None]
+        return patches(outside, row, col).mul_(mine)
 
     return _composite_grid(plan, members, grid, presence, fetch, 1, aperture, back, front, premult)
 

@@ -4,7 +4,11 @@ An image (full resolution or a reduced grid) is cut into TILE x TILE tiles; a ti
 HALO-pixel border, enough for any kernel used (radius < FULL_RES_LIMIT on every grid). A patch's
 circular FFT convolution is exact on the tile itself, so the work grows with the number of
 (layer, tile) pairs, not with layers x image size, and not with the blur radius.
-Accumulators are kept in tile layout [tiles, 4, TILE, TILE] while layers are composited into them.
+
+Patches and tiles are gathered and written back as runs of whole pixel rows with
+``index_select`` / ``index_copy_``: an array made by ``with_halo`` is (cols + 1) x TILE wide, so
+every patch row starts at a multiple of TILE in memory and the array reads as one overlapping
+[runs, PATCH] matrix; a stack [4, padded_height, padded_width] reads as [runs, TILE].
 """
 from __future__ import annotations
 
@@ -37,8 +41,9 @@ class TileGrid:
         self.padded_height, self.padded_width = self.rows * TILE, self.cols * TILE
 
     def with_halo(self, image: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
-        """``image`` [..., height, width] placed in a ``fill`` array covering the padded grid plus a HALO border."""
-        shape = (*image.shape[:-2], self.padded_height + 2 * HALO, self.padded_width + 2 * HALO)
+        """``image`` [..., height, width] placed in a ``fill`` array covering the padded grid plus a HALO
+        border, (cols + 1) x TILE wide (the spare width lines patch rows up on TILE; see ``patch_fetcher``)."""
+        shape = (*image.shape[:-2], self.padded_height + 2 * HALO, (self.cols + 1) * TILE)
         out = torch.full(shape, fill, dtype=image.dtype, device=image.device)
         out[..., HALO : HALO + self.height, HALO : HALO + self.width] = image
         return out
@@ -58,21 +63,30 @@ class TileGrid:
             padded.index_copy_(padded.ndim + axis, targets, band)
         return padded
 
-    def patches(self, padded: torch.Tensor) -> torch.Tensor:
-        """Overlapping patch view [..., rows, cols, PATCH, PATCH] of an array made by ``with_halo``."""
-        return padded.unfold(-2, PATCH, TILE).unfold(-2, PATCH, TILE)
+    def patch_fetcher(self, source: torch.Tensor) -> "PatchFetcher":
+        """Gathers patches [N, C, PATCH, PATCH] of (slot, tile row, tile col) from ``source``
+        [slots, C, H + 2 HALO, (cols + 1) TILE], arrays made by ``with_halo`` whose slot and channel
+        strides are multiples of TILE (any order in memory)."""
+        slot_stride, channel_stride, row_stride = (stride // TILE for stride in source.stride()[:3])
+        if any(stride % TILE for stride in source.stride()[:3]) or source.stride(3) != 1:
+            raise ValueError("patch rows must start on multiples of TILE values")
+        stored = source.untyped_storage().nbytes() // source.element_size() - source.storage_offset()
+        runs = source.as_strided(((stored - PATCH) // TILE + 1, PATCH), (TILE, 1))
+        offsets = (torch.arange(source.shape[1], device=source.device)[:, None] * channel_stride
+                   + torch.arange(PATCH, device=source.device) * row_stride).reshape(-1)
 
-    def to_tiles(self, padded: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-        """[tiles, 4, TILE, TILE] copy of a premultiplied image [4, padded_height, padded_width] (zeros when None)."""
-        if padded is None:
-            return like.new_zeros((self.rows * self.cols, 4, TILE, TILE))
-        tiles = padded.view(4, self.rows, TILE, self.cols, TILE).permute(1, 3, 0, 2, 4)
-        return tiles.reshape(-1, 4, TILE, TILE)
+        def fetch(slot: torch.Tensor, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+            first = slot * slot_stride + row * TILE * row_stride + col
+            index = (first[:, None] + offsets).reshape(-1)
+            return runs.index_select(0, index).view(-1, source.shape[1], PATCH, PATCH)
 
-    def from_tiles(self, tiles: torch.Tensor) -> torch.Tensor:
-        """The premultiplied image [4, padded_height, padded_width] of a tile-layout array."""
-        image = tiles.view(self.rows, self.cols, 4, TILE, TILE).permute(2, 0, 3, 1, 4)
-        return image.reshape(4, self.padded_height, self.padded_width)
+        return fetch
+
+    def tile_runs(self, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+        """Indices of the rows of tiles (row, col), channel by channel, in a stack seen as [runs, TILE]."""
+        offsets = torch.arange(4 * TILE, device=row.device)  # (channel, pixel row) as one index
+        offsets = (offsets // TILE * self.padded_height + offsets % TILE) * self.cols
+        return ((row * TILE * self.cols + col)[:, None] + offsets).reshape(-1)
 
 
 def tile_presence(coverage: torch.Tensor) -> torch.Tensor:
@@ -133,7 +147,7 @@ def _blur(patches: torch.Tensor, spectra: torch.Tensor) -> torch.Tensor:
 def blur_and_composite(
     back: Optional[torch.Tensor],
     front: Optional[torch.Tensor],
-    cols: int,
+    grid: TileGrid,
     presence: torch.Tensor,
     fetch: PatchFetcher,
     spectra: torch.Tensor,
@@ -142,11 +156,13 @@ def blur_and_composite(
 ) -> None:
     """Blur every present (slot, tile) pair and composite it into a stack, slot after slot.
 
-    ``back`` and ``front`` are tile-layout premultiplied stacks (:meth:`TileGrid.to_tiles`), None
-    where no slot goes to them. A slot with ``in_front[i]`` False goes over ``back`` (slots
+    ``back`` and ``front`` are premultiplied stacks [4, padded_height, padded_width] on ``grid``,
+    None where no slot goes to them. A slot with ``in_front[i]`` False goes over ``back`` (slots
     come far to near), True under ``front`` (near to far). ``identity[i]`` marks the in-focus slot,
     copied without blur.
     """
+    back_runs = None if back is None else back.view(-1, TILE)
+    front_runs = None if front is None else front.view(-1, TILE)
     for slot, row, col, sharp in _pair_batches(presence, identity):
         patches = fetch(slot, row, col)
         if sharp:
@@ -154,13 +170,12 @@ def blur_and_composite(
         else:
             tiles = _blur(patches, spectra[slot])
         bounds = torch.nonzero(torch.diff(slot, prepend=slot.new_tensor([-1]))).flatten().tolist() + [slot.numel()]
-        tile_index = row * cols + col
         for start, end in zip(bounds[:-1], bounds[1:]):
-            i = int(slot[start])
-            index, layer = tile_index[start:end], tiles[start:end]
-            if in_front[i]:
-                current = front.index_select(0, index)
-                front.index_copy_(0, index, current + (1.0 - current[:, 3:4]) * layer)
+            index = grid.tile_runs(row[start:end], col[start:end])
+            layer = tiles[start:end]
+            if in_front[int(slot[start])]:
+                current = front_runs.index_select(0, index).view_as(layer)
+                front_runs.index_copy_(0, index, (current + (1.0 - current[:, 3:4]) * layer).view(-1, TILE))
             else:
-                current = back.index_select(0, index)
-                back.index_copy_(0, index, layer + (1.0 - layer[:, 3:4]) * current)
+                current = back_runs.index_select(0, index).view_as(layer)
+                back_runs.index_copy_(0, index, (layer + (1.0 - layer[:, 3:4]) * current).view(-1, TILE))
