@@ -41,7 +41,7 @@ def _upsample2(stack: Optional[torch.Tensor], source: TileGrid, target: TileGrid
     if stack is None:
         return None
     image = stack[:, : source.height, : source.width]
-    up = upsample2(image, target.padded_height, target.padded_width).clamp_min_(0.0)
+    up = upsample2(image, target.padded_height, target.padded_width).contiguous().clamp_min_(0.0)
     return up.div_(up[3:4].clamp_min(1.0))
 
 
