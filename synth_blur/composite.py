@@ -52,12 +52,13 @@ def _slot_order(plan: LayerPlan, members: list[int]) -> list[int]:
 
 def _coarse_stacks(premult: torch.Tensor, plan: LayerPlan) -> dict[int, tuple[list[int], TileGrid, torch.Tensor]]:
     """Area-summed copies of the reduced-grid layers: per scale, its layers in slot order, its grid
-    and their copies [L, 4, H + 2 HALO, W + 2 HALO] (tile-padded, with halo). Each cell holds the
-    sum of its s x s pixels; the 1 / s^2 of the area average is applied with the blur kernel.
+    and their copies [L, 4, H + 2 HALO, (cols + 1) TILE] (the layout of ``TileGrid.with_halo``).
+    Each cell holds the sum of its s x s pixels; the 1 / s^2 of the area average is applied with
+    the blur kernel.
 
-    One weighted bincount per channel over all pixels: each pixel lands in its own layer's copy,
-    in the cell it falls in; a pixel's cell index is a row term plus a column term, both looked up
-    in small per-layer tables.
+    One index_add over all pixels: each pixel lands in its own layer's copy, in the cell it falls
+    in; a pixel's cell index is a row term plus a column term, both looked up in small per-layer
+    tables.
     """
     _, height, width = premult.shape
     device = premult.device
@@ -85,7 +86,8 @@ def _coarse_stacks(premult: torch.Tensor, plan: LayerPlan) -> dict[int, tuple[li
     dest += col_table.to(device).view(-1)[ids * width + cols_of.to(device)[None, :]]
     dest = dest.view(-1)
     # Channel rows of offset + TILE cells: every copy starts on a multiple of TILE (TileGrid.patch_fetcher).
-    buffer = torch.stack([torch.bincount(dest, weights=channel.reshape(-1), minlength=offset + TILE) for channel in premult])
+    buffer = premult.new_zeros((4, offset + TILE))
+    buffer.index_add_(1, dest, premult.reshape(4, -1))
     stacks = {}
     for s, (members, grid, start, (count, rows_s, cols_s)) in layout.items():
         stack = buffer[:, start : start + count * rows_s * cols_s].view(4, count, rows_s, cols_s).transpose(0, 1)

@@ -25,8 +25,8 @@ TILE = 32
 HALO = kernel_half_width(FULL_RES_LIMIT)
 PATCH = TILE + 2 * HALO
 assert TILE % HALO == 0, "tile presence is pooled over HALO x HALO blocks"
-#: (layer, tile) pairs blurred per FFT batch (about 15 MB of patches and spectra: stays in cache).
-PAIRS_PER_BATCH = 256
+#: (layer, tile) pairs blurred per FFT batch (a few MB of patches and spectra: stays in cache).
+PAIRS_PER_BATCH = 64
 
 #: Fetches the patches [N, 4, PATCH, PATCH] of pairs given (slot, tile row, tile col).
 PatchFetcher = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
