@@ -81,9 +81,12 @@ def _coarse_stacks(premult: torch.Tensor, plan: LayerPlan) -> dict[int, tuple[li
     for i, layer in enumerate(plan.layers):
         if layer.scale == 1:
             row_table[i] = offset  # full-resolution pixels all land in one spare cell
-    ids = plan.ids
-    dest = row_table.to(device).view(-1)[ids * height + rows_of.to(device)[:, None]]
-    dest += col_table.to(device).view(-1)[ids * width + cols_of.to(device)[None, :]]
+    index = plan.ids * height
+    index += rows_of.to(device)[:, None]
+    dest = row_table.to(device).view(-1)[index]
+    torch.mul(plan.ids, width, out=index)
+    index += cols_of.to(device)[None, :]
+    dest += col_table.to(device).view(-1)[index]
     dest = dest.view(-1)
     # Channel rows of offset + TILE cells: every copy starts on a multiple of TILE (TileGrid.patch_fetcher).
     buffer = premult.new_zeros((4, offset + TILE))
@@ -149,7 +152,11 @@ def _full_resolution(
     block_rows, block_cols = ids.shape[0] // HALO, ids.shape[1] // HALO
     block = (torch.arange(ids.shape[0], device=device)[:, None] // HALO) * block_cols + (
         torch.arange(ids.shape[1], device=device)[None, :] // HALO)
-    key = slot_of.to(device)[ids.long() + 1] * (block_rows * block_cols) + block
+    key = ids.long()
+    key += 1
+    key = slot_of.to(device)[key]
+    key *= block_rows * block_cols
+    key += block
     counts = torch.bincount(key.reshape(-1), minlength=(n + 1) * block_rows * block_cols)
     presence = presence_from_blocks(counts[: n * block_rows * block_cols].view(n, block_rows, block_cols) > 0)
 

@@ -38,8 +38,14 @@ def _blocks(image: torch.Tensor, dim: int) -> tuple[torch.Tensor, int]:
 
 
 def upsample2(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bicubic 2x upsampling of ``image`` [C, h, w], cropped to ``height`` x ``width`` (<= 2h x 2w)."""
-    channels, rows, _ = image.shape
+    """Bicubic 2x upsampling of ``image`` [C, h, w], cropped to ``height`` x ``width``.
+
+    Up to 2 BLOCK ceil(h / BLOCK) x 2 BLOCK ceil(w / BLOCK) may be asked for: outputs past 2h x 2w
+    continue the edge, so a grid padded to whole tiles of any divisor of 2 BLOCK fits.
+    """
+    channels, rows, cols = image.shape
+    if height > 2 * BLOCK * -(-rows // BLOCK) or width > 2 * BLOCK * -(-cols // BLOCK):
+        raise ValueError(f"cannot upsample {rows}x{cols} to {height}x{width}")
     matrix = _block_matrix().to(image.device, image.dtype)
     windows, _ = _blocks(image, 2)  # [C, h, blocks * (BLOCK + 4)]
     across = (windows.view(-1, BLOCK + 4) @ matrix).view(channels, rows, -1)[:, :, :width]
