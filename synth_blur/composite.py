@@ -208,10 +208,10 @@ def normalise(premult: torch.Tensor) -> torch.Tensor:
     return fill
 
 
-def render_linear(linear: torch.Tensor, plan: LayerPlan, aperture: Aperture) -> torch.Tensor:
-    """Defocus a linear-light image [3, H, W] sliced by ``plan``; returns linear light [3, H, W]."""
-    _, height, width = linear.shape
-    premult = torch.cat([linear, linear.new_ones((1, height, width))])
+def render_linear(premult: torch.Tensor, plan: LayerPlan, aperture: Aperture) -> torch.Tensor:
+    """Defocus an opaque linear-light image [4, H, W] (colour, alpha = 1; contiguous) sliced by ``plan``;
+    returns linear light [3, H, W]."""
+    _, height, width = premult.shape
     back = front = None
     stacks = _coarse_stacks(premult, plan)
     scale = max(stacks, default=1)

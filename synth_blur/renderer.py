@@ -74,11 +74,11 @@ def _check_disparity(disparity: torch.Tensor, shape: tuple[int, int]) -> None:
         raise ValueError(f"disparity must be finite and in [0, 1] (larger = nearer), got range [{low:.4g}, {high:.4g}]")
 
 
-def _boost_highlights(linear: torch.Tensor, encoded: torch.Tensor, radius: torch.Tensor, boost: float) -> torch.Tensor:
-    """Multiply bright out-of-focus pixels by up to ``1 + boost`` in linear light (clipped highlights)."""
+def _boost_highlights(linear: torch.Tensor, encoded: torch.Tensor, radius: torch.Tensor, boost: float) -> None:
+    """Multiply bright out-of-focus pixels by up to ``1 + boost`` in linear light (clipped highlights), in place."""
     brightness = ((encoded.amax(0) - HIGHLIGHT_THRESHOLD) / (1.0 - HIGHLIGHT_THRESHOLD)).clamp(0.0, 1.0) ** 2
     defocus = ((radius.abs() - FOCUS_RADIUS) / HIGHLIGHT_FULL_RADIUS).clamp(0.0, 1.0)
-    return linear * (1.0 + boost * brightness * defocus)
+    linear.mul_(1.0 + boost * brightness * defocus)
 
 
 def render(
@@ -114,21 +114,22 @@ def render(
 
     work = resolve_device(device)
     channels = source.to(work).permute(2, 0, 1)
+    premult = torch.empty((4, height, width), dtype=torch.float32, device=work)  # linear colour, alpha 1
+    premult[3].fill_(1.0)
+    linear = premult[:3]
     if source.dtype == torch.uint8:
         encoded = None
         # Decoding through a 256-entry table: one lookup per pixel instead of a power.
         table = (torch.arange(256, dtype=torch.float32, device=work) / 255.0) ** gamma
-        linear = table.index_select(0, channels.reshape(-1).int()).view(3, height, width)
+        torch.index_select(table, 0, channels.reshape(-1).int(), out=linear.view(-1))
     else:
         encoded = channels.to(torch.float32).clamp(0.0, 1.0)
-        linear = encoded**gamma
+        torch.pow(encoded, gamma, out=linear)
     radius = level * (disp.to(work, torch.float32).clamp(0.0, 1.0) - focus) * blur_radius_scale(height, width)
     if boost > 0:
-        if encoded is None:
-            encoded = channels.float() / 255.0
-        linear = _boost_highlights(linear, encoded, radius, boost)
+        _boost_highlights(linear, channels.float() / 255.0 if encoded is None else encoded, radius, boost)
     plan = plan_layers(radius)
-    out = render_linear(linear, plan, aperture).clamp_(0.0, 1.0).pow_(1.0 / gamma)
+    out = render_linear(premult, plan, aperture).clamp_(0.0, 1.0).pow_(1.0 / gamma)
     if source.dtype == torch.uint8:
         out = out.mul_(255.0).round_().permute(1, 2, 0).to(torch.uint8)
     else:

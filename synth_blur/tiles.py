@@ -44,8 +44,13 @@ class TileGrid:
         """``image`` [..., height, width] placed in a ``fill`` array covering the padded grid plus a HALO
         border, (cols + 1) x TILE wide (the spare width lines patch rows up on TILE; see ``patch_fetcher``)."""
         shape = (*image.shape[:-2], self.padded_height + 2 * HALO, (self.cols + 1) * TILE)
-        out = torch.full(shape, fill, dtype=image.dtype, device=image.device)
-        out[..., HALO : HALO + self.height, HALO : HALO + self.width] = image
+        out = image.new_empty(shape)
+        bottom, right = HALO + self.height, HALO + self.width
+        out[..., :HALO, :].fill_(fill)
+        out[..., bottom:, :].fill_(fill)
+        out[..., HALO:bottom, :HALO].fill_(fill)
+        out[..., HALO:bottom, right:].fill_(fill)
+        out[..., HALO:bottom, HALO:right] = image
         return out
 
     def mirror_halo(self, padded: torch.Tensor) -> torch.Tensor:
