@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from .aperture import Aperture
 from .layers import LayerPlan
@@ -231,7 +230,7 @@ def render_linear(premult: torch.Tensor, plan: LayerPlan, aperture: Aperture) ->
     front = front[:, :height, :width]
     if back is None:  # nothing behind the front stack anywhere: normalise it alone
         return front[:3] / front[3:4].clamp_min(1e-6)
-    return front[:3] + (1.0 - front[3:4]) * normalise(back)
+    return normalise(back).mul_(1.0 - front[3:4]).add_(front[:3])
 
 
 def _bilinear_at(image: torch.Tensor, size: tuple[int, int], rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

@@ -125,7 +125,7 @@ def render(
     else:
         encoded = channels.to(torch.float32).clamp(0.0, 1.0)
         torch.pow(encoded, gamma, out=linear)
-    radius = level * (disp.to(work, torch.float32).clamp(0.0, 1.0) - focus) * blur_radius_scale(height, width)
+    radius = disp.to(work, torch.float32).clamp(0.0, 1.0).sub_(focus).mul_(level).mul_(blur_radius_scale(height, width))
     if boost > 0:
         _boost_highlights(linear, channels.float() / 255.0 if encoded is None else encoded, radius, boost)
     plan = plan_layers(radius)

@@ -122,7 +122,9 @@ def kernel_spectra(radii: list[float], aperture: Aperture, like: torch.Tensor) -
     return torch.stack(spectra)
 
 
-def _pair_batches(presence: torch.Tensor, identity: list[bool]) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]]:
+def _pair_batches(
+    presence: torch.Tensor, identity: list[bool],
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]]:
     """(slot, row, col) index tensors of the present (layer, tile) pairs, in slot order, in batches,
     and whether the batch's slots are identity slots (a batch never mixes the two kinds)."""
     slot, row, col = presence.nonzero(as_tuple=True)
