@@ -59,7 +59,7 @@ def _check_image(image: torch.Tensor) -> None:
         return
     if not image.dtype.is_floating_point:
         raise ValueError(f"image must be uint8 or float in [0, 1], got dtype {image.dtype}")
-    low, high = float(image.min()), float(image.max())
+    low, high = (float(v) for v in torch.aminmax(image))
     if not (math.isfinite(low) and math.isfinite(high)) or low < -1e-6 or high > 1 + 1e-6:
         raise ValueError(f"float image values must lie in [0, 1], got range [{low:.4g}, {high:.4g}]")
 
@@ -69,7 +69,7 @@ def _check_disparity(disparity: torch.Tensor, shape: tuple[int, int]) -> None:
         raise ValueError(f"disparity shape {tuple(disparity.shape)} does not match the image's {shape}")
     if not disparity.dtype.is_floating_point:
         raise ValueError(f"disparity must be a float map in [0, 1], got dtype {disparity.dtype}")
-    low, high = float(disparity.min()), float(disparity.max())
+    low, high = (float(v) for v in torch.aminmax(disparity))
     if not (math.isfinite(low) and math.isfinite(high)) or low < -1e-6 or high > 1 + 1e-6:
         raise ValueError(f"disparity must be finite and in [0, 1] (larger = nearer), got range [{low:.4g}, {high:.4g}]")
 
