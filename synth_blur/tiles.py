@@ -138,15 +138,10 @@ def _pair_batches(
 
 
 def _blur(patches: torch.Tensor, spectra: torch.Tensor) -> torch.Tensor:
-    """Tiles [N, 4, TILE, TILE] of patches blurred with per-patch spectra; round-off clipped.
-
-    The 2-D transforms run one axis at a time so that the inverse's last pass only computes the
-    tile's rows; those rows are made contiguous first, so that the real inverse runs as one batch.
-    """
-    spectrum = torch.fft.fft(torch.fft.rfft(patches, dim=-1), dim=-2)
+    """Tiles [N, 4, TILE, TILE] of patches blurred with per-patch spectra; round-off clipped."""
+    spectrum = torch.fft.rfft2(patches)
     spectrum *= spectra[:, None]
-    rows = torch.fft.ifft(spectrum, dim=-2)[:, :, HALO : HALO + TILE].contiguous()
-    core = torch.fft.irfft(rows, n=PATCH, dim=-1)[..., HALO : HALO + TILE].clamp_min(0.0)
+    core = torch.fft.irfft2(spectrum, s=(PATCH, PATCH))[..., HALO : HALO + TILE, HALO : HALO + TILE].clamp_min(0.0)
     core[:, 3].clamp_(max=1.0)
     return core
 
