@@ -177,7 +177,7 @@ def blur_and_composite(
             layer = tiles[start:end]
             if in_front[int(slot[start])]:
                 current = front_runs.index_select(0, index).view_as(layer)
-                front_runs.index_copy_(0, index, (current + (1.0 - current[:, 3:4]) * layer).view(-1, TILE))
+                front_runs.index_copy_(0, index, torch.addcmul(current, 1.0 - current[:, 3:4], layer).view(-1, TILE))
             else:
                 current = back_runs.index_select(0, index).view_as(layer)
-                back_runs.index_copy_(0, index, (layer + (1.0 - layer[:, 3:4]) * current).view(-1, TILE))
+                back_runs.index_copy_(0, index, current.mul_(1.0 - layer[:, 3:4]).add_(layer).view(-1, TILE))
