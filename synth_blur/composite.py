@@ -164,9 +164,9 @@ def _full_resolution(
     layer_of_slot = torch.tensor(members, dtype=torch.int16, device=device)
 
     def fetch(slot: torch.Tensor, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
-        outside = torch.zeros_like(slot)
-        mine = id_patches(outside, row, col) == layer_of_slot[slot][:, None, None, None]
-        return patches(outside, row, col).mul_(mine)
+        single = torch.zeros_like(slot)  # both arrays hold one slot
+        mine = id_patches(single, row, col) == layer_of_slot[slot][:, None, None, None]
+        return patches(single, row, col).mul_(mine)
 
     return _composite_grid(plan, members, grid, presence, fetch, 1, aperture, back, front, premult)
 
@@ -179,6 +179,23 @@ def _halve(image: torch.Tensor) -> torch.Tensor:
         image = torch.cat([image, image[:, :, -1:]], 2)
     rows = image[:, 0::2] + image[:, 1::2]
     return (rows[:, :, 0::2] + rows[:, :, 1::2]).mul_(0.25)
+
+
+def _bilinear_at(image: torch.Tensor, size: tuple[int, int], rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """[C, N] values at output pixels (rows, cols) of ``image`` [C, h, w] bilinearly resized to ``size``
+    (half-pixel centres, as ``F.interpolate(..., mode="bilinear", align_corners=False)``)."""
+    _, in_h, in_w = image.shape
+
+    def taps(index: torch.Tensor, in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        source = ((index.to(image.dtype) + 0.5) * (in_size / out_size) - 0.5).clamp_min(0.0)
+        low = source.long().clamp_max(in_size - 1)
+        return low, (low + 1).clamp_max(in_size - 1), (source - low).clamp(0.0, 1.0)
+
+    y0, y1, fy = taps(rows, in_h, size[0])
+    x0, x1, fx = taps(cols, in_w, size[1])
+    top = image[:, y0, x0] * (1.0 - fx) + image[:, y0, x1] * fx
+    bottom = image[:, y1, x0] * (1.0 - fx) + image[:, y1, x1] * fx
+    return top * (1.0 - fy) + bottom * fy
 
 
 def normalise(premult: torch.Tensor) -> torch.Tensor:
@@ -231,20 +248,3 @@ def render_linear(premult: torch.Tensor, plan: LayerPlan, aperture: Aperture) ->
     if back is None:  # nothing behind the front stack anywhere: normalise it alone
         return front[:3] / front[3:4].clamp_min(1e-6)
     return normalise(back).mul_(1.0 - front[3:4]).add_(front[:3])
-
-
-def _bilinear_at(image: torch.Tensor, size: tuple[int, int], rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """[C, N] values at output pixels (rows, cols) of ``image`` [C, h, w] bilinearly resized to ``size``
-    (half-pixel centres, as ``F.interpolate(..., mode="bilinear", align_corners=False)``)."""
-    _, in_h, in_w = image.shape
-
-    def taps(index: torch.Tensor, in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        source = ((index.to(image.dtype) + 0.5) * (in_size / out_size) - 0.5).clamp_min(0.0)
-        low = source.long().clamp_max(in_size - 1)
-        return low, (low + 1).clamp_max(in_size - 1), (source - low).clamp(0.0, 1.0)
-
-    y0, y1, fy = taps(rows, in_h, size[0])
-    x0, x1, fx = taps(cols, in_w, size[1])
-    top = image[:, y0, x0] * (1.0 - fx) + image[:, y0, x1] * fx
-    bottom = image[:, y1, x0] * (1.0 - fx) + image[:, y1, x1] * fx
-    return top * (1.0 - fy) + bottom * fy

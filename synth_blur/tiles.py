@@ -128,6 +128,8 @@ def _pair_batches(
     """(slot, row, col) index tensors of the present (layer, tile) pairs, in slot order, in batches,
     and whether the batch's slots are identity slots (a batch never mixes the two kinds)."""
     slot, row, col = presence.nonzero(as_tuple=True)
+    if slot.numel() == 0:
+        return
     kind = torch.tensor(identity, device=presence.device)[slot]
     cuts = (torch.nonzero(kind[1:] != kind[:-1]).flatten() + 1).tolist()
     for run_start, run_end in zip([0] + cuts, cuts + [slot.numel()]):
