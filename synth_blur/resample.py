@@ -14,6 +14,7 @@ import torch
 #: Output 2i reads inputs i-2 .. i+1, output 2i + 1 reads i-1 .. i+2 (cubic weights at offsets 0.75 / 0.25).
 EVEN_TAPS = (-0.03515625, 0.26171875, 0.87890625, -0.10546875)
 ODD_TAPS = (-0.10546875, 0.87890625, 0.26171875, -0.03515625)
+#: Input samples per block of one matrix product (small blocks waste few multiplications on zeros).
 BLOCK = 16
 
 
