@@ -80,8 +80,8 @@ def disc_blur_reference(rgb: np.ndarray, radius: float, fast_size: bool = False)
 
     Decode gamma, mirror-pad by the kernel's half width, rfft2, multiply by the disc's spectrum,
     irfft2, crop, encode: the renderer's I/O without its depth handling. By default the transform
-    size is the padded size and the kernel's spectrum is computed in each call (a plain
-    ``fftconvolve``); ``fast_size`` rounds the size up to a 5-smooth one and computes the spectrum
+    size is the padded size and the kernel's spectrum is computed in each call (a straightforward
+    FFT convolution); ``fast_size`` rounds the size up to a 5-smooth one and computes the spectrum
     once, outside the timed call (the fastest such blur, a stricter yardstick).
     """
     kernel = torch.as_tensor(aperture_kernel(radius), dtype=torch.float32)
