@@ -21,26 +21,27 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from .aperture import Aperture
 from .layers import LayerPlan
-from .tiles import HALO, PatchFetcher, TileGrid, blur_and_composite, kernel_spectra, presence_from_blocks, tile_presence
+from .resample import upsample2
+from .tiles import HALO, TILE, PatchFetcher, TileGrid, blur_and_composite, kernel_spectra, presence_from_blocks, tile_presence
 
 #: Coverage below which a pixel's normalised colour is blended with the push-pull fill.
 HOLE_COVERAGE = 0.05
 
 
-def _upsample2(image: Optional[torch.Tensor], height: int, width: int) -> Optional[torch.Tensor]:
-    """Bicubic 2x upsampling of a premultiplied image, cropped to ``height`` x ``width``.
+def _upsample2(stack: Optional[torch.Tensor], source: TileGrid, target: TileGrid) -> Optional[torch.Tensor]:
+    """Bicubic 2x upsampling of a premultiplied stack on ``source`` to a stack on ``target`` (padded layouts).
 
     Overshoot is removed without changing any colour: negative values become 0 and pixels whose
     alpha exceeds 1 are scaled down as a whole (premultiplied colour with them).
     """
-    if image is None:
+    if stack is None:
         return None
-    up = F.interpolate(image[None], scale_factor=2, mode="bicubic", align_corners=False)[0, :, :height, :width]
-    return up.clamp_min(0.0) / up[3:4].clamp_min(1.0)
+    image = stack[:, : source.height, : source.width]
+    up = upsample2(image, target.padded_height, target.padded_width).contiguous().clamp_min_(0.0)
+    return up.div_(up[3:4].clamp_min(1.0))
 
 
 def _slot_order(plan: LayerPlan, members: list[int]) -> list[int]:
@@ -49,41 +50,49 @@ def _slot_order(plan: LayerPlan, members: list[int]) -> list[int]:
 
 
 def _coarse_stacks(premult: torch.Tensor, plan: LayerPlan) -> dict[int, tuple[list[int], TileGrid, torch.Tensor]]:
-    """Area-averaged copies of the reduced-grid layers: per scale, its layers in slot order, its grid
-    and their copies [L, 4, H + 2 HALO, W + 2 HALO] (tile-padded, with halo).
+    """Area-summed copies of the reduced-grid layers: per scale, its layers in slot order, its grid
+    and their copies [L, 4, H + 2 HALO, (cols + 1) TILE] (the layout of ``TileGrid.with_halo``).
+    Each cell holds the sum of its s x s pixels; the 1 / s^2 of the area average is applied with
+    the blur kernel.
 
-    One index_add over all pixels: each pixel lands in its own layer's copy, in the cell it falls in.
+    One index_add over all pixels: each pixel lands in its own layer's copy, in the cell it falls
+    in; a pixel's cell index is a row term plus a column term, both looked up in small per-layer
+    tables.
     """
     _, height, width = premult.shape
     device = premult.device
     n_layers = len(plan.layers)
-    base = torch.zeros(n_layers + 1, dtype=torch.long)
-    scale_of = torch.ones(n_layers + 1, dtype=torch.long)
-    row_length = torch.zeros(n_layers + 1, dtype=torch.long)
+    rows_of = torch.arange(height)
+    cols_of = torch.arange(width)
+    row_table = torch.zeros(n_layers, height, dtype=torch.long)
+    col_table = torch.zeros(n_layers, width, dtype=torch.long)
     layout = {}
     offset = 0
     for s in sorted({layer.scale for layer in plan.layers if layer.scale > 1}):
         members = _slot_order(plan, [i for i, layer in enumerate(plan.layers) if layer.scale == s])
         grid = TileGrid(-(-height // s), -(-width // s))
-        rows, cols = grid.padded_height + 2 * HALO, grid.padded_width + 2 * HALO
+        rows, cols = grid.padded_height + 2 * HALO, (grid.cols + 1) * TILE  # the layout of TileGrid.with_halo
         layout[s] = (members, grid, offset, (len(members), rows, cols))
         for slot, i in enumerate(members):
-            base[i], scale_of[i], row_length[i] = offset + slot * rows * cols, s, cols
+            row_table[i] = offset + slot * rows * cols + (rows_of // s + HALO) * cols
+            col_table[i] = cols_of // s + HALO
         offset += len(members) * rows * cols
-    base[n_layers] = offset  # full-resolution pixels all land in one spare cell
-    coarse = (scale_of[:-1] > 1).to(device)
-    ids = torch.where(coarse[plan.ids], plan.ids, n_layers)
-    s_map = scale_of.to(device)[ids]
-    cell_row = torch.arange(height, device=device)[:, None] // s_map + HALO
-    cell_col = torch.arange(width, device=device)[None, :] // s_map + HALO
-    dest = base.to(device)[ids] + cell_row * row_length.to(device)[ids] + cell_col
-    dest = torch.where(ids == n_layers, torch.full_like(dest, offset), dest)
-    buffer = premult.new_zeros((offset + 1, 4))
-    buffer.index_add_(0, dest.reshape(-1), premult.reshape(4, -1).t())
+    for i, layer in enumerate(plan.layers):
+        if layer.scale == 1:
+            row_table[i] = offset  # full-resolution pixels all land in one spare cell
+    index = plan.ids * height
+    index += rows_of.to(device)[:, None]
+    dest = row_table.to(device).view(-1)[index]
+    torch.mul(plan.ids, width, out=index)
+    index += cols_of.to(device)[None, :]
+    dest += col_table.to(device).view(-1)[index]
+    dest = dest.view(-1)
+    # Channel rows of offset + TILE cells: every copy starts on a multiple of TILE (TileGrid.patch_fetcher).
+    buffer = premult.new_zeros((4, offset + TILE))
+    buffer.index_add_(1, dest, premult.reshape(4, -1))
     stacks = {}
     for s, (members, grid, start, (count, rows_s, cols_s)) in layout.items():
-        block = buffer[start : start + count * rows_s * cols_s].view(count, rows_s, cols_s, 4)
-        stack = (block / float(s * s)).permute(0, 3, 1, 2).contiguous()
+        stack = buffer[:, start : start + count * rows_s * cols_s].view(4, count, rows_s, cols_s).transpose(0, 1)
         # Cells cut by the frame hold fewer pixels: scale them to full cells, then mirror the frame.
         stack[:, :, HALO + grid.height - 1] *= s / (height - s * (grid.height - 1))
         stack[:, :, :, HALO + grid.width - 1] *= s / (width - s * (grid.width - 1))
@@ -98,17 +107,20 @@ def _composite_grid(
     """Blur one grid's layers (``members`` in slot order) and composite them into the back and front stacks.
 
     Back layers and the in-focus layer go over the back stack, front layers under the front stack.
+    Stacks come and go as images of ``grid``'s padded size, None while empty. Patches on a grid
+    reduced by ``scale`` hold sums of scale^2 pixels, hence the kernels' 1 / scale^2.
     """
     layers = [plan.layers[i] for i in members]
-    back_tiles, front_tiles = grid.to_tiles(back, like), grid.to_tiles(front, like)
+    if back is None and any(layer.side <= 0 for layer in layers):
+        back = like.new_zeros((4, grid.padded_height, grid.padded_width))
+    if front is None and any(layer.side > 0 for layer in layers):
+        front = like.new_zeros((4, grid.padded_height, grid.padded_width))
     blur_and_composite(
-        back_tiles, front_tiles, grid, presence, fetch,
-        kernel_spectra([layer.radius / scale for layer in layers], aperture, like),
+        back, front, grid, presence, fetch,
+        kernel_spectra([layer.radius / scale for layer in layers], aperture, like) / float(scale * scale),
         [layer.side > 0 for layer in layers], [layer.side == 0 for layer in layers],
     )
-    used_back = back is not None or any(layer.side <= 0 for layer in layers)
-    used_front = front is not None or any(layer.side > 0 for layer in layers)
-    return (grid.from_tiles(back_tiles) if used_back else None, grid.from_tiles(front_tiles) if used_front else None)
+    return back, front
 
 
 def _coarse_scale(
@@ -116,10 +128,8 @@ def _coarse_scale(
     back: Optional[torch.Tensor], front: Optional[torch.Tensor],
 ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Blur one reduced grid's layer copies into the back and front stacks of that grid."""
-    patches = grid.patches(stack).permute(0, 2, 3, 1, 4, 5)  # [L, rows, cols, 4, P, P]
     return _composite_grid(
-        plan, members, grid, tile_presence(stack[:, 3]), lambda slot, row, col: patches[slot, row, col],
-        scale, aperture, back, front, stack,
+        plan, members, grid, tile_presence(stack[:, 3]), grid.patch_fetcher(stack), scale, aperture, back, front, stack,
     )
 
 
@@ -141,55 +151,100 @@ def _full_resolution(
     block_rows, block_cols = ids.shape[0] // HALO, ids.shape[1] // HALO
     block = (torch.arange(ids.shape[0], device=device)[:, None] // HALO) * block_cols + (
         torch.arange(ids.shape[1], device=device)[None, :] // HALO)
-    key = slot_of.to(device)[ids.long() + 1] * (block_rows * block_cols) + block
+    key = ids.long()
+    key += 1
+    key = slot_of.to(device)[key]
+    key *= block_rows * block_cols
+    key += block
     counts = torch.bincount(key.reshape(-1), minlength=(n + 1) * block_rows * block_cols)
     presence = presence_from_blocks(counts[: n * block_rows * block_cols].view(n, block_rows, block_cols) > 0)
 
-    patches = grid.patches(grid.mirror_halo(grid.with_halo(premult))).permute(1, 2, 0, 3, 4)  # [rows, cols, 4, P, P]
-    id_patches = grid.patches(ids)
+    patches = grid.patch_fetcher(grid.mirror_halo(grid.with_halo(premult))[None])
+    id_patches = grid.patch_fetcher(ids[None, None])
     layer_of_slot = torch.tensor(members, dtype=torch.int16, device=device)
 
     def fetch(slot: torch.Tensor, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
-        mine = id_patches[row, col] == layer_of_slot[slot][:, None, None]
-        return patches[row, col] * mine[:, None]
+        single = torch.zeros_like(slot)  # both arrays hold one slot
+        mine = id_patches(single, row, col) == layer_of_slot[slot][:, None, None, None]
+        return patches(single, row, col).mul_(mine)
 
     return _composite_grid(plan, members, grid, presence, fetch, 1, aperture, back, front, premult)
 
 
+def _halve(image: torch.Tensor) -> torch.Tensor:
+    """[C, ceil(h / 2), ceil(w / 2)]: the mean of each 2 x 2 block's in-frame pixels of ``image`` [C, h, w]."""
+    if image.shape[1] % 2:
+        image = torch.cat([image, image[:, -1:]], 1)
+    if image.shape[2] % 2:
+        image = torch.cat([image, image[:, :, -1:]], 2)
+    rows = image[:, 0::2] + image[:, 1::2]
+    return (rows[:, :, 0::2] + rows[:, :, 1::2]).mul_(0.25)
+
+
+def _bilinear_at(image: torch.Tensor, size: tuple[int, int], rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """[C, N] values at output pixels (rows, cols) of ``image`` [C, h, w] bilinearly resized to ``size``
+    (half-pixel centres, as ``F.interpolate(..., mode="bilinear", align_corners=False)``)."""
+    _, in_h, in_w = image.shape
+
+    def taps(index: torch.Tensor, in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        source = ((index.to(image.dtype) + 0.5) * (in_size / out_size) - 0.5).clamp_min(0.0)
+        low = source.long().clamp_max(in_size - 1)
+        return low, (low + 1).clamp_max(in_size - 1), (source - low).clamp(0.0, 1.0)
+
+    y0, y1, fy = taps(rows, in_h, size[0])
+    x0, x1, fx = taps(cols, in_w, size[1])
+    top = image[:, y0, x0] * (1.0 - fx) + image[:, y0, x1] * fx
+    bottom = image[:, y1, x0] * (1.0 - fx) + image[:, y1, x1] * fx
+    return top * (1.0 - fy) + bottom * fy
+
+
 def normalise(premult: torch.Tensor) -> torch.Tensor:
-    """Colour [3, H, W] of a premultiplied image: C / alpha, holes (alpha ~ 0) filled by push-pull."""
+    """Colour [3, H, W] of a premultiplied image: C / alpha, holes (alpha ~ 0) filled by push-pull.
+
+    Each pyramid level's colour is (C + w up) / (alpha + w), with w = 1 - alpha / HOLE_COVERAGE
+    clipped to [0, 1] and ``up`` the coarser level's colour resized; w is 0 outside the holes, so a
+    level is C / alpha with ``up`` computed at its holes only.
+    """
     colour, alpha = premult[:3], premult[3:4]
     if float(alpha.min()) >= HOLE_COVERAGE:
         return colour / alpha
     levels = [premult]
     while min(levels[-1].shape[-2:]) > 1:
-        levels.append(F.avg_pool2d(levels[-1][None], 2, ceil_mode=True)[0])
+        levels.append(_halve(levels[-1]))
     top = levels[-1]
     fill = torch.where(top[3:4] > 0, top[:3] / top[3:4].clamp_min(1e-12), torch.zeros_like(top[:3]))
     for level in reversed(levels[:-1]):
-        up = F.interpolate(fill[None], size=level.shape[-2:], mode="bilinear", align_corners=False)[0]
-        weight = (1.0 - level[3:4] / HOLE_COVERAGE).clamp(0.0, 1.0)
-        fill = (level[:3] + weight * up) / (level[3:4] + weight)
+        colour, alpha = level[:3], level[3]
+        rows, cols = torch.nonzero(alpha < HOLE_COVERAGE, as_tuple=True)
+        up = _bilinear_at(fill, tuple(alpha.shape), rows, cols)
+        hole_alpha = alpha[rows, cols]
+        weight = 1.0 - hole_alpha / HOLE_COVERAGE
+        fill = colour / alpha
+        fill[:, rows, cols] = (colour[:, rows, cols] + weight * up) / (hole_alpha + weight)
     return fill
 
 
-def render_linear(linear: torch.Tensor, plan: LayerPlan, aperture: Aperture) -> torch.Tensor:
-    """Defocus a linear-light image [3, H, W] sliced by ``plan``; returns linear light [3, H, W]."""
-    _, height, width = linear.shape
-    premult = torch.cat([linear, linear.new_ones((1, height, width))])
+def render_linear(premult: torch.Tensor, plan: LayerPlan, aperture: Aperture) -> torch.Tensor:
+    """Defocus an opaque linear-light image [4, H, W] (colour, alpha = 1; contiguous) sliced by ``plan``;
+    returns linear light [3, H, W]."""
+    _, height, width = premult.shape
     back = front = None
     stacks = _coarse_stacks(premult, plan)
     scale = max(stacks, default=1)
+    grid = TileGrid(-(-height // scale), -(-width // scale))
     while scale > 1:
-        back = _upsample2(back, -(-height // scale), -(-width // scale))
-        front = _upsample2(front, -(-height // scale), -(-width // scale))
         if scale in stacks:
             back, front = _coarse_scale(plan, scale, *stacks[scale], aperture, back, front)
         scale //= 2
-    back, front = _upsample2(back, height, width), _upsample2(front, height, width)
+        finer = TileGrid(-(-height // scale), -(-width // scale))
+        back, front = _upsample2(back, grid, finer), _upsample2(front, grid, finer)
+        grid = finer
     back, front = _full_resolution(premult, plan, aperture, back, front)
+    if back is not None:
+        back = back[:, :height, :width]
     if front is None:
         return normalise(back)
+    front = front[:, :height, :width]
     if back is None:  # nothing behind the front stack anywhere: normalise it alone
         return front[:3] / front[3:4].clamp_min(1e-6)
-    return front[:3] + (1.0 - front[3:4]) * normalise(back)
+    return normalise(back).mul_(1.0 - front[3:4]).add_(front[:3])

@@ -69,13 +69,14 @@ def working_scale(radius: float) -> int:
 def plan_layers(signed_radius: torch.Tensor) -> LayerPlan:
     """Slice a signed radius map (HxW, > 0 = in front of the focal plane) into non-empty layers."""
     flat = signed_radius.reshape(-1)
-    max_radius = float(flat.abs().max()) if flat.numel() else 0.0
+    magnitude = flat.abs()
+    max_radius = float(magnitude.max()) if flat.numel() else 0.0
     edges = radius_edges(max_radius)
     signed_edges = torch.as_tensor(np.concatenate([-edges[::-1], edges]), dtype=flat.dtype, device=flat.device)
     bins = torch.bucketize(flat, signed_edges)  # bin len(edges) holds |r| <= FOCUS_RADIUS
     n_bins = 2 * len(edges) + 1
     counts = torch.bincount(bins, minlength=n_bins)
-    sums = torch.bincount(bins, weights=flat.abs().to(torch.float64), minlength=n_bins)
+    sums = torch.bincount(bins, weights=magnitude.to(torch.float64), minlength=n_bins)
     counts_np, sums_np = counts.cpu().numpy(), sums.cpu().numpy()
     focus_bin = len(edges)
     layers: list[Layer] = []

@@ -59,7 +59,7 @@ def _check_image(image: torch.Tensor) -> None:
         return
     if not image.dtype.is_floating_point:
         raise ValueError(f"image must be uint8 or float in [0, 1], got dtype {image.dtype}")
-    low, high = float(image.min()), float(image.max())
+    low, high = (float(v) for v in torch.aminmax(image))
     if not (math.isfinite(low) and math.isfinite(high)) or low < -1e-6 or high > 1 + 1e-6:
         raise ValueError(f"float image values must lie in [0, 1], got range [{low:.4g}, {high:.4g}]")
 
@@ -69,16 +69,16 @@ def _check_disparity(disparity: torch.Tensor, shape: tuple[int, int]) -> None:
         raise ValueError(f"disparity shape {tuple(disparity.shape)} does not match the image's {shape}")
     if not disparity.dtype.is_floating_point:
         raise ValueError(f"disparity must be a float map in [0, 1], got dtype {disparity.dtype}")
-    low, high = float(disparity.min()), float(disparity.max())
+    low, high = (float(v) for v in torch.aminmax(disparity))
     if not (math.isfinite(low) and math.isfinite(high)) or low < -1e-6 or high > 1 + 1e-6:
         raise ValueError(f"disparity must be finite and in [0, 1] (larger = nearer), got range [{low:.4g}, {high:.4g}]")
 
 
-def _boost_highlights(linear: torch.Tensor, encoded: torch.Tensor, radius: torch.Tensor, boost: float) -> torch.Tensor:
-    """Multiply bright out-of-focus pixels by up to ``1 + boost`` in linear light (clipped highlights)."""
+def _boost_highlights(linear: torch.Tensor, encoded: torch.Tensor, radius: torch.Tensor, boost: float) -> None:
+    """Multiply bright out-of-focus pixels by up to ``1 + boost`` in linear light (clipped highlights), in place."""
     brightness = ((encoded.amax(0) - HIGHLIGHT_THRESHOLD) / (1.0 - HIGHLIGHT_THRESHOLD)).clamp(0.0, 1.0) ** 2
     defocus = ((radius.abs() - FOCUS_RADIUS) / HIGHLIGHT_FULL_RADIUS).clamp(0.0, 1.0)
-    return linear * (1.0 + boost * brightness * defocus)
+    linear.mul_(1.0 + boost * brightness * defocus)
 
 
 def render(
@@ -113,21 +113,28 @@ def render(
         return image.clone() if isinstance(image, torch.Tensor) else image.copy()
 
     work = resolve_device(device)
+    channels = source.to(work).permute(2, 0, 1)
+    premult = torch.empty((4, height, width), dtype=torch.float32, device=work)  # linear colour, alpha 1
+    premult[3].fill_(1.0)
+    linear = premult[:3]
     if source.dtype == torch.uint8:
-        encoded = source.to(work).permute(2, 0, 1).float() / 255.0
+        encoded = None
+        # Decoding through a 256-entry table: one lookup per pixel instead of a power.
+        table = (torch.arange(256, dtype=torch.float32, device=work) / 255.0) ** gamma
+        torch.index_select(table, 0, channels.reshape(-1).int(), out=linear.view(-1))
     else:
-        encoded = source.to(work, torch.float32).permute(2, 0, 1).clamp(0.0, 1.0)
-    linear = encoded**gamma
-    radius = level * (disp.to(work, torch.float32).clamp(0.0, 1.0) - focus) * blur_radius_scale(height, width)
+        encoded = channels.to(torch.float32).clamp(0.0, 1.0)
+        torch.pow(encoded, gamma, out=linear)
+    radius = disp.to(work, torch.float32).clamp(0.0, 1.0).sub_(focus).mul_(level).mul_(blur_radius_scale(height, width))
     if boost > 0:
-        linear = _boost_highlights(linear, encoded, radius, boost)
+        _boost_highlights(linear, channels.float() / 255.0 if encoded is None else encoded, radius, boost)
     plan = plan_layers(radius)
-    out = render_linear(linear, plan, aperture).clamp(0.0, 1.0) ** (1.0 / gamma)
-    out = out.permute(1, 2, 0).contiguous()
+    out = render_linear(premult, plan, aperture).clamp_(0.0, 1.0).pow_(1.0 / gamma)
     if source.dtype == torch.uint8:
-        out = (out * 255.0).round().to(torch.uint8)
+        out = out.mul_(255.0).round_().permute(1, 2, 0).to(torch.uint8)
     else:
-        out = out.to(source.dtype)
+        out = out.permute(1, 2, 0).to(source.dtype)
+    out = out.contiguous()
     if isinstance(image, torch.Tensor):
         return out.to(image.device)
     return out.cpu().numpy()

@@ -4,7 +4,11 @@ An image (full resolution or a reduced grid) is cut into TILE x TILE tiles; a ti
 HALO-pixel border, enough for any kernel used (radius < FULL_RES_LIMIT on every grid). A patch's
 circular FFT convolution is exact on the tile itself, so the work grows with the number of
 (layer, tile) pairs, not with layers x image size, and not with the blur radius.
-Accumulators are kept in tile layout [tiles, 4, TILE, TILE] while layers are composited into them.
+
+Patches and tiles are gathered and written back as runs of whole pixel rows with
+``index_select`` / ``index_copy_``: an array made by ``with_halo`` is (cols + 1) x TILE wide, so
+every patch row starts at a multiple of TILE in memory and the array reads as one overlapping
+[runs, PATCH] matrix; a stack [4, padded_height, padded_width] reads as [runs, TILE].
 """
 from __future__ import annotations
 
@@ -21,8 +25,8 @@ TILE = 32
 HALO = kernel_half_width(FULL_RES_LIMIT)
 PATCH = TILE + 2 * HALO
 assert TILE % HALO == 0, "tile presence is pooled over HALO x HALO blocks"
-#: (layer, tile) pairs blurred per FFT batch (about 15 MB of patches and spectra: stays in cache).
-PAIRS_PER_BATCH = 256
+#: (layer, tile) pairs blurred per FFT batch (a few MB of patches and spectra: stays in cache).
+PAIRS_PER_BATCH = 64
 
 #: Fetches the patches [N, 4, PATCH, PATCH] of pairs given (slot, tile row, tile col).
 PatchFetcher = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -37,10 +41,16 @@ class TileGrid:
         self.padded_height, self.padded_width = self.rows * TILE, self.cols * TILE
 
     def with_halo(self, image: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
-        """``image`` [..., height, width] placed in a ``fill`` array covering the padded grid plus a HALO border."""
-        shape = (*image.shape[:-2], self.padded_height + 2 * HALO, self.padded_width + 2 * HALO)
-        out = torch.full(shape, fill, dtype=image.dtype, device=image.device)
-        out[..., HALO : HALO + self.height, HALO : HALO + self.width] = image
+        """``image`` [..., height, width] placed in a ``fill`` array covering the padded grid plus a HALO
+        border, (cols + 1) x TILE wide (the spare width lines patch rows up on TILE; see ``patch_fetcher``)."""
+        shape = (*image.shape[:-2], self.padded_height + 2 * HALO, (self.cols + 1) * TILE)
+        out = image.new_empty(shape)
+        bottom, right = HALO + self.height, HALO + self.width
+        out[..., :HALO, :].fill_(fill)
+        out[..., bottom:, :].fill_(fill)
+        out[..., HALO:bottom, :HALO].fill_(fill)
+        out[..., HALO:bottom, right:].fill_(fill)
+        out[..., HALO:bottom, HALO:right] = image
         return out
 
     def mirror_halo(self, padded: torch.Tensor) -> torch.Tensor:
@@ -58,21 +68,30 @@ class TileGrid:
             padded.index_copy_(padded.ndim + axis, targets, band)
         return padded
 
-    def patches(self, padded: torch.Tensor) -> torch.Tensor:
-        """Overlapping patch view [..., rows, cols, PATCH, PATCH] of an array made by ``with_halo``."""
-        return padded.unfold(-2, PATCH, TILE).unfold(-2, PATCH, TILE)
+    def patch_fetcher(self, source: torch.Tensor) -> "PatchFetcher":
+        """Gathers patches [N, C, PATCH, PATCH] of (slot, tile row, tile col) from ``source``
+        [slots, C, H + 2 HALO, (cols + 1) TILE], arrays made by ``with_halo`` whose slot and channel
+        strides are multiples of TILE (any order in memory)."""
+        slot_stride, channel_stride, row_stride = (stride // TILE for stride in source.stride()[:3])
+        if any(stride % TILE for stride in source.stride()[:3]) or source.stride(3) != 1:
+            raise ValueError("patch rows must start on multiples of TILE values")
+        stored = source.untyped_storage().nbytes() // source.element_size() - source.storage_offset()
+        runs = source.as_strided(((stored - PATCH) // TILE + 1, PATCH), (TILE, 1))
+        offsets = (torch.arange(source.shape[1], device=source.device)[:, None] * channel_stride
+                   + torch.arange(PATCH, device=source.device) * row_stride).reshape(-1)
 
-    def to_tiles(self, image: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-        """[tiles, 4, TILE, TILE] copy of a premultiplied image [4, height, width] (zeros when None)."""
-        padded = like.new_zeros((4, self.padded_height, self.padded_width))
-        if image is not None:
-            padded[:, : self.height, : self.width] = image
-        return padded.view(4, self.rows, TILE, self.cols, TILE).permute(1, 3, 0, 2, 4).reshape(-1, 4, TILE, TILE)
+        def fetch(slot: torch.Tensor, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+            first = slot * slot_stride + row * TILE * row_stride + col
+            index = (first[:, None] + offsets).reshape(-1)
+            return runs.index_select(0, index).view(-1, source.shape[1], PATCH, PATCH)
 
-    def from_tiles(self, tiles: torch.Tensor) -> torch.Tensor:
-        """The image [4, height, width] of a tile-layout array."""
-        image = tiles.view(self.rows, self.cols, 4, TILE, TILE).permute(2, 0, 3, 1, 4)
-        return image.reshape(4, self.padded_height, self.padded_width)[:, : self.height, : self.width]
+        return fetch
+
+    def tile_runs(self, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+        """Indices of the rows of tiles (row, col), channel by channel, in a stack seen as [runs, TILE]."""
+        offsets = torch.arange(4 * TILE, device=row.device)  # (channel, pixel row) as one index
+        offsets = (offsets // TILE * self.padded_height + offsets % TILE) * self.cols
+        return ((row * TILE * self.cols + col)[:, None] + offsets).reshape(-1)
 
 
 def tile_presence(coverage: torch.Tensor) -> torch.Tensor:
@@ -103,30 +122,35 @@ def kernel_spectra(radii: list[float], aperture: Aperture, like: torch.Tensor) -
     return torch.stack(spectra)
 
 
-def _pair_batches(presence: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(slot, row, col) index tensors of the present (layer, tile) pairs, in slot order, in batches."""
+def _pair_batches(
+    presence: torch.Tensor, identity: list[bool],
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]]:
+    """(slot, row, col) index tensors of the present (layer, tile) pairs, in slot order, in batches,
+    and whether the batch's slots are identity slots (a batch never mixes the two kinds)."""
     slot, row, col = presence.nonzero(as_tuple=True)
-    for start in range(0, slot.numel(), PAIRS_PER_BATCH):
-        end = start + PAIRS_PER_BATCH
-        yield slot[start:end], row[start:end], col[start:end]
+    if slot.numel() == 0:
+        return
+    kind = torch.tensor(identity, device=presence.device)[slot]
+    cuts = (torch.nonzero(kind[1:] != kind[:-1]).flatten() + 1).tolist()
+    for run_start, run_end in zip([0] + cuts, cuts + [slot.numel()]):
+        sharp = bool(kind[run_start])
+        for start in range(run_start, run_end, PAIRS_PER_BATCH):
+            end = min(start + PAIRS_PER_BATCH, run_end)
+            yield slot[start:end], row[start:end], col[start:end], sharp
 
 
 def _blur(patches: torch.Tensor, spectra: torch.Tensor) -> torch.Tensor:
-    """Tiles [N, 4, TILE, TILE] of patches blurred with per-patch spectra; round-off clipped.
-
-    The 2-D transforms run one axis at a time so that the inverse's last pass only computes the
-    tile's rows (about twice as fast as rfft2 / irfft2 here).
-    """
-    spectrum = torch.fft.fft(torch.fft.rfft(patches, dim=-1), dim=-2) * spectra[:, None]
-    rows = torch.fft.ifft(spectrum, dim=-2)[:, :, HALO : HALO + TILE]
-    core = torch.fft.irfft(rows, n=PATCH, dim=-1)[..., HALO : HALO + TILE].clamp_min(0.0)
+    """Tiles [N, 4, TILE, TILE] of patches blurred with per-patch spectra; round-off clipped."""
+    spectrum = torch.fft.rfft2(patches)
+    spectrum *= spectra[:, None]
+    core = torch.fft.irfft2(spectrum, s=(PATCH, PATCH))[..., HALO : HALO + TILE, HALO : HALO + TILE].clamp_min(0.0)
     core[:, 3].clamp_(max=1.0)
     return core
 
 
 def blur_and_composite(
-    back: torch.Tensor,
-    front: torch.Tensor,
+    back: Optional[torch.Tensor],
+    front: Optional[torch.Tensor],
     grid: TileGrid,
     presence: torch.Tensor,
     fetch: PatchFetcher,
@@ -136,29 +160,26 @@ def blur_and_composite(
 ) -> None:
     """Blur every present (slot, tile) pair and composite it into a stack, slot after slot.
 
-    ``back`` and ``front`` are tile-layout premultiplied stacks on ``grid``. A slot with
-    ``in_front[i]`` False goes over ``back`` (slots come far to near), True under ``front`` (near
-    to far). ``identity[i]`` marks the in-focus slot, copied without blur.
+    ``back`` and ``front`` are premultiplied stacks [4, padded_height, padded_width] on ``grid``,
+    None where no slot goes to them. A slot with ``in_front[i]`` False goes over ``back`` (slots
+    come far to near), True under ``front`` (near to far). ``identity[i]`` marks the in-focus slot,
+    copied without blur.
     """
-    slot_identity = torch.tensor(identity, device=presence.device)
-    for slot, row, col in _pair_batches(presence):
+    back_runs = None if back is None else back.view(-1, TILE)
+    front_runs = None if front is None else front.view(-1, TILE)
+    for slot, row, col, sharp in _pair_batches(presence, identity):
         patches = fetch(slot, row, col)
-        sharp = slot_identity[slot]
-        if bool(sharp.any()):
-            tiles = patches[:, :, HALO : HALO + TILE, HALO : HALO + TILE].clone()
-            blurry = (~sharp).nonzero().flatten()
-            if blurry.numel():
-                tiles[blurry] = _blur(patches[blurry], spectra[slot[blurry]])
+        if sharp:
+            tiles = patches[:, :, HALO : HALO + TILE, HALO : HALO + TILE]
         else:
             tiles = _blur(patches, spectra[slot])
-        tile_index = row * grid.cols + col
         bounds = torch.nonzero(torch.diff(slot, prepend=slot.new_tensor([-1]))).flatten().tolist() + [slot.numel()]
         for start, end in zip(bounds[:-1], bounds[1:]):
-            i = int(slot[start])
-            index, layer = tile_index[start:end], tiles[start:end]
-            if in_front[i]:
-                current = front.index_select(0, index)
-                front.index_copy_(0, index, current + (1.0 - current[:, 3:4]) * layer)
+            index = grid.tile_runs(row[start:end], col[start:end])
+            layer = tiles[start:end]
+            if in_front[int(slot[start])]:
+                current = front_runs.index_select(0, index).view_as(layer)
+                front_runs.index_copy_(0, index, torch.addcmul(current, 1.0 - current[:, 3:4], layer).view(-1, TILE))
             else:
-                current = back.index_select(0, index)
-                back.index_copy_(0, index, layer + (1.0 - layer[:, 3:4]) * current)
+                current = back_runs.index_select(0, index).view_as(layer)
+                back_runs.index_copy_(0, index, current.mul_(1.0 - layer[:, 3:4]).add_(layer).view(-1, TILE))
