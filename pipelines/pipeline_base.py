@@ -97,7 +97,7 @@ class BokehPipeline(ABC):
     def predict(self, latents: torch.Tensor, t: torch.Tensor, text: dict[str, Any], levels: list[float],
                 pivot_ids: Optional[list[int]], guidance_scale: float, true_cfg: float,
                 bokeh_guidance: Optional[float]) -> torch.Tensor:
-        """The (guided, see ``trainer.guidance.guided``) model output for the batch at timestep ``t``."""
+        """The (guided, see ``bokeh_models.guidance.guided``) model output for the batch at timestep ``t``."""
 
     def step(self, prediction: torch.Tensor, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """One scheduler step (every backbone keeps its diffusers scheduler in ``self.scheduler``)."""
@@ -154,7 +154,7 @@ class BokehPipeline(ABC):
         and copy it to all (one trajectory, also with a scheduler that adds noise at each step).
 
         ``bokeh_guidance`` guides K on its own (one more model pass per step, see
-        ``trainer.guidance.guided``). None: K is guided with the prompt, by the classifier-free scale when
+        ``bokeh_models.guidance.guided``). None: K is guided with the prompt, by the classifier-free scale when
         a negative pass runs, else not at all; that same value as ``bokeh_guidance`` changes nothing,
         larger values strengthen the blur K asks for. The no-K rows are grounded on their own pivot.
         """

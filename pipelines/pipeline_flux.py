@@ -2,7 +2,7 @@
 code step for step: one CPU noise draw from the seed shared by all rows, sigmas ``linspace(1, 1/N, N)``
 with the resolution-dependent shift ``mu``, distilled guidance embedded in the transformer, and optional
 true classifier-free guidance against a negative prompt with no K (guidance 1, not grounded). Our
-addition: ``bokeh_guidance`` (a pass with the prompt and no K, see ``trainer.guidance.guided``)."""
+addition: ``bokeh_guidance`` (a pass with the prompt and no K, see ``bokeh_models.guidance.guided``)."""
 from __future__ import annotations
 
 from typing import Any
@@ -13,7 +13,7 @@ from PIL import Image
 
 from pipelines.pipeline_base import BokehPipeline
 from trainer.backbones import FluxBackbone
-from trainer.guidance import guided
+from bokeh_models.guidance import guided
 
 #: The released code's defaults (inference_flux.py).
 RELEASED_SEED = 65578
@@ -43,7 +43,7 @@ class BokehFluxPipeline(BokehPipeline):
     def _load(cls, base: str, adapter: str, device: torch.device, dtype: torch.dtype) -> "BokehFluxPipeline":
         """A FLUX.1 folder or hub id and a ``BokehFluxAdapter`` folder or id (e.g. ``atfortes/BokehDiffusion``),
         in one dtype (the released code runs both in bfloat16)."""
-        from trainer.flux_adapter import BokehFluxAdapter
+        from bokeh_models.flux_adapter import BokehFluxAdapter
 
         flux = FluxBackbone.load(base, dtype).pipe.to(device)
         loaded = BokehFluxAdapter.from_pretrained(adapter, flux.transformer, device=device, dtype=dtype)

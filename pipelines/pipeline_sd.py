@@ -9,7 +9,7 @@ from PIL import Image
 
 from pipelines.pipeline_base import BokehPipeline
 from trainer.backbones import UNetBackbone
-from trainer.guidance import guided
+from bokeh_models.guidance import guided
 
 #: Guidance for pixel-space (tiny) models, trained with low guidance; latent models use diffusers' 7.5.
 PIXEL_GUIDANCE = 2.0
@@ -45,7 +45,7 @@ class BokehStableDiffusionPipeline(BokehPipeline):
     def _load(cls, base: str, adapter: str, device: torch.device, dtype: torch.dtype) -> "BokehStableDiffusionPipeline":
         """A Stable Diffusion folder or hub id (a folder without vae/ is a pixel-space model) and a
         ``BokehUNetAdapter`` folder or id."""
-        from trainer.unet_adapter import BokehUNetAdapter
+        from bokeh_models.unet_adapter import BokehUNetAdapter
 
         backbone = UNetBackbone.load(base, dtype)
         for module in backbone.modules().values():

@@ -11,8 +11,8 @@ from safetensors.torch import load_file, save_file
 
 from estimators.model_loading import ModelUnavailableError
 from tiny_diffusion import TINY_ADAPTER as TINY, TINY_FLUX_CONFIG, flux_batch, meta_flux, randomize, single_thread, tiny_flux
-from trainer import BokehFluxAdapter
-from trainer.attention_processors import BokehFluxAttnProcessor
+from bokeh_models import BokehFluxAdapter
+from bokeh_models.attention_processors import BokehFluxAttnProcessor
 
 HEADS, HEAD_DIM = TINY_FLUX_CONFIG["num_attention_heads"], TINY_FLUX_CONFIG["attention_head_dim"]
 

@@ -10,8 +10,8 @@ from diffusers.models.attention_processor import Attention
 
 from estimators.model_loading import ModelUnavailableError
 from tiny_diffusion import TINY_ADAPTER as TINY, meta_unet, randomize, single_thread, tiny_unet, unet_batch
-from trainer import BokehUNetAdapter
-from trainer.attention_processors import BokehCrossAttnProcessor, GroundedSelfAttnProcessor, UNetAttnProcessor
+from bokeh_models import BokehUNetAdapter
+from bokeh_models.attention_processors import BokehCrossAttnProcessor, GroundedSelfAttnProcessor, UNetAttnProcessor
 
 
 

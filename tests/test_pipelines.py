@@ -28,7 +28,7 @@ def _one_thread():
 def sd_dir(tmp_path_factory):
     from diffusers import UNet2DConditionModel
 
-    from trainer.unet_adapter import BokehUNetAdapter
+    from bokeh_models.unet_adapter import BokehUNetAdapter
 
     root = tmp_path_factory.mktemp("sd")
     build_tiny_sd(root / "base")
@@ -42,7 +42,7 @@ def sd_dir(tmp_path_factory):
 def flux_dir(tmp_path_factory):
     from diffusers import FluxTransformer2DModel
 
-    from trainer.flux_adapter import BokehFluxAdapter
+    from bokeh_models.flux_adapter import BokehFluxAdapter
 
     root = tmp_path_factory.mktemp("flux")
     build_tiny_flux(root / "base")
@@ -263,7 +263,7 @@ def test_shared_steps_denoise_one_row(root_name, request):
 
 
 def test_guided_formula_by_hand():
-    from trainer.guidance import guided
+    from bokeh_models.guidance import guided
 
     positive, no_bokeh, negative = torch.tensor([3.0]), torch.tensor([2.0]), torch.tensor([1.0])
     assert guided(positive, negative, 2.0).item() == 1 + 2 * (3 - 1)  # classic CFG
@@ -315,8 +315,8 @@ def test_unet_guidance_chunks_rows_and_pivots(sd_dir):
 @pytest.mark.parametrize("patch_size", [1, 2])
 def test_tiny_pixel_model_counts_sizes_and_seeds(tmp_path, patch_size):
     from pipelines.pipeline_sd import PIXEL_GUIDANCE, BokehStableDiffusionPipeline
-    from trainer.tiny_model import build_tiny_model
-    from trainer.unet_adapter import BokehUNetAdapter
+    from bokeh_models.tiny_model import build_tiny_model
+    from bokeh_models.unet_adapter import BokehUNetAdapter
     from diffusers import UNet2DConditionModel
 
     build_tiny_model(tmp_path / "base", [PROMPT], resolution=32, block_out_channels=[16, 32], attention_levels=1,

@@ -10,7 +10,7 @@ from PIL import Image
 from dataset_tools.build_stats import BuildStats
 from dataset_tools.report import collect_groups, write_report
 from dataset_tools.schema import OUTPUT_SCHEMA
-from pipelines.cli import main
+from bokeh_cli import main
 
 
 def jpeg(color):

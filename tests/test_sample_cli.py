@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from pipelines.cli import main
+from bokeh_cli import main
 from pipelines.loading import checkpoint_paths
 from tests.tiny_diffusion import single_thread
 from tests.tiny_pipelines import randomise
@@ -17,8 +17,8 @@ def run_dir(tmp_path_factory):
     """A run folder with two checkpoints, each holding model/ (the tiny base) and adapter/."""
     from diffusers import UNet2DConditionModel
 
-    from trainer.tiny_model import build_tiny_model
-    from trainer.unet_adapter import BokehUNetAdapter
+    from bokeh_models.tiny_model import build_tiny_model
+    from bokeh_models.unet_adapter import BokehUNetAdapter
 
     run = tmp_path_factory.mktemp("run")
     for step in (1, 2):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from estimators.model_loading import ModelUnavailableError, load_pretrained
-from trainer.guidance import guided
+from bokeh_models.guidance import guided
 from trainer.objectives import flux_loss, latent_image_ids, pack_latents, shifted_sigmas, unet_loss
 
 AVOID = "a local path in model.base_model (configs/tiny.yaml trains a tiny model offline)"
@@ -93,7 +93,7 @@ class UNetBackbone:
         return parts
 
     def make_adapter(self, kwargs: dict) -> nn.Module:
-        from trainer.unet_adapter import BokehUNetAdapter
+        from bokeh_models.unet_adapter import BokehUNetAdapter
 
         return BokehUNetAdapter(self.unet, **kwargs)
 
@@ -183,7 +183,7 @@ class FluxBackbone:
                 "text_encoder_2": self.pipe.text_encoder_2, "vae": self.vae}
 
     def make_adapter(self, kwargs: dict) -> nn.Module:
-        from trainer.flux_adapter import BokehFluxAdapter
+        from bokeh_models.flux_adapter import BokehFluxAdapter
 
         return BokehFluxAdapter(self.transformer, **kwargs)
 

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import torch
 
-from trainer.attention_processors import pivot_index
+from bokeh_models.attention_processors import pivot_index
 
 
 def ddpm_timesteps(u: torch.Tensor, num_train_timesteps: int) -> torch.Tensor:

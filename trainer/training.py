@@ -76,7 +76,7 @@ def build_backbone(config: TrainConfig, output_dir: Path, rows: Any) -> tuple[An
     """The backbone and its local folder (tiny: built from scratch in OUTPUT/base on the first run)."""
     model = config.model
     if model.family == "tiny":
-        from trainer.tiny_model import build_tiny_model
+        from bokeh_models.tiny_model import build_tiny_model
 
         base = output_dir / "base"
         if not (base / "unet").is_dir():

@@ -2,7 +2,7 @@
 
 Every processor accepts the per-call keyword arguments ``bokeh_embeds`` (``[B, tokens, C]`` bokeh
 tokens), ``pivot_index`` (``[B]`` long tensor: the row whose queries each row uses, or None) and
-``prepared`` (:class:`trainer.prepared.PreparedAdapter`: tensors computed once for all blocks, or None) and
+``prepared`` (:class:`bokeh_models.prepared.PreparedAdapter`: tensors computed once for all blocks, or None) and
 ignores what it does not use, so one ``cross_attention_kwargs`` / ``joint_attention_kwargs`` dict
 reaches every attention layer of a model without warnings.
 
@@ -22,8 +22,8 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 
-from trainer.lora import LowRankLinear, scaled
-from trainer.prepared import PreparedAdapter, bokeh_value_for, weights_for
+from bokeh_models.lora import LowRankLinear, scaled
+from bokeh_models.prepared import PreparedAdapter, bokeh_value_for, weights_for
 
 PivotIds = Optional[Union[Sequence[Optional[int]], torch.Tensor]]
 

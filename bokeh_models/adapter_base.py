@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from estimators.model_loading import ModelUnavailableError, load_pretrained
-from trainer.attention_processors import PivotIds, pivot_index
-from trainer.bokeh_embedding import BokehEmbedding, BokehLevels
-from trainer.prepared import prepare
+from bokeh_models.attention_processors import PivotIds, pivot_index
+from bokeh_models.bokeh_embedding import BokehEmbedding, BokehLevels
+from bokeh_models.prepared import prepare
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -128,7 +128,7 @@ class BokehAdapter(nn.Module):
 
     def attention_kwargs(self, bokeh: BokehLevels, pivot_ids: PivotIds, batch_size: int, device: torch.device) -> dict[str, Any]:
         """The attention keyword arguments of one model call: bokeh tokens, pivot index and what every
-        block would otherwise compute for itself (:func:`trainer.prepared.prepare`)."""
+        block would otherwise compute for itself (:func:`bokeh_models.prepared.prepare`)."""
         tokens = self.bokeh_tokens(bokeh, batch_size)
         return dict(bokeh_embeds=tokens, pivot_index=pivot_index(pivot_ids, batch_size, device),
                     prepared=prepare(self.adapter_modules, tokens))

@@ -13,9 +13,9 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from trainer.adapter_base import DEFAULT_AVOID, BokehAdapter, model_device
-from trainer.attention_processors import BokehFluxAttnProcessor, FluxJointAttnProcessor, PivotIds
-from trainer.bokeh_embedding import BokehLevels
+from bokeh_models.adapter_base import DEFAULT_AVOID, BokehAdapter, model_device
+from bokeh_models.attention_processors import BokehFluxAttnProcessor, FluxJointAttnProcessor, PivotIds
+from bokeh_models.bokeh_embedding import BokehLevels
 
 
 class BokehFluxAdapter(BokehAdapter):

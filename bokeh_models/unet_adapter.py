@@ -15,14 +15,14 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from trainer.adapter_base import DEFAULT_AVOID, BokehAdapter, model_device
-from trainer.attention_processors import (
+from bokeh_models.adapter_base import DEFAULT_AVOID, BokehAdapter, model_device
+from bokeh_models.attention_processors import (
     BokehCrossAttnProcessor,
     GroundedSelfAttnProcessor,
     PivotIds,
     UNetAttnProcessor,
 )
-from trainer.bokeh_embedding import BokehLevels, bokeh_condition
+from bokeh_models.bokeh_embedding import BokehLevels, bokeh_condition
 
 
 def takes_bokeh_class_label(unet: nn.Module) -> bool:

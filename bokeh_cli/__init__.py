@@ -1,4 +1,4 @@
-"""The ``bokeh`` command: one argparse parser whose subcommands each layer registers."""
+"""The `bokeh` command (top of the layers): one argparse parser whose subcommands each layer registers."""
 from __future__ import annotations
 
 import argparse
@@ -40,5 +40,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
