@@ -308,6 +308,55 @@ def test_loads_a_checkpoint_written_in_the_released_layout(tmp_path):
         BokehFluxAdapter.from_pretrained(tmp_path, tiny_flux())
 
 
+def test_a_diffusers_model_loaded_without_its_transformer(tmp_path):
+    """The released layout loads with no transformer (diffusers' ConfigMixin + ModelMixin conventions), installs
+    on one later and predicts as the adapter it was saved from; a subset of blocks needs the transformer."""
+    from diffusers import ConfigMixin, ModelMixin
+
+    base = tiny_flux()
+    adapter = BokehFluxAdapter(base, lora_alpha=8.0, **TINY)
+    randomize(adapter)
+    adapter.save_pretrained(tmp_path / "full")
+    loaded = BokehFluxAdapter.from_pretrained(tmp_path / "full", torch_dtype="float64")
+    assert isinstance(loaded, ModelMixin) and isinstance(loaded, ConfigMixin)
+    assert loaded.dtype == torch.float64 and loaded.device.type == "cpu" and dict(loaded.config) == adapter.config
+    loaded.to(torch.float32)
+    twin = tiny_flux()
+    loaded.install(twin)
+    inputs = flux_batch(batch=2)
+    with torch.no_grad():
+        assert torch.equal(loaded(twin, [8.0, 16.0], [1, 1], **inputs), adapter(base, [8.0, 16.0], [1, 1], **inputs))
+    BokehFluxAdapter(tiny_flux(), blocks=["single_transformer_blocks.0"], **TINY).save_pretrained(tmp_path / "part")
+    with pytest.raises(ModelUnavailableError, match="only some of the transformer's blocks: pass the transformer"):
+        BokehFluxAdapter.from_pretrained(tmp_path / "part")
+    assert BokehFluxAdapter.from_pretrained(tmp_path / "part", tiny_flux()).fits(tiny_flux())
+
+
+def test_push_to_hub_uploads_the_released_layout(tmp_path, monkeypatch):
+    """diffusers' push_to_hub with the hub calls replaced (no network): the uploaded folder holds the layout."""
+    import diffusers.utils.hub_utils as hub_utils
+
+    uploaded = {}
+
+    class Repo:
+        repo_id = "me/bokeh-adapter"
+
+    def upload_folder(repo_id, folder_path, **kwargs):
+        uploaded.update({p.name: p.read_bytes() for p in __import__("pathlib").Path(folder_path).iterdir()})
+        uploaded["repo"] = repo_id
+
+    monkeypatch.setattr(hub_utils, "create_repo", lambda repo_id, **kwargs: Repo())
+    monkeypatch.setattr(hub_utils, "load_or_create_model_card", lambda *a, **k: __import__("types").SimpleNamespace(
+        save=lambda path: open(path, "w").write("card")))
+    monkeypatch.setattr(hub_utils, "populate_model_card", lambda card, *a, **k: card)
+    monkeypatch.setattr(hub_utils, "upload_folder", upload_folder)
+    adapter = BokehFluxAdapter(tiny_flux(), **TINY)
+    adapter.push_to_hub("me/bokeh-adapter")
+    assert uploaded["repo"] == "me/bokeh-adapter"
+    assert sorted(uploaded) == ["README.md", "config.json", "model.safetensors", "repo"]
+    assert json.loads(uploaded["config.json"]) == adapter.config
+
+
 def test_unreachable_hub_id_or_missing_folder_is_one_line_error(monkeypatch, tmp_path):
     import huggingface_hub
     from huggingface_hub.errors import LocalEntryNotFoundError

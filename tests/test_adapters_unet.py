@@ -180,6 +180,10 @@ def test_save_load_round_trip(tmp_path):
     (other / "config.json").write_text((tmp_path / "ckpt" / "config.json").read_text())
     with pytest.raises(ModelUnavailableError, match="wrong shape"):
         BokehUNetAdapter.from_pretrained(other, tiny_unet())
+    with pytest.raises(ModelUnavailableError, match="built on its UNet's attention layers: pass the unet$"):
+        BokehUNetAdapter.from_pretrained(tmp_path / "ckpt")  # the processors' sizes are the UNet's
+    half = BokehUNetAdapter.from_pretrained(tmp_path / "ckpt", tiny_unet(), torch_dtype=torch.float16)
+    assert half.dtype == torch.float16 and torch.equal(half.embedding_layer[0].weight, adapter.embedding_layer[0].weight.half())
 
 
 def test_training_adapter_only_with_checkpointing_and_autocast():
