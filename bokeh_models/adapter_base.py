@@ -149,8 +149,12 @@ class BokehAdapter(ModelMixin, ConfigMixin):
         """The attention keyword arguments of one model call: bokeh tokens, pivot index and what every
         block would otherwise compute for itself (:func:`bokeh_models.prepared.prepare`)."""
         tokens = self.bokeh_tokens(bokeh, batch_size)
+        # Processors elsewhere than the tokens (a model offloaded until its forward moves it, processors included)
+        # compute their own values in their forward pass instead.
+        weights = next((p for m in self.adapter_modules for p in m.parameters()), None)
+        here = weights is None or weights.device == tokens.device
         return dict(bokeh_embeds=tokens, pivot_index=pivot_index(pivot_ids, batch_size, device),
-                    prepared=prepare(self.adapter_modules, tokens))
+                    prepared=prepare(self.adapter_modules, tokens) if here else None)
 
     # ------------------------------------------------------------------ scales and training
     def _set_processor_attr(self, attr: str, value: float) -> None:

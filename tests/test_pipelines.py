@@ -18,6 +18,10 @@ def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.int16)
 
 
+def sample(pipe, *args, **kwargs) -> list[Image.Image]:
+    return pipe(*args, **kwargs).images
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     with single_thread():
@@ -56,7 +60,7 @@ def load(root, adapter):
     from pipelines.loading import load_pipeline
 
     pipe = load_pipeline(str(root / "base"), str(root / adapter), device="cpu")
-    pipe.progress = False
+    pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
@@ -64,7 +68,7 @@ def test_sd_with_fresh_adapter_is_diffusers_stable_diffusion(sd_dir):
     from diffusers import StableDiffusionPipeline
 
     pipe = load(sd_dir, "fresh")
-    images = pipe(PROMPT, [0, 15, 30], seed=7, num_inference_steps=6, guidance_scale=5.0, negative_prompt="a white box")
+    images = sample(pipe, PROMPT, [0, 15, 30], seed=7, num_inference_steps=6, guidance_scale=5.0, negative_prompt="a white box")
     reference = StableDiffusionPipeline.from_pretrained(sd_dir / "base")
     reference.set_progress_bar_config(disable=True)
     expected = reference(PROMPT, negative_prompt="a white box", num_inference_steps=6, guidance_scale=5.0,
@@ -78,7 +82,7 @@ def test_flux_with_fresh_adapter_is_diffusers_flux(flux_dir):
     from diffusers import FluxPipeline
 
     pipe = load(flux_dir, "fresh")
-    images = pipe(PROMPT, [0, 30], seed=11, num_inference_steps=5, guidance_scale=3.5, height=16, width=24)
+    images = sample(pipe, PROMPT, [0, 30], seed=11, num_inference_steps=5, guidance_scale=3.5, height=16, width=24)
     reference = FluxPipeline.from_pretrained(flux_dir / "base")
     reference.set_progress_bar_config(disable=True)
     expected = reference(PROMPT, num_inference_steps=5, guidance_scale=3.5, height=16, width=24,
@@ -95,7 +99,7 @@ def released_flux_image(pipe, prompt, seed, target, pivot, guidance, true_cfg, s
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
     from diffusers.utils.torch_utils import randn_tensor
 
-    flux, adapter = pipe.flux, pipe.adapter
+    flux, adapter = pipe, pipe.adapter
     grounded = grounding_steps > 0 and pivot is not None
     n = 2 if grounded else 1
 
@@ -144,7 +148,7 @@ def released_flux_image(pipe, prompt, seed, target, pivot, guidance, true_cfg, s
 def test_flux_grounded_matches_the_released_loop(flux_dir, true_cfg):
     pipe = load(flux_dir, "random")
     targets, pivot = [0.0, 12.0, 30.0], 18.0
-    images = pipe(PROMPT, targets, pivot=pivot, grounding_steps=3, seed=5, num_inference_steps=5, guidance_scale=3.0,
+    images = sample(pipe, PROMPT, targets, pivot=pivot, grounding_steps=3, seed=5, num_inference_steps=5, guidance_scale=3.0,
                   true_cfg=true_cfg, height=16, width=16)
     with torch.no_grad():
         expected = [released_flux_image(pipe, PROMPT, 5, k, pivot, 3.0, true_cfg, 5, 16, 3) for k in targets]
@@ -158,13 +162,13 @@ def test_zero_grounding_steps_is_unbounded_and_batching_changes_nothing(root_nam
     root = request.getfixturevalue(root_name)
     pipe = load(root, "random")
     common = dict(seed=2, num_inference_steps=4, height=16, width=16)
-    unbounded = pipe(PROMPT, [0, 20], **common)
-    assert [pixels(i).tolist() for i in pipe(PROMPT, [0, 20], pivot=15, grounding_steps=0, **common)] == \
+    unbounded = sample(pipe, PROMPT, [0, 20], **common)
+    assert [pixels(i).tolist() for i in sample(pipe, PROMPT, [0, 20], pivot=15, grounding_steps=0, **common)] == \
         [pixels(i).tolist() for i in unbounded]
-    alone = pipe(PROMPT, [20], **common)[0]
+    alone = sample(pipe, PROMPT, [20], **common)[0]
     assert np.abs(pixels(alone) - pixels(unbounded[1])).max() <= 1
-    grounded = pipe(PROMPT, [0, 20], pivot=15, grounding_steps=2, **common)
-    grounded_alone = pipe(PROMPT, [20], pivot=15, grounding_steps=2, **common)[0]
+    grounded = sample(pipe, PROMPT, [0, 20], pivot=15, grounding_steps=2, **common)
+    grounded_alone = sample(pipe, PROMPT, [20], pivot=15, grounding_steps=2, **common)[0]
     assert np.abs(pixels(grounded_alone) - pixels(grounded[1])).max() <= 1
     assert not np.array_equal(pixels(grounded[1]), pixels(unbounded[1]))
 
@@ -174,11 +178,11 @@ def test_colour_transfer_is_the_last_step_and_can_be_left_out(sd_dir):
 
     pipe = load(sd_dir, "random")
     common = dict(seed=3, num_inference_steps=4, height=16, width=16)
-    shifted = pipe(PROMPT, [0, 30], pivot=15, grounding_steps=3, **common)
-    own = pipe(PROMPT, [0, 30], pivot=15, grounding_steps=3, colour_transfer=False, **common)
+    shifted = sample(pipe, PROMPT, [0, 30], pivot=15, grounding_steps=3, **common)
+    own = sample(pipe, PROMPT, [0, 30], pivot=15, grounding_steps=3, colour_transfer=False, **common)
     # The pivot row attends with its own queries over its keys twice: plain attention, so its image is the
     # unbounded one at K = 15 (to batching's rounding).
-    pivot = pipe(PROMPT, [15], **common)[0]
+    pivot = sample(pipe, PROMPT, [15], **common)[0]
     for got, raw in zip(shifted, own):
         assert np.abs(pixels(got) - pixels(lab_mean_transfer(pivot, raw))).max() <= 2
     assert any(not np.array_equal(pixels(a), pixels(b)) for a, b in zip(shifted, own))
@@ -190,9 +194,9 @@ def test_all_steps_shared_give_the_pivot_image_at_every_k(root_name, request):
     pivot row or not: its queries over keys the rows share are plain attention)."""
     pipe = load(request.getfixturevalue(root_name), "random")
     common = dict(seed=4, num_inference_steps=3, height=16, width=16)
-    pivot = pixels(pipe(PROMPT, [18], **common)[0])
+    pivot = pixels(sample(pipe, PROMPT, [18], **common)[0])
     for grounding_steps in (0, 2):
-        images = pipe(PROMPT, [0, 30], pivot=18, grounding_steps=grounding_steps, shared_steps=3, colour_transfer=False, **common)
+        images = sample(pipe, PROMPT, [0, 30], pivot=18, grounding_steps=grounding_steps, shared_steps=3, colour_transfer=False, **common)
         for image in images:
             assert np.abs(pixels(image) - pivot).max() <= 1
 
@@ -212,14 +216,15 @@ def test_shared_steps_by_hand(root_name, guidance, grounding_steps, request):
     pipe = load(request.getfixturevalue(root_name), "random")
     levels, pivot, steps, shared = [0.0, 30.0, -1.0], 12.0, 4, 2
     call = {"guidance_scale": pipe.default_guidance, "true_cfg": 1.0, "bokeh_guidance": None, **guidance}
-    got = pipe(PROMPT, levels, pivot=pivot, grounding_steps=grounding_steps, shared_steps=shared, seed=6,
+    got = sample(pipe, PROMPT, levels, pivot=pivot, grounding_steps=grounding_steps, shared_steps=shared, seed=6,
                num_inference_steps=steps, height=16, width=16, colour_transfer=False, **call)
     rows = levels + [pivot] if grounding_steps else levels
     grounded_on = [len(rows) - 1] * len(rows) if grounding_steps else None
     scales = (call["guidance_scale"], call["true_cfg"], call["bokeh_guidance"])
     with torch.no_grad():
         text = pipe.encode(PROMPT, pipe.default_negative_prompt, len(rows), pipe.uses_guidance_pass(*scales[:2]))
-        latents = pipe.initial_latents(6, len(rows), 16, 16)
+        noise = torch.randn((1, *pipe.latent_shape(16, 16)), generator=torch.Generator().manual_seed(6), dtype=pipe.noise_dtype)
+        latents = pipe.initial_latents(noise, len(rows), 16, 16)
         for i, t in enumerate(pipe.set_timesteps(steps, latents)):
             step_levels = [pivot] * len(rows) if i < shared else rows
             grounding = grounded_on if i < grounding_steps else None
@@ -227,7 +232,7 @@ def test_shared_steps_by_hand(root_name, guidance, grounding_steps, request):
         want = pipe.decode(latents, 16, 16)[:len(levels)]
     for a, b in zip(got, want):
         assert np.abs(pixels(a) - pixels(b)).max() <= 1
-    plain = pipe(PROMPT, levels, seed=6, num_inference_steps=steps, height=16, width=16, **call)
+    plain = sample(pipe, PROMPT, levels, seed=6, num_inference_steps=steps, height=16, width=16, **call)
     assert not np.array_equal(pixels(got[1]), pixels(plain[1]))  # sharing changed the K = 30 image
 
 
@@ -238,10 +243,10 @@ def test_shared_steps_are_one_trajectory_with_a_noisy_scheduler(sd_dir):
 
     pipe = load(sd_dir, "random")
     pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
-    images = pipe(PROMPT, [0, 12, 30], pivot=18, grounding_steps=0, shared_steps=4, seed=3, num_inference_steps=4,
+    images = sample(pipe, PROMPT, [0, 12, 30], pivot=18, grounding_steps=0, shared_steps=4, seed=3, num_inference_steps=4,
                   height=16, width=16, colour_transfer=False)
     assert all(np.array_equal(pixels(images[0]), pixels(image)) for image in images[1:])
-    apart = pipe(PROMPT, [0, 0], seed=3, num_inference_steps=4, height=16, width=16)  # one K, rows stepped apart
+    apart = sample(pipe, PROMPT, [0, 0], seed=3, num_inference_steps=4, height=16, width=16)  # one K, rows stepped apart
     assert not np.array_equal(pixels(apart[0]), pixels(apart[1]))
 
 
@@ -258,7 +263,7 @@ def test_shared_steps_denoise_one_row(root_name, request):
         return predict(latents, *args)
 
     pipe.predict = counting
-    pipe(PROMPT, [0, 30], pivot=12, grounding_steps=3, shared_steps=2, seed=1, num_inference_steps=4, height=16, width=16)
+    sample(pipe, PROMPT, [0, 30], pivot=12, grounding_steps=3, shared_steps=2, seed=1, num_inference_steps=4, height=16, width=16)
     assert rows_seen == [1, 1, 3, 3]
 
 
@@ -284,13 +289,13 @@ def test_bokeh_guidance_identities(root_name, scale, request):
         return all(np.abs(pixels(x) - pixels(y)).max() <= 1 for x, y in zip(a, b))
 
     for mode in (dict(), dict(pivot=15, grounding_steps=2)):
-        assert close(pipe(PROMPT, [0, 30], bokeh_guidance=same, **mode, **common), pipe(PROMPT, [0, 30], **mode, **common))
-    no_k = pipe(PROMPT, [-1, -1], **common)
-    assert close(pipe(PROMPT, [0, 30], bokeh_guidance=0.0, **common), no_k)
-    stronger = pipe(PROMPT, [0, 30], bokeh_guidance=3 * same, **common)
-    assert not close(stronger, pipe(PROMPT, [0, 30], **common))
+        assert close(sample(pipe, PROMPT, [0, 30], bokeh_guidance=same, **mode, **common), sample(pipe, PROMPT, [0, 30], **mode, **common))
+    no_k = sample(pipe, PROMPT, [-1, -1], **common)
+    assert close(sample(pipe, PROMPT, [0, 30], bokeh_guidance=0.0, **common), no_k)
+    stronger = sample(pipe, PROMPT, [0, 30], bokeh_guidance=3 * same, **common)
+    assert not close(stronger, sample(pipe, PROMPT, [0, 30], **common))
     with pytest.raises(ValueError, match="bokeh_guidance must be >= 0"):
-        pipe(PROMPT, [0], bokeh_guidance=-1.0, **common)
+        sample(pipe, PROMPT, [0], bokeh_guidance=-1.0, **common)
 
 
 def test_unet_guidance_chunks_rows_and_pivots(sd_dir):
@@ -326,15 +331,15 @@ def test_tiny_pixel_model_counts_sizes_and_seeds(tmp_path, patch_size):
     assert unet.config.addition_embed_type == "text" and unet.config.addition_embed_type_num_heads == 2  # text_heads
     randomise(BokehUNetAdapter(unet, bokeh_context_dim=32, lora_rank=4), seed=1, std=0.1).save_pretrained(tmp_path / "adapter")
     pipe = BokehStableDiffusionPipeline.from_pretrained(tmp_path / "base", tmp_path / "adapter", device="cpu")
-    pipe.progress = False
+    pipe.set_progress_bar_config(disable=True)
     assert pipe.default_resolution == 32 and pipe.default_guidance == PIXEL_GUIDANCE
     assert pipe.size_multiple == 2 * patch_size
     assert type(pipe.scheduler).__name__ == "DDIMScheduler"  # the DDPM training scheduler is swapped
-    first = pipe(PROMPT, [0, 10, 20, 30], seed=3, num_inference_steps=4)
+    first = sample(pipe, PROMPT, [0, 10, 20, 30], seed=3, num_inference_steps=4)
     assert [im.size for im in first] == [(32, 32)] * 4
-    again = pipe(PROMPT, [0, 10, 20, 30], seed=3, num_inference_steps=4)
+    again = sample(pipe, PROMPT, [0, 10, 20, 30], seed=3, num_inference_steps=4)
     assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(first, again))
-    other = pipe(PROMPT, [0, 10, 20, 30], seed=4, num_inference_steps=4)
+    other = sample(pipe, PROMPT, [0, 10, 20, 30], seed=4, num_inference_steps=4)
     assert not np.array_equal(pixels(first[0]), pixels(other[0]))
     assert not np.array_equal(pixels(first[0]), pixels(first[3]))
 
@@ -362,4 +367,4 @@ def test_a_vae_less_unet_must_take_rgb_patches(sd_dir, tmp_path):
 def test_bad_requests_are_one_line_errors(sd_dir, kwargs, message):
     pipe = load(sd_dir, "fresh")
     with pytest.raises(ValueError, match=message):
-        pipe(PROMPT, num_inference_steps=2, **kwargs)
+        sample(pipe, PROMPT, num_inference_steps=2, **kwargs)
