@@ -368,3 +368,35 @@ def test_bad_requests_are_one_line_errors(sd_dir, kwargs, message):
     pipe = load(sd_dir, "fresh")
     with pytest.raises(ValueError, match=message):
         sample(pipe, PROMPT, num_inference_steps=2, **kwargs)
+
+
+@pytest.mark.parametrize("patch_size", [1, 2])
+def test_ddim_sampling_recovers_the_image_with_an_oracle_denoiser(tmp_path, patch_size):
+    """A denoiser that knows the clean image x0 (its exact noise for any x_t): DDIM (eta 0) ends on x0, for a
+    list of prompts, as latents and as images (pixel patches unshuffled by the decoder)."""
+    from bokeh_models.components import load_unet_components
+    from bokeh_models.tiny_model import build_tiny_model
+    from bokeh_models.unet_adapter import BokehUNetAdapter
+    from pipelines.pipeline_sd import BokehStableDiffusionPipeline
+
+    build_tiny_model(tmp_path / "base", [PROMPT], 16, patch_size=patch_size, block_out_channels=[16, 32],
+                     attention_levels=1, text_width=32)
+    parts = load_unet_components(str(tmp_path / "base"))
+    target = torch.linspace(-0.9, 0.9, 3 * 16 * 16).reshape(1, 3, 16, 16)
+    latent_target = torch.nn.functional.pixel_unshuffle(target, patch_size)
+    alphas = parts["scheduler"].alphas_cumprod
+
+    def oracle(unet, x, t, text, bokeh=None, pivot_ids=None):
+        a = alphas[int(t)]  # the exact noise of x_t = sqrt(a) x0 + sqrt(1 - a) eps for the known x0
+        return (x - a.sqrt() * latent_target) / (1 - a).sqrt()
+
+    pipe = BokehStableDiffusionPipeline(**parts, adapter=BokehUNetAdapter(parts["unet"], bokeh_context_dim=32, lora_rank=4))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.adapter = oracle
+    common = dict(num_inference_steps=10, guidance_scale=1.0, seed=0)
+    latents = pipe(["a red box", "a blue cone"], [0, 30], output_type="latent", **common).images
+    assert latents.shape == (4, *latent_target.shape[1:])
+    assert torch.allclose(latents, latent_target.expand(4, -1, -1, -1), atol=1e-4)
+    images = pipe(["a red box", "a blue cone"], [0, 30], output_type="pt", **common).images
+    assert images.shape == (4, 3, 16, 16)
+    assert (images - (target + 1) / 2).abs().max() <= 0.5 / 255 + 1e-4  # 8-bit images

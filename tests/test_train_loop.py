@@ -567,7 +567,8 @@ def test_bokeh_train_missing_base_model_is_one_line(dataset, tmp_path, capsys, m
 
 def test_pixel_patches_by_hand(dataset, tmp_path):
     """patch_size 2: latent channel c * 4 + 2 * dy + dx at (Y, X) holds pixel (2Y + dy, 2X + dx) of colour c."""
-    from trainer.backbones import UNetBackbone, pixel_patch_size
+    from bokeh_models.components import pixel_patch_size
+    from trainer.backbones import UNetBackbone
     from trainer.data import load_rows
     from bokeh_models.tiny_model import build_tiny_model
 
@@ -591,29 +592,6 @@ def test_pixel_patches_by_hand(dataset, tmp_path):
     backbone.unet.register_to_config(out_channels=3)
     with pytest.raises(ValueError, match="must output its 12 input channels, got 3"):
         UNetBackbone(backbone.unet, backbone.text_encoder, backbone.tokenizer, backbone.scheduler)
-
-
-@pytest.mark.parametrize("patch_size", [1, 2])
-def test_ddim_validation_sampler_recovers_image_with_oracle_denoiser(dataset, tmp_path, patch_size):
-    from trainer.backbones import UNetBackbone
-    from trainer.data import load_rows
-    from bokeh_models.tiny_model import build_tiny_model
-
-    with single_thread():
-        build_tiny_model(tmp_path / "base", load_rows(str(dataset)).captions, 16, patch_size=patch_size, **TINY_SIZES)
-        backbone = UNetBackbone.load(str(tmp_path / "base"))
-        target = torch.linspace(-0.9, 0.9, 3 * 16 * 16).reshape(1, 3, 16, 16)
-        latent_target = torch.nn.functional.pixel_unshuffle(target, patch_size)
-        alphas = backbone.scheduler.alphas_cumprod
-
-        def oracle(unet, x, t, text, bokeh=None, pivot_ids=None):
-            # The exact noise of x_t = sqrt(a) x0 + sqrt(1 - a) eps for the known x0.
-            a = alphas[int(t)]
-            return (x - a.sqrt() * latent_target) / (1 - a).sqrt()
-
-        noise = torch.randn(2, *latent_target.shape[1:], generator=torch.Generator().manual_seed(0))
-        images = backbone.sample(oracle, ["a red box", "a blue cone"], [0, 30], noise, steps=10, guidance_scale=1.0)
-    assert torch.allclose(images, target.expand(2, -1, -1, -1), atol=1e-4)
 
 
 def test_processes_that_would_train_independently_are_refused(dataset, tmp_path, monkeypatch):
