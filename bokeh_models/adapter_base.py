@@ -145,15 +145,22 @@ class BokehAdapter(ModelMixin, ConfigMixin):
         """The ``[batch_size, 1, bokeh_context_dim]`` tokens for levels K (0..30, negative = none)."""
         return self.embedding_layer.tokens(bokeh, batch_size)
 
-    def attention_kwargs(self, bokeh: BokehLevels, pivot_ids: PivotIds, batch_size: int, device: torch.device) -> dict[str, Any]:
+    def attention_kwargs(self, bokeh: BokehLevels, pivot_ids: PivotIds = None, batch_size: Optional[int] = None,
+                         device: Optional[torch.device] = None) -> dict[str, Any]:
         """The attention keyword arguments of one model call: bokeh tokens, pivot index and what every
-        block would otherwise compute for itself (:func:`bokeh_models.prepared.prepare`)."""
+        block would otherwise compute for itself (:func:`bokeh_models.prepared.prepare`).
+
+        Also what a stock diffusers pipeline with these processors installed needs on every step, e.g.
+        ``FluxPipeline(..., joint_attention_kwargs=adapter.attention_kwargs(12.0))`` (``batch_size``: the rows of
+        each model call; default one per K given, a single K broadcasting over any batch)."""
+        if batch_size is None:
+            batch_size = torch.as_tensor(bokeh).numel()
         tokens = self.bokeh_tokens(bokeh, batch_size)
         # Processors elsewhere than the tokens (a model offloaded until its forward moves it, processors included)
         # compute their own values in their forward pass instead.
         weights = next((p for m in self.adapter_modules for p in m.parameters()), None)
         here = weights is None or weights.device == tokens.device
-        return dict(bokeh_embeds=tokens, pivot_index=pivot_index(pivot_ids, batch_size, device),
+        return dict(bokeh_embeds=tokens, pivot_index=pivot_index(pivot_ids, batch_size, device or tokens.device),
                     prepared=prepare(self.adapter_modules, tokens) if here else None)
 
     # ------------------------------------------------------------------ scales and training

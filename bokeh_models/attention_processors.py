@@ -92,6 +92,13 @@ def bokeh_attention(
     return out.transpose(1, 2).reshape(batch, seq, heads * head_dim)
 
 
+#: What a bokeh processor called without its condition says (a stock pipeline not handed the adapter's kwargs).
+MISSING_CONDITION = (
+    "the bokeh adapter's attention processors got no bokeh condition: pass the adapter's attention_kwargs(K) to the "
+    "pipeline (joint_attention_kwargs for FLUX, cross_attention_kwargs for a UNet), or sample with the Bokeh pipelines"
+)
+
+
 def _no_mask_when_grounded(attention_mask: Optional[torch.Tensor]) -> None:
     if attention_mask is not None:
         raise ValueError("grounded attention does not support an attention mask")
@@ -207,7 +214,7 @@ class BokehCrossAttnProcessor(UNetAttnProcessor):
         self, query: torch.Tensor, bokeh_embeds: Optional[torch.Tensor], prepared: Optional[PreparedAdapter]
     ) -> Optional[torch.Tensor]:
         if bokeh_embeds is None:
-            return None
+            raise ValueError(MISSING_CONDITION)
         return scaled(bokeh_attention(query, bokeh_embeds, self.to_k_bokeh, self.to_v_bokeh), self.bokeh_scale)
 
 
@@ -357,7 +364,7 @@ class BokehFluxAttnProcessor(FluxJointAttnProcessor):
         self, query: torch.Tensor, bokeh_embeds: Optional[torch.Tensor], prepared: Optional[PreparedAdapter]
     ) -> Optional[torch.Tensor]:
         if bokeh_embeds is None:
-            return None
+            raise ValueError(MISSING_CONDITION)
         value = bokeh_value_for(prepared, self.to_v_bokeh, bokeh_embeds)
         if value is None:
             value = bokeh_attention(query.transpose(1, 2), bokeh_embeds, self.to_k_bokeh, self.to_v_bokeh)

@@ -173,13 +173,13 @@ def test_grounded_attention_formula_single_stream():
     """Row b: softmax(Q_piv [K_b, K_piv]^T / sqrt(d)) [V_b, V_b], with q/k adapters before the q/k norm."""
     base = tiny_flux()
     attn = base.single_transformer_blocks[0].attn
-    proc = BokehFluxAttnProcessor(HEADS * HEAD_DIM, 12, rank=4, lora_scale=0.7)
+    proc = BokehFluxAttnProcessor(HEADS * HEAD_DIM, 12, rank=4, lora_scale=0.7, bokeh_scale=0.0)  # attention alone
     randomize(proc, std=0.2)
     torch.manual_seed(5)
     x = torch.randn(3, 6, HEADS * HEAD_DIM)
     index = [2, 1, 2]
     with torch.no_grad():
-        got = proc(attn, x, pivot_index=torch.tensor(index))
+        got = proc(attn, x, bokeh_embeds=torch.randn(3, 1, 12), pivot_index=torch.tensor(index))
         q = attn.to_q(x)
         k = attn.to_k(x)
         q = q + 0.7 * (q @ proc.to_q_adp.down.weight.T @ proc.to_q_adp.up.weight.T)
@@ -208,14 +208,16 @@ def test_bokeh_term_is_v_b_before_the_output_projection():
         # single-stream: the processor returns the joint attention output, before the block's proj_out
         single = base.single_transformer_blocks[0].attn
         x = torch.randn(2, 7, HEADS * HEAD_DIM)
-        delta = single(x, bokeh_embeds=tokens) - single(x)
+        text = torch.randn(2, 3, HEADS * HEAD_DIM)
+        double = base.transformer_blocks[0].attn
+        on = single(x, bokeh_embeds=tokens), double(x, text, bokeh_embeds=tokens)
+        adapter.set_bokeh_scale(0.0)  # the branch off: plain attention
+        off = single(x, bokeh_embeds=tokens), double(x, text, bokeh_embeds=tokens)
+        delta = on[0] - off[0]
         torch.testing.assert_close(delta, (0.5 * v_b).expand_as(delta))
         # double-stream: added to text and image tokens before to_out / to_add_out (linear, so bias cancels)
-        double = base.transformer_blocks[0].attn
         v_b0 = adapter.adapter_modules[0].to_v_bokeh(tokens)
-        text = torch.randn(2, 3, HEADS * HEAD_DIM)
-        img_on, txt_on = double(x, text, bokeh_embeds=tokens)
-        img_off, txt_off = double(x, text)
+        (img_on, txt_on), (img_off, txt_off) = on[1], off[1]
         torch.testing.assert_close(img_on - img_off, (0.5 * v_b0 @ double.to_out[0].weight.T).expand_as(img_on), atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(txt_on - txt_off, (0.5 * v_b0 @ double.to_add_out.weight.T).expand_as(txt_on), atol=1e-5, rtol=1e-4)
 

@@ -150,11 +150,12 @@ def test_unet_with_class_input_takes_the_bokeh_condition_there():
     unet = UNet2DConditionModel(**TINY_UNET_CONFIG, class_embed_type="projection", projection_class_embeddings_input_dim=1).eval()
     randomize(unet.class_embedding)
     inputs = unet_batch()
+    pristine = copy.deepcopy(unet)
     adapter = BokehUNetAdapter(unet, **TINY)
     with torch.no_grad():
         out = adapter(unet, **inputs, bokeh=[6.0, -1.0])  # fresh adapter: the bokeh branch adds nothing yet
         # K / 30 for a level, -1 for "no condition", as class labels
-        expected = unet(**inputs, class_labels=torch.tensor([[0.2], [-1.0]]), return_dict=False)[0]
+        expected = pristine(**inputs, class_labels=torch.tensor([[0.2], [-1.0]]), return_dict=False)[0]
         assert torch.equal(out, expected)
         assert (adapter(unet, **inputs, bokeh=[24.0, 24.0]) - out).abs().max() > 1e-4
 

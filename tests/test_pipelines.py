@@ -400,3 +400,62 @@ def test_ddim_sampling_recovers_the_image_with_an_oracle_denoiser(tmp_path, patc
     images = pipe(["a red box", "a blue cone"], [0, 30], output_type="pt", **common).images
     assert images.shape == (4, 3, 16, 16)
     assert (images - (target + 1) / 2).abs().max() <= 0.5 / 255 + 1e-4  # 8-bit images
+
+
+def test_stock_flux_pipeline_with_the_adapters_kwargs_gives_the_same_pixels(flux_dir):
+    """docs/sample.md's recipe: diffusers' own FluxPipeline, the adapter installed on its transformer and its
+    attention kwargs passed for every step, samples what BokehFluxPipeline does; without them, one-line error."""
+    from diffusers import FluxPipeline
+
+    from bokeh_models.flux_adapter import BokehFluxAdapter
+
+    stock = FluxPipeline.from_pretrained(flux_dir / "base")
+    stock.set_progress_bar_config(disable=True)
+    adapter = BokehFluxAdapter.from_pretrained(flux_dir / "random", stock.transformer)
+    common = dict(num_inference_steps=4, guidance_scale=3.0, height=16, width=16)
+    ours = load(flux_dir, "random")
+    for k in (0.0, 24.0):
+        with torch.no_grad():
+            got = stock(PROMPT, generator=torch.Generator().manual_seed(9), joint_attention_kwargs=adapter.attention_kwargs(k),
+                        **common).images[0]
+        want = sample(ours, PROMPT, [k], seed=9, **common)[0]
+        assert np.abs(pixels(got) - pixels(want)).max() <= 1
+    assert not np.array_equal(pixels(got), pixels(sample(ours, PROMPT, [0.0], seed=9, **common)[0]))
+    with pytest.raises(ValueError, match="got no bokeh condition: pass the adapter's attention_kwargs") as info:
+        stock(PROMPT, generator=torch.Generator().manual_seed(9), **common)
+    assert "\n" not in str(info.value)
+
+
+def test_pipeline_conventions_outputs_prompt_lists_generator_latents_and_callback(sd_dir):
+    """diffusers' calling conventions, each checked against the plain call: prompt lists and num_images_per_prompt
+    (sweeps in order, noise drawn in turn from one generator), latents, output types, return_dict, callbacks."""
+    pipe = load(sd_dir, "random")
+    common = dict(num_inference_steps=3, height=16, width=16)
+    levels = [0.0, 30.0]
+    out = pipe(["a red ball", "a white box"], levels, num_images_per_prompt=2, generator=torch.Generator().manual_seed(3), **common)
+    assert out.bokeh == levels * 4 and len(out.images) == 8
+    g = torch.Generator().manual_seed(3)
+    noises = [torch.randn((1, *pipe.latent_shape(16, 16)), generator=g) for _ in range(4)]
+    for j, prompt in enumerate(["a red ball", "a red ball", "a white box", "a white box"]):
+        one = sample(pipe, prompt, levels, latents=noises[j], **common)
+        assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(out.images[2 * j:2 * j + 2], one))
+    assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(sample(pipe, "a red ball", levels, seed=3, **common), out.images[:2]))
+    as_np = pipe("a red ball", levels, seed=3, output_type="np", **common).images
+    as_pt, ks = pipe("a red ball", levels, seed=3, output_type="pt", return_dict=False, **common)
+    assert as_np.shape == (2, 16, 16, 3) and as_pt.shape == (2, 3, 16, 16) and ks == levels
+    assert np.array_equal(np.round(as_np * 255).astype(np.int16), np.stack([pixels(i) for i in out.images[:2]]))
+    assert torch.equal(as_pt, torch.from_numpy(as_np).permute(0, 3, 1, 2))
+    seen = []
+
+    def stop_noise(p, i, t, kwargs):
+        seen.append((i, kwargs["latents"].shape[0]))
+        return {"latents": torch.zeros_like(kwargs["latents"])} if i == 2 else {}
+
+    zeros = pipe("a red ball", levels, seed=3, output_type="latent", callback_on_step_end=stop_noise, **common).images
+    assert seen == [(0, 2), (1, 2), (2, 2)] and torch.equal(zeros, torch.zeros_like(zeros))
+    with pytest.raises(ValueError, match="latents must have shape"):
+        pipe("a red ball", levels, latents=torch.zeros(1, 1, 2, 2), **common)
+    with pytest.raises(ValueError, match="seed or generator, not both"):
+        pipe("a red ball", levels, seed=1, generator=torch.Generator(), **common)
+    with pytest.raises(ValueError, match="output_type must be one of"):
+        pipe("a red ball", levels, output_type="jpeg", **common)
