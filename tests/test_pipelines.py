@@ -459,3 +459,67 @@ def test_pipeline_conventions_outputs_prompt_lists_generator_latents_and_callbac
         pipe("a red ball", levels, seed=1, generator=torch.Generator(), **common)
     with pytest.raises(ValueError, match="output_type must be one of"):
         pipe("a red ball", levels, output_type="jpeg", **common)
+
+
+@pytest.mark.parametrize("root_name", ["sd_dir", "flux_dir"])
+def test_model_cpu_offload_gives_the_plain_pixels(root_name, request):
+    """diffusers' enable_model_cpu_offload: hooks on every model in the offload sequence, the adapter (inside the
+    base model's layers) excluded; the offloaded sweep equals the plain one. Without an accelerator the hooks'
+    execution device is the CPU itself (diffusers refuses device=None there), so this runs the hooks' code paths;
+    the CUDA case below moves the models for real."""
+    pipe = load(request.getfixturevalue(root_name), "random")
+    common = dict(seed=2, num_inference_steps=3, height=16, width=16, pivot=15.0, grounding_steps=2)
+    plain = sample(pipe, PROMPT, [0.0, 30.0], **common)
+    pipe.enable_model_cpu_offload(device="cpu")
+    hooked = [name for name in pipe.model_cpu_offload_seq.split("->") if hasattr(getattr(pipe, name), "_hf_hook")]
+    assert hooked == pipe.model_cpu_offload_seq.split("->") and not hasattr(pipe.adapter, "_hf_hook")
+    offloaded = sample(pipe, PROMPT, [0.0, 30.0], **common)
+    assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(plain, offloaded))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="moving models between CPU and GPU needs a CUDA device")
+def test_model_cpu_offload_on_cuda_matches_the_pipeline_on_cuda(flux_dir):
+    pipe = load(flux_dir, "random").to("cuda")
+    common = dict(seed=2, num_inference_steps=3, height=16, width=16, pivot=15.0, grounding_steps=2)
+    plain = sample(pipe, PROMPT, [0.0, 30.0], **common)
+    pipe.enable_model_cpu_offload()
+    offloaded = sample(pipe, PROMPT, [0.0, 30.0], **common)
+    assert pipe.transformer.device.type == "cpu"  # offloaded again after the sweep
+    assert all(np.abs(pixels(a) - pixels(b)).max() <= 1 for a, b in zip(plain, offloaded))
+
+
+def test_pipeline_save_and_load_round_trip(flux_dir, tmp_path):
+    """save_pretrained writes diffusers' pipeline folder with adapter/ in the released layout and a transformer
+    without the adapter's weights; from_pretrained of that folder samples the same pixels."""
+    import json
+
+    from pipelines.pipeline_flux import BokehFluxPipeline
+
+    pipe = load(flux_dir, "random")
+    pipe.save_pretrained(tmp_path / "saved")
+    index = json.loads((tmp_path / "saved" / "model_index.json").read_text())
+    assert index["_class_name"] == "BokehFluxPipeline" and index["adapter"] == ["bokeh_models.flux_adapter", "BokehFluxAdapter"]
+    assert sorted(p.name for p in (tmp_path / "saved" / "adapter").iterdir()) == ["config.json", "model.safetensors"]
+    from safetensors.torch import load_file
+
+    saved_transformer = load_file(next((tmp_path / "saved" / "transformer").glob("*.safetensors")))
+    assert not any("processor" in key for key in saved_transformer)
+    again = BokehFluxPipeline.from_pretrained(tmp_path / "saved", torch_dtype=torch.float32)
+    again.set_progress_bar_config(disable=True)
+    common = dict(seed=1, num_inference_steps=3, height=16, width=16)
+    assert all(np.array_equal(pixels(a), pixels(b))
+               for a, b in zip(sample(again, PROMPT, [0.0, 30.0], **common), sample(pipe, PROMPT, [0.0, 30.0], **common)))
+
+
+def test_flux_latent_packing_matches_diffusers_layout():
+    """Our packing, unpacking and position ids against diffusers' FluxPipeline helpers (the reference layout)."""
+    from diffusers import FluxPipeline
+
+    from bokeh_models.flux_latents import latent_image_ids, pack_latents, unpack_latents
+
+    latents = torch.randn(2, 4, 6, 10, generator=torch.Generator().manual_seed(0))
+    packed = pack_latents(latents)
+    assert torch.equal(packed, FluxPipeline._pack_latents(latents, 2, 4, 6, 10))
+    assert torch.equal(unpack_latents(packed, 6, 10), latents)
+    assert torch.equal(unpack_latents(packed, 6, 10), FluxPipeline._unpack_latents(packed, 6 * 8, 10 * 8, 8))
+    assert torch.equal(latent_image_ids(latents), FluxPipeline._prepare_latent_image_ids(2, 3, 5, "cpu", torch.float32))
