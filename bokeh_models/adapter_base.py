@@ -12,6 +12,7 @@ from torch import nn
 
 from bokeh_models.attention_processors import PivotIds, pivot_index
 from bokeh_models.bokeh_embedding import BokehEmbedding, BokehLevels
+from bokeh_models.components import resolve_dtype
 from bokeh_models.prepared import prepare
 from estimators.model_loading import ModelUnavailableError, load_pretrained
 
@@ -256,8 +257,7 @@ class BokehAdapter(ModelMixin, ConfigMixin):
 
         ``loader_kwargs``: what diffusers' pipeline loader passes every component (``torch_dtype``, ``subfolder``
         and memory options); the weights are small and load whole, so only the first two matter here."""
-        dtype = loader_kwargs.pop("torch_dtype", None) if dtype is None else dtype
-        dtype = getattr(torch, dtype) if isinstance(dtype, str) else (dtype or torch.float32)
+        dtype = resolve_dtype(loader_kwargs.pop("torch_dtype", None) if dtype is None else dtype, torch.float32)
         subfolder = loader_kwargs.pop("subfolder", None)
         directory = resolve_checkpoint(dir_or_id, avoid, subfolder)
         config = read_config(directory / CONFIG_NAME, cls.config_fields)

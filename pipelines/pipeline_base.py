@@ -45,7 +45,7 @@ def checked_levels(bokeh: Sequence[float] | float, pivot: Optional[float]) -> li
     return levels
 
 
-def sweep_generators(seed: Optional[int], generator: Optional[torch.Generator], default_seed: int) -> torch.Generator:
+def noise_generator(seed: Optional[int], generator: Optional[torch.Generator], default_seed: int) -> torch.Generator:
     """The CPU generator the sweeps' noise is drawn from: ``generator``, else one seeded with ``seed``."""
     if generator is not None and seed is not None:
         raise ValueError("give seed or generator, not both")
@@ -238,7 +238,7 @@ class BokehPipeline(DiffusionPipeline):
         shape = self.latent_shape(height, width)
         if latents is not None and tuple(latents.shape) != (sweeps, *shape):
             raise ValueError(f"latents must have shape {(sweeps, *shape)} (one noise per sweep), got {tuple(latents.shape)}")
-        draw = None if latents is not None else sweep_generators(seed, generator, self.default_seed)
+        draw = None if latents is not None else noise_generator(seed, generator, self.default_seed)
 
         outputs: list = []
         for j in range(sweeps):

@@ -319,7 +319,7 @@ def test_a_diffusers_model_loaded_without_its_transformer(tmp_path):
     adapter = BokehFluxAdapter(base, lora_alpha=8.0, **TINY)
     randomize(adapter)
     adapter.save_pretrained(tmp_path / "full")
-    loaded = BokehFluxAdapter.from_pretrained(tmp_path / "full", torch_dtype="float64")
+    loaded = BokehFluxAdapter.from_pretrained(tmp_path / "full", torch_dtype=torch.float64)
     assert isinstance(loaded, ModelMixin) and isinstance(loaded, ConfigMixin)
     assert loaded.dtype == torch.float64 and loaded.device.type == "cpu" and dict(loaded.config) == adapter.config
     loaded.to(torch.float32)
