@@ -20,6 +20,8 @@ from pipelines.pipeline_base import BokehPipeline, adapter_source
 #: The released code's defaults (inference_flux.py).
 RELEASED_SEED = 65578
 RELEASED_NEGATIVE_PROMPT = "bad quality, low resolution"
+#: The FLUX.1 components the pipeline runs (a FluxPipeline folder may hold more, e.g. an image encoder).
+FLUX_PARTS = ("scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "transformer")
 
 
 def resolution_shift(tokens: int, config: Any) -> float:
@@ -72,16 +74,12 @@ class BokehFluxPipeline(BokehPipeline):
         given. Unavailable or unfit models raise ModelUnavailableError (one line)."""
         dtype = resolve_dtype(torch_dtype, torch.bfloat16)
         base = str(pretrained_model_name_or_path)
-        parts = {k: v for k, v in load_flux_components(base, dtype).items() if k in cls._signature_parts()}
+        parts = {k: v for k, v in load_flux_components(base, dtype).items() if k in FLUX_PARTS}
         if not isinstance(adapter, BokehFluxAdapter):
             adapter = BokehFluxAdapter.from_pretrained(adapter_source(base, adapter), parts["transformer"], dtype=dtype,
                                                        **kwargs)
         pipe = cls(**parts, adapter=adapter.eval())
         return pipe.to(device) if device is not None else pipe
-
-    @classmethod
-    def _signature_parts(cls) -> set[str]:
-        return set(cls._get_signature_keys(cls)[0]) - {"adapter"}
 
     # ---------------------------------------------------------------- backbone-specific steps
     @property
