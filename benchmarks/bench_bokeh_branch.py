@@ -1,5 +1,5 @@
 """Cost of one block's bokeh branch (forward + backward) at FLUX.1-dev sizes: the adapters' one-token shortcut
-(V_b broadcast, ``trainer.attention_processors.bokeh_attention``) against the attention it replaces (every
+(V_b broadcast, ``bokeh_models.attention_processors.bokeh_attention``) against the attention it replaces (every
 token attending to the bokeh token through ``scaled_dot_product_attention``), added to the block's
 attention output as the processors do. Same inputs, same result; prints the median times and their ratio.
 
@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from timing import measure  # noqa: E402
-from trainer.attention_processors import bokeh_attention  # noqa: E402
-from trainer.lora import LowRankLinear  # noqa: E402
+from bokeh_models.attention_processors import bokeh_attention  # noqa: E402
+from bokeh_models.lora import LowRankLinear  # noqa: E402
 
 HEADS, HEAD_DIM, CONTEXT, RANK = 24, 128, 3072, 128  # FLUX.1-dev and the released adapter (DESIGN.md section 3)
 

@@ -33,7 +33,7 @@ def scenes(cache: Path, count: int, size: int) -> Path:
     folder = cache / f"scenes_{size}_{count}"
     if not (folder / "done").exists():
         shutil.rmtree(folder, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "pipelines.cli", "demo-data", "-o", str(folder), "--count", str(count),
+        subprocess.run([sys.executable, "-m", "bokeh_cli", "demo-data", "-o", str(folder), "--count", str(count),
                         "--size", str(size)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         (folder / "done").touch()
     return folder
@@ -72,7 +72,7 @@ class TreeMemory(threading.Thread):
 def run_build(inputs: Path, workers: int, args: argparse.Namespace) -> dict:
     """One `bokeh build` in a subprocess; returns its stats plus wall time and peak memory."""
     out = Path(tempfile.mkdtemp(prefix="bench_out_", dir=args.cache))
-    command = [sys.executable, "-m", "pipelines.cli", "build", str(inputs), "-o", str(out / "ds"), "--depth", "sidecar",
+    command = [sys.executable, "-m", "bokeh_cli", "build", str(inputs), "-o", str(out / "ds"), "--depth", "sidecar",
                "--mask", args.mask, "--synthetic-levels", str(args.levels), "--resolution", str(args.resolution),
                "--shard-size", str(args.shard_size), "--workers", str(workers)]
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))

@@ -46,7 +46,7 @@ def main() -> None:
         raise SystemExit(f"no checkpoint at {args.checkpoint}: run `make demo` first or pass --checkpoint")
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(checkpoint=args.checkpoint, device=args.device)
-    pipe.progress = False
+    pipe.set_progress_bar_config(disable=True)
     levels = [float(k) for k in args.levels.split(",")]
     common = dict(num_inference_steps=args.steps, seed=0, guidance_scale=args.guidance_scale,
                   bokeh_guidance=None if args.bokeh_guidance < 0 else args.bokeh_guidance)

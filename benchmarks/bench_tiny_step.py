@@ -27,7 +27,7 @@ from timing import measure  # noqa: E402
 from trainer.backbones import UNetBackbone  # noqa: E402
 from trainer.config import TrainConfig, load_config  # noqa: E402
 from trainer.ema import WeightAverage  # noqa: E402
-from trainer.tiny_model import build_tiny_model  # noqa: E402
+from bokeh_models.tiny_model import build_tiny_model  # noqa: E402
 from trainer.training import set_loss_weights, trainable_parameters  # noqa: E402
 
 CAPTIONS = ["a red star in front of a leafy green hedge", "a purple cylinder on a wooden floor in front of trees"]

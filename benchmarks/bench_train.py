@@ -28,10 +28,10 @@ sys.path.insert(0, str(ROOT))
 from timing import measure  # noqa: E402
 from tiny_diffusion import FLUX_DEV_CONFIG, SD15_UNET_CONFIG, TINY_UNET_CONFIG  # noqa: E402
 from trainer.config import OptimConfig  # noqa: E402
-from trainer.flux_adapter import BokehFluxAdapter  # noqa: E402
-from trainer.objectives import latent_image_ids, pack_latents  # noqa: E402
+from bokeh_models.flux_adapter import BokehFluxAdapter  # noqa: E402
+from bokeh_models.flux_latents import latent_image_ids, pack_latents  # noqa: E402
 from trainer.training import adamw  # noqa: E402
-from trainer.unet_adapter import BokehUNetAdapter  # noqa: E402
+from bokeh_models.unet_adapter import BokehUNetAdapter  # noqa: E402
 
 
 # The same blocks at small widths (and 16 x 16 latents, 8 text tokens): what --count-ops runs, since the

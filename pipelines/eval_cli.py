@@ -137,7 +137,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
 
     pipe = pipeline_from_args(args)
-    pipe.progress = False  # one bar over the grid instead of one per sweep
+    pipe.set_progress_bar_config(disable=True)  # one bar over the grid instead of one per sweep
     evaluator = Evaluator(pipe, settings, scenes, reference, dataset, args.device)
     with tqdm(total=evaluator.calls(prompts), desc="generate", unit="sweep") as bar:
         evaluator.progress = bar.update

@@ -273,8 +273,9 @@ class Evaluator:
         extra = ({"pivot": s.pivot, "grounding_steps": s.grounding_steps, "colour_transfer": s.colour_transfer,
                   "shared_steps": s.shared_steps}
                  if mode == "grounded" else {"pivot": None})
-        images = self.pipe(prompt, bokeh=bokeh, seed=seed, num_inference_steps=s.steps, guidance_scale=s.guidance,
-                           bokeh_guidance=None if mode == "baseline" else s.bokeh_guidance, **extra)
+        out = self.pipe(prompt, bokeh=bokeh, seed=seed, num_inference_steps=s.steps, guidance_scale=s.guidance,
+                        bokeh_guidance=None if mode == "baseline" else s.bokeh_guidance, **extra)
+        images = getattr(out, "images", out)  # a BokehPipelineOutput, or any sampler's list of images
         if self.progress is not None:
             self.progress()
         if len(images) != len(s.levels) or len({im.size for im in images}) != 1:

@@ -28,7 +28,7 @@ def checkpoint_paths(checkpoint: Union[str, Path]) -> tuple[Optional[str], str]:
     The base is the checkpoint's own ``model/`` when it holds a whole model (the tiny model, or a base
     trained along), else the run's ``model.base_model``; None when neither is known.
     """
-    from trainer.checkpoint import checkpoint_dirs
+    from bokeh_models.checkpoint_layout import checkpoint_dirs
 
     path = Path(checkpoint).expanduser()
     if not (path / "adapter").is_dir():

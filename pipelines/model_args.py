@@ -103,6 +103,6 @@ def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def run_pipeline(pipe: Any, prompt: str, levels: list[float], seed: int, **kwargs: Any) -> list[Any]:
     """``pipe(...)`` with its ValueErrors (bad K, size, steps) as one-line user errors."""
     try:
-        return pipe(prompt, levels, seed=seed, **kwargs)
+        return pipe(prompt, levels, seed=seed, **kwargs).images
     except ValueError as exc:
         raise UserError(str(exc)) from exc

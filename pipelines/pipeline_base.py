@@ -1,18 +1,34 @@
-"""What every Bokeh Diffusion sampling pipeline shares: the K list, unbounded vs grounded batches,
-the denoising loop and the final colour transfer. Backbone-specific work (text encoding, noise,
-timesteps, the guided prediction, decoding) lives in the subclasses."""
+"""What every Bokeh Diffusion sampling pipeline shares: the K list, unbounded vs grounded batches, the denoising
+loop, the final colour transfer and diffusers' pipeline conventions (generator, latents, output_type,
+return_dict, callback_on_step_end, num_images_per_prompt, prompt lists, ``.to()``, offloading, progress bars).
+Backbone-specific work (text encoding, noise, timesteps, the guided prediction, decoding) lives in the subclasses."""
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
+import numpy as np
 import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
 from PIL import Image
 
 from estimators.lens import MAX_BOKEH_LEVEL
+from estimators.model_loading import ModelUnavailableError
 from pipelines.colour_transfer import lab_mean_transfer
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+@dataclass
+class BokehPipelineOutput(BaseOutput):
+    """``images``: one per (prompt, image of that prompt, K), K varying fastest, as PIL images, an ``np`` array
+    ``[N, H, W, 3]`` or a ``pt`` tensor ``[N, 3, H, W]`` in [0, 1], or latents; ``bokeh``: the K of each image."""
+
+    images: Union[list[Image.Image], np.ndarray, torch.Tensor]
+    bokeh: list[float]
 
 
 def checked_levels(bokeh: Sequence[float] | float, pivot: Optional[float]) -> list[float]:
@@ -29,87 +45,109 @@ def checked_levels(bokeh: Sequence[float] | float, pivot: Optional[float]) -> li
     return levels
 
 
-class BokehPipeline(ABC):
+def noise_generator(seed: Optional[int], generator: Optional[torch.Generator], default_seed: int) -> torch.Generator:
+    """The CPU generator the sweeps' noise is drawn from: ``generator``, else one seeded with ``seed``."""
+    if generator is not None and seed is not None:
+        raise ValueError("give seed or generator, not both")
+    if isinstance(generator, (list, tuple)):
+        raise ValueError("one generator: every sweep's noise is drawn from it in turn")
+    return generator or torch.Generator("cpu").manual_seed(default_seed if seed is None else int(seed))
+
+
+def adapter_source(base: str, adapter: Union[str, Path, None]) -> str:
+    """The adapter to load: the one named, else the ``adapter/`` folder of a saved pipeline."""
+    if adapter is not None:
+        return str(adapter)
+    saved = Path(base).expanduser() / "adapter"
+    if not saved.is_dir():
+        raise ModelUnavailableError(f"{base} holds no adapter/ (a base model): pass adapter=FOLDER|HUB_ID")
+    return str(saved)
+
+
+class BokehPipeline(DiffusionPipeline):
     """Text + K list -> one image per K from the same initial noise (see ``__call__``)."""
 
     default_steps = 30
     default_guidance = 3.0
     default_seed = 0
     default_negative_prompt = ""
+    #: The adapter runs inside the base model's attention layers (they carry its processors) and its embedding
+    #: is small: it stays on the execution device while the large models are offloaded.
+    _exclude_from_cpu_offload = ["adapter"]
 
-    #: Weights dtype when ``from_pretrained`` is not given one.
-    default_dtype = torch.float32
+    def _install_adapter(self) -> None:
+        """Put the adapter's processors on the base model (a no-op when they are there already)."""
+        if isinstance(self.adapter, torch.nn.Module):
+            self.adapter.install(self.base_model)
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        base: Union[str, Path],
-        adapter: Union[str, Path],
-        *,
-        device: Optional[Union[str, torch.device]] = None,
-        torch_dtype: Optional[Union[str, torch.dtype]] = None,
-    ) -> "BokehPipeline":
-        """The base model (folder or hub id) with the adapter (folder or hub id) installed, both in
-        ``torch_dtype`` (name or dtype; default ``default_dtype``) on ``device`` (CUDA when present).
-        Unavailable or unfit models raise ModelUnavailableError (one line)."""
-        from estimators.model_loading import resolve_device
-        from trainer.backbones import DTYPES
+    @property
+    def base_model(self) -> torch.nn.Module:
+        """The network the adapter is installed on (UNet or transformer)."""
+        raise NotImplementedError
 
-        if isinstance(torch_dtype, str) and torch_dtype not in DTYPES:
-            raise ValueError(f"torch_dtype must be one of {sorted(DTYPES)}, got {torch_dtype!r}")
-        dtype = DTYPES[torch_dtype] if isinstance(torch_dtype, str) else (torch_dtype or cls.default_dtype)
-        return cls._load(str(base), str(adapter), resolve_device(device), dtype)
-
-    @classmethod
-    @abstractmethod
-    def _load(cls, base: str, adapter: str, device: torch.device, dtype: torch.dtype) -> "BokehPipeline":
-        """Build the pipeline from checked arguments."""
-
-    def __init__(self, adapter: torch.nn.Module, device: torch.device) -> None:
-        self.adapter = adapter
-        self.device = torch.device(device)
-        self.progress = True
+    def save_pretrained(self, save_directory: Any, **kwargs: Any) -> None:
+        """diffusers' pipeline folder (model_index.json + one folder per component, ``adapter/`` in the released
+        layout), the base model saved with its own attention processors (the adapter's weights only in ``adapter/``)."""
+        self.adapter.uninstall(self.base_model)
+        try:
+            super().save_pretrained(save_directory, **kwargs)
+        finally:
+            self.adapter.install(self.base_model)
 
     # ---------------------------------------------------------------- backbone-specific steps
     @property
-    @abstractmethod
     def default_resolution(self) -> int:
         """The image side the model was trained at (used when height / width are not given)."""
+        raise NotImplementedError
 
     @property
-    @abstractmethod
     def size_multiple(self) -> int:
         """Image sides must be multiples of this."""
+        raise NotImplementedError
 
-    @abstractmethod
     def encode(self, prompt: str, negative_prompt: str, rows: int, with_negative: bool) -> dict[str, Any]:
         """Text conditioning for ``rows`` copies of ``prompt`` (and of the negative prompt when ``with_negative``)."""
+        raise NotImplementedError
 
-    @abstractmethod
-    def initial_latents(self, seed: int, rows: int, height: int, width: int) -> torch.Tensor:
-        """One noise draw from ``seed``, repeated for every row."""
+    def latent_shape(self, height: int, width: int) -> tuple[int, ...]:
+        """The shape of one image's initial noise ``[C, h, w]`` as drawn (``latents`` takes it too; FLUX packs it after)."""
+        raise NotImplementedError
 
-    @abstractmethod
+    @property
+    def noise_dtype(self) -> torch.dtype:
+        """The dtype the initial noise is drawn in."""
+        raise NotImplementedError
+
+    def initial_latents(self, noise: torch.Tensor, rows: int, height: int, width: int) -> torch.Tensor:
+        """One sweep's starting latents: ``noise`` (one image's) repeated for every row and scaled as the
+        scheduler wants."""
+        raise NotImplementedError
+
     def set_timesteps(self, steps: int, latents: torch.Tensor) -> torch.Tensor:
         """Configure ``self.scheduler`` for ``steps`` steps; returns its timesteps."""
+        raise NotImplementedError
 
-    @abstractmethod
     def predict(self, latents: torch.Tensor, t: torch.Tensor, text: dict[str, Any], levels: list[float],
                 pivot_ids: Optional[list[int]], guidance_scale: float, true_cfg: float,
                 bokeh_guidance: Optional[float]) -> torch.Tensor:
-        """The (guided, see ``trainer.guidance.guided``) model output for the batch at timestep ``t``."""
+        """The (guided, see ``bokeh_models.guidance.guided``) model output for the batch at timestep ``t``."""
+        raise NotImplementedError
 
     def step(self, prediction: torch.Tensor, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        """One scheduler step (every backbone keeps its diffusers scheduler in ``self.scheduler``)."""
+        """One scheduler step."""
         return self.scheduler.step(prediction, t, latents, return_dict=False)[0]
 
-    @abstractmethod
+    def decode_tensor(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The batch as images ``[N, 3, H, W]`` in [-1, 1]."""
+        raise NotImplementedError
+
     def decode(self, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
         """The batch as PIL images."""
+        return self.image_processor.postprocess(self.decode_tensor(latents, height, width).float(), output_type="pil")
 
-    @abstractmethod
     def uses_guidance_pass(self, guidance_scale: float, true_cfg: float) -> bool:
         """Whether a negative (unconditional) pass runs at each step."""
+        raise NotImplementedError
 
     # ---------------------------------------------------------------- the algorithm
     def _size(self, height: Optional[int], width: Optional[int]) -> tuple[int, int]:
@@ -123,7 +161,7 @@ class BokehPipeline(ABC):
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str,
+        prompt: Union[str, list[str]],
         bokeh: Sequence[float] | float,
         pivot: Optional[float] = None,
         grounding_steps: int = 24,
@@ -137,15 +175,26 @@ class BokehPipeline(ABC):
         bokeh_guidance: Optional[float] = None,
         colour_transfer: bool = True,
         shared_steps: int = 0,
-    ) -> list[Image.Image]:
-        """One image per K in ``bokeh`` (K < 0: no bokeh condition), all from the noise of ``seed``.
+        num_images_per_prompt: int = 1,
+        generator: Optional[torch.Generator] = None,
+        latents: Optional[torch.Tensor] = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Optional[Callable[..., dict[str, Any]]] = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ) -> Union[BokehPipelineOutput, tuple]:
+        """One image per K in ``bokeh`` (K < 0: no bokeh condition) for each prompt and each of its
+        ``num_images_per_prompt`` noise draws (a sweep: all K from one noise).
 
-        Unbounded mode (``pivot`` None or ``grounding_steps`` 0): the K rows denoise independently.
-        Grounded mode: a pivot row at K = ``pivot`` joins the batch; for the first ``grounding_steps``
-        steps every row attends with the pivot's queries (grounded self-attention), and at the end each
-        image takes the pivot's LAB colour means (as the released code does; ``colour_transfer=False`` keeps
-        each image's own: defocus in linear light brightens a blurred background, and the shift that undoes
-        it moves the subject's colours too).
+        Noise: drawn on the CPU from ``generator``, else from a generator seeded with ``seed`` (default the
+        pipeline's ``default_seed``), one draw per sweep in turn; or ``latents`` (one per sweep, shape
+        ``latent_shape``). Unbounded mode (``pivot`` None or ``grounding_steps`` 0): the K rows denoise
+        independently. Grounded mode: a pivot row at K = ``pivot`` joins the batch; for the first
+        ``grounding_steps`` steps every row attends with the pivot's queries (grounded self-attention), and at the
+        end each image takes the pivot's LAB colour means (as the released code does; ``colour_transfer=False``
+        keeps each image's own: defocus in linear light brightens a blurred background, and the shift that undoes
+        it moves the subject's colours too). The transfer works on 8-bit images, so it rounds "np" / "pt" output
+        to 1/255; "latent" output skips it and decoding.
 
         ``shared_steps`` S (needs ``pivot``; default 0, as released): the first S steps denoise every row at the
         pivot's K, so all rows follow one trajectory while the layout forms at high noise, and each takes its own
@@ -154,11 +203,18 @@ class BokehPipeline(ABC):
         and copy it to all (one trajectory, also with a scheduler that adds noise at each step).
 
         ``bokeh_guidance`` guides K on its own (one more model pass per step, see
-        ``trainer.guidance.guided``). None: K is guided with the prompt, by the classifier-free scale when
+        ``bokeh_models.guidance.guided``). None: K is guided with the prompt, by the classifier-free scale when
         a negative pass runs, else not at all; that same value as ``bokeh_guidance`` changes nothing,
         larger values strengthen the blur K asks for. The no-K rows are grounded on their own pivot.
+
+        ``callback_on_step_end(pipe, i, t, kwargs)`` after each step, with the tensors named in
+        ``callback_on_step_end_tensor_inputs`` (``latents``: the sweep's batch); a ``latents`` it returns
+        replaces them.
         """
         levels = checked_levels(bokeh, pivot)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError("prompt must be a string or a non-empty list of strings")
         steps = self.default_steps if num_inference_steps is None else int(num_inference_steps)
         if steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {steps}")
@@ -166,13 +222,43 @@ class BokehPipeline(ABC):
             raise ValueError(f"grounding_steps must be >= 0, got {grounding_steps}")
         if shared_steps < 0 or (shared_steps and pivot is None):
             raise ValueError(f"shared_steps must be >= 0 and needs a pivot (its K is shared), got {shared_steps} with pivot {pivot}")
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        unknown = sorted(set(callback_on_step_end_tensor_inputs) - {"latents"})
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs can name only 'latents', got {unknown}")
         guidance_scale = self.default_guidance if guidance_scale is None else float(guidance_scale)
         negative_prompt = self.default_negative_prompt if negative_prompt is None else negative_prompt
-        seed = self.default_seed if seed is None else int(seed)
         if bokeh_guidance is not None and not (math.isfinite(bokeh_guidance) and bokeh_guidance >= 0):
             raise ValueError(f"bokeh_guidance must be >= 0, got {bokeh_guidance:g}")
         height, width = self._size(height, width)
+        sweeps = len(prompts) * num_images_per_prompt
+        shape = self.latent_shape(height, width)
+        if latents is not None and tuple(latents.shape) != (sweeps, *shape):
+            raise ValueError(f"latents must have shape {(sweeps, *shape)} (one noise per sweep), got {tuple(latents.shape)}")
+        draw = None if latents is not None else noise_generator(seed, generator, self.default_seed)
 
+        outputs: list = []
+        for j in range(sweeps):
+            if latents is not None:
+                noise = latents[j:j + 1]
+            else:
+                noise = torch.randn((1, *shape), generator=draw, dtype=self.noise_dtype)
+            outputs += self._sweep(prompts[j // num_images_per_prompt], noise, levels, pivot, grounding_steps, steps,
+                                   guidance_scale, negative_prompt, true_cfg, height, width, bokeh_guidance,
+                                   colour_transfer, shared_steps, output_type, j,
+                                   callback_on_step_end, callback_on_step_end_tensor_inputs)
+        self.maybe_free_model_hooks()
+        images = self._format(outputs, output_type)
+        bokeh_out = levels * sweeps
+        return BokehPipelineOutput(images=images, bokeh=bokeh_out) if return_dict else (images, bokeh_out)
+
+    def _sweep(self, prompt, noise, levels, pivot, grounding_steps, steps, guidance_scale, negative_prompt, true_cfg,
+               height, width, bokeh_guidance, colour_transfer, shared_steps, output_type, sweep, callback,
+               callback_inputs) -> list:
+        """One prompt's images at every K from one noise (see ``__call__``)."""
         grounded = pivot is not None and grounding_steps > 0
         batch_levels = levels + [float(pivot)] if grounded else levels
         rows = len(batch_levels)
@@ -181,25 +267,41 @@ class BokehPipeline(ABC):
         negative_pass = self.uses_guidance_pass(guidance_scale, true_cfg)
         text = self.encode(prompt, negative_prompt, rows, negative_pass)
         one_row_text = self.encode(prompt, negative_prompt, 1, negative_pass) if shared_steps else None
-        latents = self.initial_latents(seed, rows, height, width)
+        latents = self.initial_latents(noise, rows, height, width)
         timesteps = self.set_timesteps(steps, latents)
-        from tqdm.auto import tqdm
-
-        for i, t in enumerate(tqdm(timesteps, desc="sample", leave=False, disable=not self.progress)):
-            if i < shared_steps:
-                # The rows are one image (same noise, the pivot's K; grounding on an identical row is plain
-                # attention): step one row and copy it, so they stay one even where the scheduler adds noise.
-                one_row = latents[:1]
-                prediction = self.predict(one_row, t, one_row_text, [float(pivot)], None, guidance_scale, true_cfg,
-                                          bokeh_guidance)
-                latents = self.step(prediction, t, one_row).expand_as(latents).contiguous()
-            else:
-                grounding = pivot_ids if i < grounding_steps else None
-                prediction = self.predict(latents, t, text, batch_levels, grounding, guidance_scale, true_cfg, bokeh_guidance)
-                latents = self.step(prediction, t, latents)
+        with self.progress_bar(total=len(timesteps)) as bar:
+            for i, t in enumerate(timesteps):
+                if i < shared_steps:
+                    # The rows are one image (same noise, the pivot's K; grounding on an identical row is plain
+                    # attention): step one row and copy it, so they stay one even where the scheduler adds noise.
+                    one_row = latents[:1]
+                    prediction = self.predict(one_row, t, one_row_text, [float(pivot)], None, guidance_scale, true_cfg,
+                                              bokeh_guidance)
+                    latents = self.step(prediction, t, one_row).expand_as(latents).contiguous()
+                else:
+                    grounding = pivot_ids if i < grounding_steps else None
+                    prediction = self.predict(latents, t, text, batch_levels, grounding, guidance_scale, true_cfg,
+                                              bokeh_guidance)
+                    latents = self.step(prediction, t, latents)
+                if callback is not None:
+                    named = {"latents": latents}
+                    returned = callback(self, sweep * len(timesteps) + i, t, {k: named[k] for k in callback_inputs}) or {}
+                    latents = returned.get("latents", latents)
+                bar.update()
+        if output_type == "latent":
+            return list(latents[:len(levels)])
         images = self.decode(latents, height, width)
         if grounded:
             pivot_image = images.pop()
             if colour_transfer:
                 images = [lab_mean_transfer(pivot_image, image) for image in images]
         return images
+
+    @staticmethod
+    def _format(outputs: list, output_type: str) -> Union[list[Image.Image], np.ndarray, torch.Tensor]:
+        if output_type == "pil":
+            return outputs
+        if output_type == "latent":
+            return torch.stack(outputs)
+        array = np.stack([np.asarray(image, dtype=np.float32) / 255.0 for image in outputs])
+        return array if output_type == "np" else torch.from_numpy(array).permute(0, 3, 1, 2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import Any
 
 from estimators.cli_util import UserError, non_negative_int
 from pipelines.model_args import (
@@ -23,6 +24,28 @@ def prompt_slug(prompt: str, chars: int = 60) -> str:
     """A file-name-safe label for ``prompt``: lowercase words joined by underscores."""
     slug = "_".join(re.findall(r"[a-z0-9]+", prompt.lower()))[:chars].strip("_")
     return slug or "prompt"
+
+
+def sample_settings(pipe: Any, args: argparse.Namespace, seed: int, mode: str) -> dict[str, str]:
+    """What made an image, as PNG text: prompt, seed, steps, guidance (the pipeline's defaults where unset) and mode."""
+    return {
+        "prompt": args.prompt,
+        "seed": str(seed),
+        "steps": str(args.steps or pipe.default_steps),
+        "guidance": f"{pipe.default_guidance if args.guidance_scale is None else args.guidance_scale:g}",
+        "bokeh_guidance": "none" if args.bokeh_guidance is None else f"{args.bokeh_guidance:g}",
+        "mode": mode,
+    }
+
+
+def png_text(fields: dict[str, str]) -> Any:
+    """A PNG text-chunk block holding ``fields`` (read back with ``Image.open(path).text``)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in fields.items():
+        info.add_itxt(key, value)  # international text: any prompt's characters
+    return info
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -63,13 +86,14 @@ def run(args: argparse.Namespace) -> int:
     images = run_pipeline(pipe, args.prompt, args.bokeh, seed, **sampling_kwargs(args))
     out.mkdir(parents=True, exist_ok=True)
     prefix = f"{prompt_slug(args.prompt)}-s{seed}"
-    for k, image in zip(args.bokeh, images):
-        image.save(out / f"{prefix}-K{k:g}.png")
     mode = "unbounded"
     if args.pivot is not None and args.grounding_steps > 0:
         mode = f"grounded on K={args.pivot:g}" + ("" if args.colour_transfer else ", own colours")
     if args.shared_steps:
         mode += f", first {args.shared_steps} steps at K={args.pivot:g}"
+    settings = sample_settings(pipe, args, seed, mode)
+    for k, image in zip(args.bokeh, images):
+        image.save(out / f"{prefix}-K{k:g}.png", pnginfo=png_text({**settings, "K": f"{k:g}"}))
     sheet = contact_sheet(images, [f"K={k:g}" for k in args.bokeh], height=max(SHEET_HEIGHT, images[0].height))
     sheet.save(out / f"{prefix}-sheet.png")
     print(f"wrote {len(images)} images ({images[0].width}x{images[0].height}, seed {seed}, {mode}) and "

@@ -47,7 +47,7 @@ def demo_scenes(folder: Path, count: int, size: int = 256, seed: int = 0) -> lis
 
 def cli(*args: object) -> list[str]:
     """The command line of ``bokeh`` run with this Python (a subprocess that can be killed)."""
-    return [sys.executable, "-m", "pipelines.cli", *map(str, args)]
+    return [sys.executable, "-m", "bokeh_cli", *map(str, args)]
 
 
 def read_rows(out: Path, columns=META_COLUMNS) -> list[dict]:

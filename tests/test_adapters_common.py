@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from trainer.attention_processors import bokeh_attention, ground, pivot_index
-from trainer.bokeh_embedding import BokehEmbedding, bokeh_condition
-from trainer.lora import LowRankLinear
+from bokeh_models.attention_processors import bokeh_attention, ground, pivot_index
+from bokeh_models.bokeh_embedding import BokehEmbedding, bokeh_condition
+from bokeh_models.lora import LowRankLinear
 
 
 def test_bokeh_condition_scales_k_and_marks_no_condition():

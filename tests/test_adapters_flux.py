@@ -11,8 +11,8 @@ from safetensors.torch import load_file, save_file
 
 from estimators.model_loading import ModelUnavailableError
 from tiny_diffusion import TINY_ADAPTER as TINY, TINY_FLUX_CONFIG, flux_batch, meta_flux, randomize, single_thread, tiny_flux
-from trainer import BokehFluxAdapter
-from trainer.attention_processors import BokehFluxAttnProcessor
+from bokeh_models import BokehFluxAdapter
+from bokeh_models.attention_processors import BokehFluxAttnProcessor
 
 HEADS, HEAD_DIM = TINY_FLUX_CONFIG["num_attention_heads"], TINY_FLUX_CONFIG["attention_head_dim"]
 
@@ -173,13 +173,13 @@ def test_grounded_attention_formula_single_stream():
     """Row b: softmax(Q_piv [K_b, K_piv]^T / sqrt(d)) [V_b, V_b], with q/k adapters before the q/k norm."""
     base = tiny_flux()
     attn = base.single_transformer_blocks[0].attn
-    proc = BokehFluxAttnProcessor(HEADS * HEAD_DIM, 12, rank=4, lora_scale=0.7)
+    proc = BokehFluxAttnProcessor(HEADS * HEAD_DIM, 12, rank=4, lora_scale=0.7, bokeh_scale=0.0)  # attention alone
     randomize(proc, std=0.2)
     torch.manual_seed(5)
     x = torch.randn(3, 6, HEADS * HEAD_DIM)
     index = [2, 1, 2]
     with torch.no_grad():
-        got = proc(attn, x, pivot_index=torch.tensor(index))
+        got = proc(attn, x, bokeh_embeds=torch.randn(3, 1, 12), pivot_index=torch.tensor(index))
         q = attn.to_q(x)
         k = attn.to_k(x)
         q = q + 0.7 * (q @ proc.to_q_adp.down.weight.T @ proc.to_q_adp.up.weight.T)
@@ -208,14 +208,16 @@ def test_bokeh_term_is_v_b_before_the_output_projection():
         # single-stream: the processor returns the joint attention output, before the block's proj_out
         single = base.single_transformer_blocks[0].attn
         x = torch.randn(2, 7, HEADS * HEAD_DIM)
-        delta = single(x, bokeh_embeds=tokens) - single(x)
+        text = torch.randn(2, 3, HEADS * HEAD_DIM)
+        double = base.transformer_blocks[0].attn
+        on = single(x, bokeh_embeds=tokens), double(x, text, bokeh_embeds=tokens)
+        adapter.set_bokeh_scale(0.0)  # the branch off: plain attention
+        off = single(x, bokeh_embeds=tokens), double(x, text, bokeh_embeds=tokens)
+        delta = on[0] - off[0]
         torch.testing.assert_close(delta, (0.5 * v_b).expand_as(delta))
         # double-stream: added to text and image tokens before to_out / to_add_out (linear, so bias cancels)
-        double = base.transformer_blocks[0].attn
         v_b0 = adapter.adapter_modules[0].to_v_bokeh(tokens)
-        text = torch.randn(2, 3, HEADS * HEAD_DIM)
-        img_on, txt_on = double(x, text, bokeh_embeds=tokens)
-        img_off, txt_off = double(x, text)
+        (img_on, txt_on), (img_off, txt_off) = on[1], off[1]
         torch.testing.assert_close(img_on - img_off, (0.5 * v_b0 @ double.to_out[0].weight.T).expand_as(img_on), atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(txt_on - txt_off, (0.5 * v_b0 @ double.to_add_out.weight.T).expand_as(txt_on), atol=1e-5, rtol=1e-4)
 
@@ -306,6 +308,55 @@ def test_loads_a_checkpoint_written_in_the_released_layout(tmp_path):
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(ModelUnavailableError, match="no model.safetensors"):
         BokehFluxAdapter.from_pretrained(tmp_path, tiny_flux())
+
+
+def test_a_diffusers_model_loaded_without_its_transformer(tmp_path):
+    """The released layout loads with no transformer (diffusers' ConfigMixin + ModelMixin conventions), installs
+    on one later and predicts as the adapter it was saved from; a subset of blocks needs the transformer."""
+    from diffusers import ConfigMixin, ModelMixin
+
+    base = tiny_flux()
+    adapter = BokehFluxAdapter(base, lora_alpha=8.0, **TINY)
+    randomize(adapter)
+    adapter.save_pretrained(tmp_path / "full")
+    loaded = BokehFluxAdapter.from_pretrained(tmp_path / "full", torch_dtype=torch.float64)
+    assert isinstance(loaded, ModelMixin) and isinstance(loaded, ConfigMixin)
+    assert loaded.dtype == torch.float64 and loaded.device.type == "cpu" and dict(loaded.config) == adapter.config
+    loaded.to(torch.float32)
+    twin = tiny_flux()
+    loaded.install(twin)
+    inputs = flux_batch(batch=2)
+    with torch.no_grad():
+        assert torch.equal(loaded(twin, [8.0, 16.0], [1, 1], **inputs), adapter(base, [8.0, 16.0], [1, 1], **inputs))
+    BokehFluxAdapter(tiny_flux(), blocks=["single_transformer_blocks.0"], **TINY).save_pretrained(tmp_path / "part")
+    with pytest.raises(ModelUnavailableError, match="only some of the transformer's blocks: pass the transformer"):
+        BokehFluxAdapter.from_pretrained(tmp_path / "part")
+    assert BokehFluxAdapter.from_pretrained(tmp_path / "part", tiny_flux()).fits(tiny_flux())
+
+
+def test_push_to_hub_uploads_the_released_layout(tmp_path, monkeypatch):
+    """diffusers' push_to_hub with the hub calls replaced (no network): the uploaded folder holds the layout."""
+    import diffusers.utils.hub_utils as hub_utils
+
+    uploaded = {}
+
+    class Repo:
+        repo_id = "me/bokeh-adapter"
+
+    def upload_folder(repo_id, folder_path, **kwargs):
+        uploaded.update({p.name: p.read_bytes() for p in __import__("pathlib").Path(folder_path).iterdir()})
+        uploaded["repo"] = repo_id
+
+    monkeypatch.setattr(hub_utils, "create_repo", lambda repo_id, **kwargs: Repo())
+    monkeypatch.setattr(hub_utils, "load_or_create_model_card", lambda *a, **k: __import__("types").SimpleNamespace(
+        save=lambda path: open(path, "w").write("card")))
+    monkeypatch.setattr(hub_utils, "populate_model_card", lambda card, *a, **k: card)
+    monkeypatch.setattr(hub_utils, "upload_folder", upload_folder)
+    adapter = BokehFluxAdapter(tiny_flux(), **TINY)
+    adapter.push_to_hub("me/bokeh-adapter")
+    assert uploaded["repo"] == "me/bokeh-adapter"
+    assert sorted(uploaded) == ["README.md", "config.json", "model.safetensors", "repo"]
+    assert json.loads(uploaded["config.json"]) == adapter.config
 
 
 def test_unreachable_hub_id_or_missing_folder_is_one_line_error(monkeypatch, tmp_path):

@@ -10,8 +10,8 @@ from diffusers.models.attention_processor import Attention
 
 from estimators.model_loading import ModelUnavailableError
 from tiny_diffusion import TINY_ADAPTER as TINY, meta_unet, randomize, single_thread, tiny_unet, unet_batch
-from trainer import BokehUNetAdapter
-from trainer.attention_processors import BokehCrossAttnProcessor, GroundedSelfAttnProcessor, UNetAttnProcessor
+from bokeh_models import BokehUNetAdapter
+from bokeh_models.attention_processors import BokehCrossAttnProcessor, GroundedSelfAttnProcessor, UNetAttnProcessor
 
 
 
@@ -150,11 +150,12 @@ def test_unet_with_class_input_takes_the_bokeh_condition_there():
     unet = UNet2DConditionModel(**TINY_UNET_CONFIG, class_embed_type="projection", projection_class_embeddings_input_dim=1).eval()
     randomize(unet.class_embedding)
     inputs = unet_batch()
+    pristine = copy.deepcopy(unet)
     adapter = BokehUNetAdapter(unet, **TINY)
     with torch.no_grad():
         out = adapter(unet, **inputs, bokeh=[6.0, -1.0])  # fresh adapter: the bokeh branch adds nothing yet
         # K / 30 for a level, -1 for "no condition", as class labels
-        expected = unet(**inputs, class_labels=torch.tensor([[0.2], [-1.0]]), return_dict=False)[0]
+        expected = pristine(**inputs, class_labels=torch.tensor([[0.2], [-1.0]]), return_dict=False)[0]
         assert torch.equal(out, expected)
         assert (adapter(unet, **inputs, bokeh=[24.0, 24.0]) - out).abs().max() > 1e-4
 
@@ -180,6 +181,10 @@ def test_save_load_round_trip(tmp_path):
     (other / "config.json").write_text((tmp_path / "ckpt" / "config.json").read_text())
     with pytest.raises(ModelUnavailableError, match="wrong shape"):
         BokehUNetAdapter.from_pretrained(other, tiny_unet())
+    with pytest.raises(ModelUnavailableError, match="built on its UNet's attention layers: pass the unet$"):
+        BokehUNetAdapter.from_pretrained(tmp_path / "ckpt")  # the processors' sizes are the UNet's
+    half = BokehUNetAdapter.from_pretrained(tmp_path / "ckpt", tiny_unet(), torch_dtype=torch.float16)
+    assert half.dtype == torch.float16 and torch.equal(half.embedding_layer[0].weight, adapter.embedding_layer[0].weight.half())
 
 
 def test_training_adapter_only_with_checkpointing_and_autocast():

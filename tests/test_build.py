@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 from conftest import DEMO_PHOTOS, TEST_PHOTOS
 from dataset_tools.build import ShardWriter
 from dataset_tools.dedup import DUPLICATES
-from pipelines.cli import main
+from bokeh_cli import main
 from build_helpers import (
     REPO_ENV,
     assert_each_photo_once,

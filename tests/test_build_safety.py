@@ -19,7 +19,7 @@ from dataset_tools.dedup import later_copies
 from dataset_tools.input_stamp import CAPTION, DEPTH_SIDECAR, MASK_SIDECAR
 from dataset_tools.out_guard import LOCK, MARKER, OutLock, check_apart
 from dataset_tools.stages import EstimateStage
-from pipelines.cli import main
+from bokeh_cli import main
 from build_helpers import (REPO_ENV, assert_each_photo_once, demo_scenes, local_ray,  # noqa: F401 - fixture
                            read_errors, read_rows, wait_for)
 

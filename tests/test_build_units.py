@@ -23,7 +23,7 @@ from dataset_tools.sources import SourceItem
 from dataset_tools.stages import (DepthStage, EncodeStage, EstimateStage, GroupStage, MaskStage, balanced_levels,
                                   fit_short_side, group_seed, merge_dataset_exif)
 from estimators.exif import ExifInfo
-from pipelines.cli import main
+from bokeh_cli import main
 from build_helpers import demo_scenes, read_errors, read_rows
 
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import DEMO_PHOTOS, TEST_PHOTOS
-from pipelines.cli import main
+from bokeh_cli import main
 
 
 def run(capsys, *args):

@@ -7,7 +7,7 @@ from build_helpers import read_rows
 from dataset_tools.card import size_category
 from dataset_tools.schema import LABELS, OUTPUT_SCHEMA, STRUCTS, card_features, hf_features, label_names, rows_table
 from estimators.bokeh_level import BASE_CONFIDENCE
-from pipelines.cli import main
+from bokeh_cli import main
 
 
 @pytest.fixture(scope="module")

@@ -230,7 +230,7 @@ def test_wrong_checkpoints_are_one_line(relative_dir, tmp_path):
 
 def test_default_estimate_is_depth_pro_with_exif_plus_depth(capsys, tmp_path, pro_dir):
     """`bokeh estimate` without --depth runs Depth Pro: with complete EXIF the record is exif+depth."""
-    from pipelines.cli import main
+    from bokeh_cli import main
 
     photo = tmp_path / "ixus.jpg"
     shutil.copy(EXIF_PHOTO, photo)
@@ -244,7 +244,7 @@ def test_default_estimate_is_depth_pro_with_exif_plus_depth(capsys, tmp_path, pr
 
 def test_cli_and_build_config_depth_defaults_agree():
     from dataset_tools.build_config import BuildConfig
-    from pipelines.cli import build_parser
+    from bokeh_cli import build_parser
 
     parser = build_parser()
     estimate = parser.parse_args(["estimate", "photo.jpg"])
@@ -261,7 +261,7 @@ def test_offline_hub_id_fails_fast_with_one_line(tmp_path, offline):
     env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env.update(offline, HF_HOME=str(tmp_path / "hf"),
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "estimate", str(EXIF_PHOTO), "--device", "cpu"],
+    proc = subprocess.run([sys.executable, "-m", "bokeh_cli", "estimate", str(EXIF_PHOTO), "--device", "cpu"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     err = proc.stderr.strip()
     assert proc.returncode == 2 and proc.stdout == ""

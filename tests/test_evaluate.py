@@ -354,8 +354,8 @@ def test_cli_prompt_without_caption_match(tmp_path):
 def test_cli_end_to_end_with_a_tiny_model(tmp_path, capsys):
     from diffusers import UNet2DConditionModel
 
-    from trainer.tiny_model import build_tiny_model
-    from trainer.unet_adapter import BokehUNetAdapter
+    from bokeh_models.tiny_model import build_tiny_model
+    from bokeh_models.unet_adapter import BokehUNetAdapter
 
     captions = [caption for caption, _ in GROUPS]
     base = build_tiny_model(tmp_path / "tiny", captions, resolution=32, block_out_channels=[16, 16, 32, 32], text_width=32)

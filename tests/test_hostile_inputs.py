@@ -188,7 +188,7 @@ def test_estimate_gives_one_line_per_hostile_photo(hostile):
 
 
 def test_a_hostile_folder_on_ray_ends_the_same(local_ray, tmp_path):  # noqa: F811 - fixture
-    from pipelines.cli import main
+    from bokeh_cli import main
 
     pool = demo_scenes(tmp_path / "pool", 2, size=128)
     photos = tmp_path / "photos"

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from estimators import lens
-from pipelines.cli import main
+from bokeh_cli import main
 
 # Worked example of DESIGN.md §1: 50 mm f/1.8, full frame, s = 2.5 m, 1024 x 683 px (3:2).
 # hypot(1024, 683) = sqrt(1048576 + 466489) = 1230.880; sensor_w = 43.27 * 1024 / 1230.880 = 35.997 mm

@@ -336,7 +336,7 @@ def test_build_from_s3_to_s3_resume_and_overwrite(s3, bucket, tmp_path, capsys, 
     """Four photos with sidecars in a bucket, built into the same bucket: every photo in exactly one place; a
     removed shard object is redone alone on --resume; --overwrite removes only the build's objects. Nothing
     lands on the local disk under pathlib's spelling of the URL (``s3:/...``)."""
-    from pipelines.cli import main
+    from bokeh_cli import main
 
     monkeypatch.chdir(tmp_path)
 
@@ -387,7 +387,7 @@ def test_build_from_s3_to_s3_resume_and_overwrite(s3, bucket, tmp_path, capsys, 
 def test_build_from_s3_to_s3_on_a_local_ray(s3, bucket, tmp_path, monkeypatch):
     """The same build on a local Ray of one worker: the workers fetch the photos and sidecars and find the
     endpoint and credentials in the environment they inherit."""
-    from pipelines.cli import main
+    from bokeh_cli import main
 
     monkeypatch.chdir(tmp_path)
     photos = demo_scenes(tmp_path / "in", 2, size=64)

@@ -5,8 +5,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from tiny_diffusion import TINY_ADAPTER as TINY, flux_batch, randomize, single_thread, tiny_flux, tiny_unet, unet_batch
-from trainer import BokehFluxAdapter, BokehUNetAdapter
-from trainer.lora import LowRankLinear
+from bokeh_models import BokehFluxAdapter, BokehUNetAdapter
+from bokeh_models.lora import LowRankLinear
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import HfApi, ModelCard
 
-from pipelines.cli import main
+from bokeh_cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 ADAPTER_FILES = {"config.json": "{}", "model.safetensors": "weights"}
@@ -134,7 +134,7 @@ def test_what_cannot_be_pushed_is_one_line(tmp_path, dataset, capsys, case, mess
 
 def test_offline_push_fails_at_once_with_one_line(run):
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HOME": str(run)}
-    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "push", str(run), "me/x"], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "bokeh_cli", "push", str(run), "me/x"], env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == "bokeh push: error: HF_HUB_OFFLINE is set: the Hub is off for this shell; unset it to push\n"

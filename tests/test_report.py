@@ -8,8 +8,8 @@ from PIL import Image
 
 from dataset_tools.build_stats import BuildStats
 from dataset_tools.report import collect_groups, write_report
+from bokeh_cli import main
 from dataset_tools.schema import OUTPUT_SCHEMA, rows_table
-from pipelines.cli import main
 
 
 def jpeg(color):

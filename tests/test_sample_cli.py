@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from pipelines.cli import main
+from bokeh_cli import main
 from pipelines.loading import checkpoint_paths
 from tests.tiny_diffusion import single_thread
 from tests.tiny_pipelines import randomise
@@ -17,8 +17,8 @@ def run_dir(tmp_path_factory):
     """A run folder with two checkpoints, each holding model/ (the tiny base) and adapter/."""
     from diffusers import UNet2DConditionModel
 
-    from trainer.tiny_model import build_tiny_model
-    from trainer.unet_adapter import BokehUNetAdapter
+    from bokeh_models.tiny_model import build_tiny_model
+    from bokeh_models.unet_adapter import BokehUNetAdapter
 
     run = tmp_path_factory.mktemp("run")
     for step in (1, 2):
@@ -44,7 +44,10 @@ def test_sample_writes_one_image_per_level_and_a_sheet(run_dir, tmp_path, capsys
     assert code == 0
     prefix = "a_red_ball_in_front_of_a_green_hedge-s4"
     for k in (0, 15, 30):
-        assert Image.open(out / f"{prefix}-K{k}.png").size == (32, 32)
+        image = Image.open(out / f"{prefix}-K{k}.png")
+        assert image.size == (32, 32)
+        assert image.text == {"prompt": PROMPT, "seed": "4", "steps": "3", "guidance": "2", "bokeh_guidance": "3",
+                              "mode": "grounded on K=10", "K": str(k)}  # guidance: the tiny model's default
     sheet = Image.open(out / f"{prefix}-sheet.png")
     assert sheet.width > 3 * 256  # three labelled thumbnails side by side
     assert "grounded on K=10" in capsys.readouterr().out

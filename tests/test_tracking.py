@@ -109,7 +109,7 @@ def test_report_to_is_checked(dataset, tmp_path):
 def test_missing_tracker_package_is_one_line_before_any_work(dataset, tmp_path, monkeypatch, capsys, name):
     import importlib.util
 
-    from pipelines.cli import main
+    from bokeh_cli import main
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda module, *a: None if module == name else real(module, *a))

@@ -7,8 +7,10 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipelines.loading import load_pipeline
+from synth_blur.contact_sheet import contact_sheet
 from test_train_data import write_dataset
 from tiny_diffusion import single_thread
 from tiny_pipelines import build_tiny_flux, build_tiny_sd
@@ -34,7 +36,7 @@ def test_train_then_sample_the_checkpoint(dataset, tmp_path, family, build, adap
         data=dict(dataset=str(dataset), resolution=16, batch_size=2, cache_images=True),
         optim=dict(learning_rate=1e-2),
         run=dict(output_dir=str(out), max_steps=3, checkpoint_every=3, log_every=1, progress=False),
-        validation=dict(every=0),
+        validation=dict(every=3, prompts=["a red ball"], levels=[0, 30], steps=2, seed=5),
     ))
     with single_thread():
         result = train(config)
@@ -43,8 +45,14 @@ def test_train_then_sample_the_checkpoint(dataset, tmp_path, family, build, adap
         weights_changed = json.loads((adapter_dir / "config.json").read_text())
         assert weights_changed  # written in the adapter layout
         pipe = load_pipeline(checkpoint=str(out), device="cpu")  # base from the run's config
-        pipe.progress = False
-        images = pipe("a red ball", [0, 30], seed=1, num_inference_steps=2, height=16, width=16)
+        pipe.set_progress_bar_config(disable=True)
+        images = pipe("a red ball", [0, 30], seed=1, num_inference_steps=2, height=16, width=16).images
+        # the validation grid's first row is what users sample from the checkpoint (same seed, steps, guidance)
+        shown = pipe("a red ball", [0, 30], seed=5, num_inference_steps=2, guidance_scale=3.0, height=16, width=16).images
+    sheet = contact_sheet(shown, ["K=0", "K=30"], height=64)
+    grid = Image.open(out / "validation" / "step-0000003.png").convert("RGB")
+    assert grid.height > sheet.height  # the grounded row below
+    assert np.array_equal(np.asarray(grid.crop((0, 0, *sheet.size))), np.asarray(sheet))
     assert type(pipe).__name__ == ("BokehFluxPipeline" if family == "flux" else "BokehStableDiffusionPipeline")
     assert [im.size for im in images] == [(16, 16)] * 2
     # the trained adapter (its V_b moved off zero) makes K change the output

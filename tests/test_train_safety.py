@@ -171,7 +171,7 @@ def test_resume_allows_and_says_steps_logging_and_checkpoints(dataset, tmp_path,
 
 
 def test_max_steps_at_or_below_the_checkpoint(dataset, tmp_path, capsys):
-    from pipelines.cli import main
+    from bokeh_cli import main
 
     out = tmp_path / "run"
     _train(tiny_config(dataset, out, max_steps=4))
@@ -211,7 +211,7 @@ def test_resume_from_an_earlier_checkpoint_drops_the_later_ones(dataset, tmp_pat
 def test_truncated_training_shard_is_one_line(dataset, tmp_path, capsys):
     import shutil
 
-    from pipelines.cli import main
+    from bokeh_cli import main
 
     data = tmp_path / "data_copy"
     shutil.copytree(dataset, data)
@@ -257,7 +257,7 @@ def test_crafted_optimizer_pickle_does_not_run_and_is_one_line(dataset, tmp_path
 
 
 def test_damaged_checkpoint_weights_are_one_line(dataset, tmp_path, capsys):
-    from pipelines.cli import main
+    from bokeh_cli import main
 
     out = tmp_path / "run"
     _train(tiny_config(dataset, out, max_steps=2))
@@ -396,7 +396,7 @@ def test_checkpoint_files_and_folders_are_synced_before_and_after_the_rename(dat
 
 
 def test_sample_refuses_a_level_given_twice(tmp_path, capsys):
-    from pipelines.cli import main
+    from bokeh_cli import main
 
     for levels in (["0", "0"], ["5", "12", "5.0"]):
         code = main(["sample", "--base", str(tmp_path / "no_base"), "--adapter", str(tmp_path / "no_adapter"), "--family", "unet",

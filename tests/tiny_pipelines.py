@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from tests.tiny_diffusion import TINY_FLUX_CONFIG, TINY_UNET_CONFIG
-from trainer.tiny_model import build_tokenizer
+from bokeh_models.tiny_model import build_tokenizer
 
 CAPTIONS = ["a red ball in front of a green hedge", "a white box on a wooden floor", "bad quality, low resolution"]
 

@@ -1,42 +1,15 @@
-"""The base models the trainer adapts: loading (folder or hub id, one clear error when unavailable),
-text and image encoding, the training loss with the bokeh adapter, and a small validation sampler."""
+"""The base models the trainer adapts: loading (folder or hub id, one clear error when unavailable), text and
+image encoding and the training loss with the bokeh adapter. Validation grids come from the sampling pipelines."""
 from __future__ import annotations
 
-import math
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
 
-from estimators.model_loading import ModelUnavailableError, load_pretrained
-from trainer.guidance import guided
-from trainer.objectives import flux_loss, latent_image_ids, pack_latents, shifted_sigmas, unet_loss
-
-AVOID = "a local path in model.base_model (configs/tiny.yaml trains a tiny model offline)"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def _component(cls: Any, base: str, subfolder: str, what: str, **kwargs: Any) -> Any:
-    return load_pretrained(
-        lambda name, **kw: cls.from_pretrained(name, subfolder=subfolder, **kw), base, what=f"{what} ({subfolder})",
-        avoid=AVOID, **kwargs,
-    )
-
-
-def pixel_patch_size(channels: int) -> int:
-    """The side p of the pixel patches a VAE-less UNet with ``channels`` = 3 p^2 input channels denoises
-    (space-to-depth: each p x p RGB patch is one position; p = 1 is plain pixels)."""
-    p = math.isqrt(channels // 3)
-    if channels != 3 * p * p:
-        raise ValueError(f"a pixel-space UNet (no vae/) takes 3 * p^2 input channels (RGB in p x p patches), got {channels}")
-    return p
-
-
-def vae_factor(vae: nn.Module) -> int:
-    """Image pixels per latent position along a side: 2 per VAE downsampling level."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
-
+from bokeh_models.components import check_pixel_unet, load_flux_components, load_unet_components, vae_factor
+from estimators.model_loading import ModelUnavailableError
+from trainer.objectives import flux_loss, shifted_sigmas, unet_loss
 
 class UNetBackbone:
     """A UNet2DConditionModel with its CLIP text encoder, tokenizer, DDPM training scheduler and (for
@@ -47,12 +20,7 @@ class UNetBackbone:
 
     def __init__(self, unet: nn.Module, text_encoder: nn.Module, tokenizer: Any, scheduler: Any, vae: Optional[nn.Module] = None) -> None:
         self.unet, self.text_encoder, self.tokenizer, self.scheduler, self.vae = unet, text_encoder, tokenizer, scheduler, vae
-        self.patch = 1
-        if vae is None:
-            self.patch = pixel_patch_size(unet.config.in_channels)
-            if unet.config.out_channels != unet.config.in_channels:
-                raise ValueError(f"a pixel-space UNet (no vae/) must output its {unet.config.in_channels} input channels, "
-                                 f"got {unet.config.out_channels}")
+        self.patch = 1 if vae is not None else check_pixel_unet(unet)
         #: SNR clamp of the loss weights (``optim.snr_gamma`` / ``optim.snr_floor``); None = no bound
         self.snr_gamma: Optional[float] = None
         self.snr_floor: Optional[float] = None
@@ -64,22 +32,11 @@ class UNetBackbone:
     @classmethod
     def load(cls, base: str, dtype: torch.dtype = torch.float32) -> "UNetBackbone":
         """Components from a Stable Diffusion style folder or hub id (``vae/`` optional in a folder)."""
-        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-        from transformers import AutoTokenizer, CLIPTextModel
-
-        what = "base model"
-        unet = _component(UNet2DConditionModel, base, "unet", what, torch_dtype=dtype)
-        text_encoder = _component(CLIPTextModel, base, "text_encoder", what, dtype=dtype)
-        tokenizer = _component(AutoTokenizer, base, "tokenizer", what)
-        scheduler = _component(DDPMScheduler, base, "scheduler", what)
-        local = Path(base).expanduser()
-        vae = None
-        if not local.is_dir() or (local / "vae").is_dir():
-            vae = _component(AutoencoderKL, base, "vae", what, torch_dtype=dtype)
+        parts = load_unet_components(base, dtype)
         try:
-            return cls(unet, text_encoder, tokenizer, scheduler, vae)
+            return cls(**parts)
         except ValueError as exc:
-            raise ModelUnavailableError(f"{what} {base}: {exc}") from None
+            raise ModelUnavailableError(f"base model {base}: {exc}") from None
 
     @property
     def model(self) -> nn.Module:
@@ -93,7 +50,7 @@ class UNetBackbone:
         return parts
 
     def make_adapter(self, kwargs: dict) -> nn.Module:
-        from trainer.unet_adapter import BokehUNetAdapter
+        from bokeh_models.unet_adapter import BokehUNetAdapter
 
         return BokehUNetAdapter(self.unet, **kwargs)
 
@@ -133,25 +90,6 @@ class UNetBackbone:
     def latent_shape(self, resolution: int) -> tuple[int, int, int]:
         return self.unet.config.in_channels, resolution // self.latent_factor, resolution // self.latent_factor
 
-    @torch.no_grad()
-    def sample(self, adapter: nn.Module, prompts: Sequence[str], levels: Sequence[float], noise: torch.Tensor,
-               steps: int, guidance_scale: float) -> torch.Tensor:
-        """DDIM (eta 0) with classifier-free guidance against the empty prompt and no bokeh condition."""
-        from diffusers import DDIMScheduler
-
-        scheduler = DDIMScheduler.from_config(self.scheduler.config)
-        scheduler.set_timesteps(steps)
-        device = noise.device
-        cond = self.encode_text(prompts, device)["encoder_hidden_states"]
-        uncond = self.encode_text([""] * len(prompts), device)["encoder_hidden_states"]
-        latents = noise * scheduler.init_noise_sigma
-        for t in scheduler.timesteps:
-            pred = adapter(self.unet, latents, t, cond, bokeh=list(levels))
-            if guidance_scale != 1:
-                pred = guided(pred, adapter(self.unet, latents, t, uncond, bokeh=-1.0), guidance_scale)
-            latents = scheduler.step(pred, t, latents).prev_sample
-        return self.decode(latents).clamp(-1, 1)
-
 
 class FluxBackbone:
     """FLUX.1: FluxTransformer2DModel with its CLIP and T5 encoders and VAE (as one FluxPipeline)."""
@@ -171,8 +109,7 @@ class FluxBackbone:
     def load(cls, base: str, dtype: torch.dtype = torch.bfloat16, guidance: float = 3.5) -> "FluxBackbone":
         from diffusers import FluxPipeline
 
-        pipe = load_pretrained(FluxPipeline.from_pretrained, base, what="FLUX base model", avoid=AVOID, torch_dtype=dtype)
-        return cls(pipe, guidance)
+        return cls(FluxPipeline(**load_flux_components(base, dtype)), guidance)
 
     @property
     def model(self) -> nn.Module:
@@ -183,7 +120,7 @@ class FluxBackbone:
                 "text_encoder_2": self.pipe.text_encoder_2, "vae": self.vae}
 
     def make_adapter(self, kwargs: dict) -> nn.Module:
-        from trainer.flux_adapter import BokehFluxAdapter
+        from bokeh_models.flux_adapter import BokehFluxAdapter
 
         return BokehFluxAdapter(self.transformer, **kwargs)
 
@@ -218,25 +155,6 @@ class FluxBackbone:
 
     def latent_shape(self, resolution: int) -> tuple[int, int, int]:
         return self.vae.config.latent_channels, resolution // self.latent_factor, resolution // self.latent_factor
-
-    @torch.no_grad()
-    def sample(self, adapter: nn.Module, prompts: Sequence[str], levels: Sequence[float], noise: torch.Tensor,
-               steps: int, guidance_scale: float) -> torch.Tensor:
-        """Euler steps of the flow from sigma 1 to 0 (FLUX.1-dev is guidance-distilled: no second pass)."""
-        text = self.encode_text(prompts, noise.device)
-        b, c, h, w = noise.shape
-        sigmas = shifted_sigmas(torch.linspace(1, 0, steps + 1), self.shift).tolist()
-        latents = noise
-        img_ids = latent_image_ids(noise)
-        guidance = torch.full((b,), float(self.guidance), device=noise.device) if self.transformer.config.guidance_embeds else None
-        x = pack_latents(latents)
-        for s, s_next in zip(sigmas[:-1], sigmas[1:]):
-            v = adapter(self.transformer, list(levels), None, hidden_states=x, timestep=torch.full((b,), s, device=noise.device, dtype=x.dtype),
-                        guidance=guidance, pooled_projections=text["pooled_prompt_embeds"],
-                        encoder_hidden_states=text["prompt_embeds"], txt_ids=text["text_ids"], img_ids=img_ids)
-            x = x + (s_next - s) * v
-        latents = x.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
-        return self.decode(latents).clamp(-1, 1)
 
 
 def load_backbone(family: str, base: str, dtype: torch.dtype, guidance: float = 3.5) -> Any:

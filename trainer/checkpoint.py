@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -30,22 +29,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from bokeh_models.checkpoint_layout import PATTERN, checkpoint_dirs
 from estimators.cli_util import UserError
 from trainer.ema import WeightAverage, load_trained, save_trained
 from trainer.model_card import write_model_card
 from trainer.run_folder import fsync_dir
 
-PATTERN = re.compile(r"^step-(\d+)$")
 TRAINED_WEIGHTS = "trained_weights.safetensors"
-
-
-def checkpoint_dirs(output_dir: Path) -> list[Path]:
-    """Finished checkpoints of a run, oldest first."""
-    root = Path(output_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := PATTERN.match(p.name))]
-    return [p for _, p in sorted(found)]
 
 
 def step_of(checkpoint: Path) -> int:

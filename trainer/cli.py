@@ -11,7 +11,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train a Bokeh Diffusion adapter (or the tiny model) on a `bokeh build` dataset",
         description="Train on the dataset of `bokeh build`. Settings come from CONFIG.yaml (configs/tiny.yaml, "
         "configs/sd15.yaml, configs/flux.yaml) and section.key=value overrides, e.g. run.max_steps=200 "
-        "data.dataset=OUT. Multi-GPU: accelerate launch -m pipelines.cli train CONFIG.yaml.",
+        "data.dataset=OUT. Multi-GPU: accelerate launch -m bokeh_cli train CONFIG.yaml.",
     )
     parser.add_argument("config", help="YAML settings file")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="settings that replace the file's")

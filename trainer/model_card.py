@@ -179,7 +179,7 @@ def model_card(state: dict[str, Any], adapter_ref: str = "ADAPTER_DIR", eval_pat
         "from pipelines.loading import load_pipeline",
         "",
         f'pipe = load_pipeline("{base_arg}", "{adapter_ref}")',
-        f'images = pipe("a portrait in a garden", bokeh=[{sample_k.replace(" ", ", ")}], seed=0)  # one PIL image per K',
+        f'images = pipe("a portrait in a garden", bokeh=[{sample_k.replace(" ", ", ")}], seed=0).images  # one PIL image per K',
         "```",
         "",
         "## Training",

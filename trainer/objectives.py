@@ -10,7 +10,8 @@ from typing import Any, Optional
 
 import torch
 
-from trainer.attention_processors import pivot_index
+from bokeh_models.attention_processors import pivot_index
+from bokeh_models.flux_latents import latent_image_ids, pack_latents
 
 
 def ddpm_timesteps(u: torch.Tensor, num_train_timesteps: int) -> torch.Tensor:
@@ -133,22 +134,6 @@ def unet_loss(
 def shifted_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
     """Flow-matching noise levels ``shift * u / (1 + (shift - 1) * u)`` (the schedulers' time shift)."""
     return shift * u / (1 + (shift - 1) * u)
-
-
-def pack_latents(latents: torch.Tensor) -> torch.Tensor:
-    """FLUX's 2x2 patch packing ``[B, C, H, W] -> [B, H/2 * W/2, 4C]`` (diffusers' FluxPipeline helper)."""
-    from diffusers import FluxPipeline
-
-    b, c, h, w = latents.shape
-    return FluxPipeline._pack_latents(latents, b, c, h, w)
-
-
-def latent_image_ids(latents: torch.Tensor) -> torch.Tensor:
-    """Position ids of the packed latent tokens (diffusers' FluxPipeline helper)."""
-    from diffusers import FluxPipeline
-
-    b, _, h, w = latents.shape
-    return FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, latents.device, latents.dtype)
 
 
 def flux_loss(

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from bokeh_models.components import DTYPES
 from estimators.cli_util import UserError
-from trainer.backbones import DTYPES, UNetBackbone, load_backbone
+from trainer.backbones import UNetBackbone, load_backbone
 from trainer.checkpoint import drop_after, load_checkpoint, read_state, resolve_resume, save_checkpoint
 from trainer.config import STEP_FREE_SCHEDULES, OptimConfig, TrainConfig, job_settings, load_config, resume_changes
 from trainer.data import BatchPlan, BatchSampler, ImageLoader, load_rows
@@ -77,7 +78,7 @@ def build_backbone(config: TrainConfig, output_dir: Path, rows: Any) -> tuple[An
     """The backbone and its local folder (tiny: built from scratch in OUTPUT/base on the first run)."""
     model = config.model
     if model.family == "tiny":
-        from trainer.tiny_model import build_tiny_model
+        from bokeh_models.tiny_model import build_tiny_model
 
         base = output_dir / "base"
         if not (base / "unet").is_dir():
@@ -246,22 +247,47 @@ def _open_run(config: TrainConfig, state: Any, resume: Optional[str], overwrite:
     return checkpoint, step
 
 
-def validation_grid(backbone: Any, adapter: nn.Module, config: TrainConfig, device: torch.device) -> Any:
-    """A PIL image: one contact-sheet row per prompt, one column per K, same seed across K."""
+def validation_pipeline(backbone: Any, adapter: nn.Module) -> Any:
+    """The sampling pipeline users run, built on the training modules in memory (the trained adapter installed;
+    a copy of the scheduler, whose timesteps sampling sets)."""
+    from pipelines.pipeline_flux import BokehFluxPipeline
+    from pipelines.pipeline_sd import BokehStableDiffusionPipeline
+
+    if backbone.family == "flux":
+        parts = backbone.pipe.components
+        scheduler = parts["scheduler"]
+        pipe = BokehFluxPipeline(
+            scheduler=type(scheduler).from_config(scheduler.config), vae=parts["vae"], text_encoder=parts["text_encoder"],
+            tokenizer=parts["tokenizer"], text_encoder_2=parts["text_encoder_2"], tokenizer_2=parts["tokenizer_2"],
+            transformer=parts["transformer"], adapter=adapter)
+    else:
+        scheduler = type(backbone.scheduler).from_config(backbone.scheduler.config)
+        pipe = BokehStableDiffusionPipeline(unet=backbone.unet, text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer,
+                                            scheduler=scheduler, adapter=adapter, vae=backbone.vae)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def validation_grid(backbone: Any, adapter: nn.Module, config: TrainConfig) -> Any:
+    """A PIL image: per prompt, a contact-sheet row of the K sweep unbounded and one grounded (pivot halfway
+    between the lowest and highest K, the first 4/5 of the steps grounded, as the released sweeps are: 24 of 30),
+    both from the seed ``validation.seed`` + the prompt's index, sampled by the pipeline users run."""
     from PIL import Image
 
     from synth_blur.contact_sheet import contact_sheet
 
     val = config.validation
     resolution = val.resolution or config.data.resolution
-    channels, h, w = backbone.latent_shape(resolution)
+    pipe = validation_pipeline(backbone, adapter)
+    pivot = (min(val.levels) + max(val.levels)) / 2
+    modes = [("", {}), (f" grounded on {pivot:g}", dict(pivot=pivot, grounding_steps=round(0.8 * val.steps)))]
     rows = []
     for i, prompt in enumerate(val.prompts):
-        g = torch.Generator().manual_seed(val.seed + i)
-        noise = torch.randn((1, channels, h, w), generator=g).expand(len(val.levels), -1, -1, -1).to(device)
-        images = backbone.sample(adapter, [prompt] * len(val.levels), val.levels, noise, val.steps, val.guidance_scale)
-        arrays = ((images.float().cpu().permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
-        rows.append(contact_sheet(list(arrays), [f"K={k:g}" for k in val.levels], height=max(64, resolution)))
+        for label, mode in modes:
+            images = pipe(prompt, val.levels, seed=val.seed + i, num_inference_steps=val.steps,
+                          guidance_scale=val.guidance_scale, height=resolution, width=resolution, **mode).images
+            labels = [f"K={k:g}{label}" for k in val.levels]
+            rows.append(contact_sheet(images, labels, height=max(64, resolution)))
     sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
     y = 0
     for row in rows:
@@ -421,7 +447,7 @@ def _train(config: TrainConfig, resume: Optional[str], overwrite: bool, stack: c
         if accelerator.is_main_process and val.every and val.prompts and (step % val.every == 0 or step == run.max_steps):
             step_module.eval()
             with average.swapped() if average is not None else contextlib.nullcontext():
-                grid = validation_grid(backbone, adapter, config, accelerator.device)
+                grid = validation_grid(backbone, adapter, config)
             step_module.train()
             (output_dir / "validation").mkdir(exist_ok=True)
             grid_path = output_dir / "validation" / f"step-{step:07d}.png"

@@ -7,32 +7,34 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import torch
+from diffusers import ConfigMixin, ModelMixin
 from torch import nn
 
+from bokeh_models.attention_processors import PivotIds, pivot_index
+from bokeh_models.bokeh_embedding import BokehEmbedding, BokehLevels
+from bokeh_models.components import resolve_dtype
+from bokeh_models.prepared import prepare
 from estimators.model_loading import ModelUnavailableError, load_pretrained
-from trainer.attention_processors import PivotIds, pivot_index
-from trainer.bokeh_embedding import BokehEmbedding, BokehLevels
-from trainer.prepared import prepare
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 DEFAULT_AVOID = "an adapter you trained locally (bokeh train)"
 
 
-def _download(repo_id: str) -> Path:
+def _download(repo_id: str, subfolder: Optional[str] = None) -> Path:
     """The hub snapshot folder holding the adapter's config and safetensors weights."""
     from huggingface_hub import hf_hub_download
 
-    hf_hub_download(repo_id, CONFIG_NAME)
-    return Path(hf_hub_download(repo_id, WEIGHTS_NAME)).parent
+    hf_hub_download(repo_id, CONFIG_NAME, subfolder=subfolder)
+    return Path(hf_hub_download(repo_id, WEIGHTS_NAME, subfolder=subfolder)).parent
 
 
-def resolve_checkpoint(dir_or_id: Union[str, Path], avoid: str = DEFAULT_AVOID) -> Path:
-    """The local folder of an adapter checkpoint: ``dir_or_id`` itself, or its hub download.
+def resolve_checkpoint(dir_or_id: Union[str, Path], avoid: str = DEFAULT_AVOID, subfolder: Optional[str] = None) -> Path:
+    """The local folder of an adapter checkpoint: ``dir_or_id`` itself (or its ``subfolder``), or its hub download.
 
     Raises ModelUnavailableError (one line, naming the id) when the files cannot be had.
     """
-    path = Path(dir_or_id).expanduser()
+    path = Path(dir_or_id).expanduser() / (subfolder or "")
     if path.is_dir():
         missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (path / name).is_file()]
         if missing:
@@ -45,7 +47,7 @@ def resolve_checkpoint(dir_or_id: Union[str, Path], avoid: str = DEFAULT_AVOID) 
         raise ModelUnavailableError(f"adapter checkpoint {path} is a file; pass the folder holding {CONFIG_NAME} and {WEIGHTS_NAME}")
     if path.is_absolute() or str(dir_or_id).startswith((".", "~")):
         raise ModelUnavailableError(f"adapter folder {path} does not exist")
-    return load_pretrained(_download, str(dir_or_id), what="Bokeh Diffusion adapter", avoid=avoid)
+    return load_pretrained(_download, str(dir_or_id), what="Bokeh Diffusion adapter", avoid=avoid, subfolder=subfolder)
 
 
 def read_config(path: Path, fields: Sequence[str]) -> dict[str, Any]:
@@ -56,6 +58,7 @@ def read_config(path: Path, fields: Sequence[str]) -> dict[str, Any]:
         raise ModelUnavailableError(f"cannot read adapter config {path}: {exc}") from exc
     if not isinstance(config, dict):
         raise ModelUnavailableError(f"adapter config {path} is not a JSON object")
+    config = {k: v for k, v in config.items() if not k.startswith("_")}  # diffusers' class / version entries
     unknown = sorted(set(config) - set(fields))
     if unknown:
         raise ModelUnavailableError(f"adapter config {path} has unknown fields {unknown} (known: {list(fields)})")
@@ -67,32 +70,49 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-class BokehAdapter(nn.Module):
+class BokehAdapter(ModelMixin, ConfigMixin):
     """A bokeh embedding plus one attention processor per attention layer of a diffusers model.
 
-    Subclasses build the processors; this class installs them (``model.set_attn_processor``), keeps them
-    as ``adapter_modules`` (index = position in ``model.attn_processors``), and saves / loads the
-    adapter as ``config.json`` + ``model.safetensors`` (fp32). The processors are also submodules of the
-    model's attention layers: ``model.to(...)`` moves and casts them too but not the embedding, so move the
-    adapter with ``adapter.to(...)`` (after any cast of the base, to keep trained weights in fp32).
+    A diffusers model (``ModelMixin`` + ``ConfigMixin``): ``config`` holds the constructor arguments, ``.to()``,
+    ``.dtype``, ``.device`` and ``push_to_hub`` are diffusers', and ``save_pretrained`` / ``from_pretrained`` read and
+    write the released layout, ``config.json`` (exactly the constructor fields) + ``model.safetensors`` (fp32), from a
+    folder or the Hub. Subclasses build the processors; this class installs them (``model.set_attn_processor``) and
+    keeps them as ``adapter_modules`` (index = position in ``model.attn_processors``). The processors are also
+    submodules of the model's attention layers: ``model.to(...)`` moves and casts them too but not the embedding,
+    so move the adapter with ``adapter.to(...)`` (after any cast of the base, to keep trained weights in fp32).
     """
 
+    config_name = CONFIG_NAME
     config_fields: tuple[str, ...] = ()
+    #: The processors and the embedding are small and run inside the base model's layers: never split them.
+    _no_split_modules = ["BokehEmbedding"]
 
     def __init__(self, config: dict[str, Any], device: Optional[torch.device], dtype: Optional[torch.dtype]) -> None:
         super().__init__()
-        self._config = dict(config)
+        # The base model comes first and positionally and is no config field, which @register_to_config's
+        # positional handling cannot skip: the fields are registered here, as that decorator would.
+        self.register_to_config(**config)
         self.embedding_layer = BokehEmbedding(
             config["bokeh_input_dim"], config["bokeh_hidden_dim"], config["bokeh_context_dim"], device=device, dtype=dtype
         )
         self.adapter_modules = nn.ModuleList()
         self._processor_names: list[str] = []
 
+    def to(self, *args: Any, **kwargs: Any) -> "BokehAdapter":
+        """``nn.Module.to``: diffusers' override warns about float32-kept modules on every dtype cast even when a
+        model keeps none (this adapter's weights train and are saved in fp32 whatever the base's dtype)."""
+        return nn.Module.to(self, *args, **kwargs)
+
+    def to_json_string(self) -> str:
+        """config.json as released: the constructor fields only (no diffusers class or version entries)."""
+        return json.dumps({k: v for k, v in self.config.items() if not k.startswith("_")}, indent=2) + "\n"
+
     # ------------------------------------------------------------------ processors on the model
-    def _attach(self, model: nn.Module, names: list[str], processors: list[nn.Module]) -> None:
+    def _attach(self, model: Optional[nn.Module], names: list[str], processors: list[nn.Module]) -> None:
         self.adapter_modules = nn.ModuleList(processors)
         self._processor_names = names
-        self.install(model)
+        if model is not None:
+            self.install(model)
 
     def fits(self, model: nn.Module) -> bool:
         """Whether ``model`` has the attention layers this adapter was built for (so it can carry it)."""
@@ -126,12 +146,23 @@ class BokehAdapter(nn.Module):
         """The ``[batch_size, 1, bokeh_context_dim]`` tokens for levels K (0..30, negative = none)."""
         return self.embedding_layer.tokens(bokeh, batch_size)
 
-    def attention_kwargs(self, bokeh: BokehLevels, pivot_ids: PivotIds, batch_size: int, device: torch.device) -> dict[str, Any]:
+    def attention_kwargs(self, bokeh: BokehLevels, pivot_ids: PivotIds = None, batch_size: Optional[int] = None,
+                         device: Optional[torch.device] = None) -> dict[str, Any]:
         """The attention keyword arguments of one model call: bokeh tokens, pivot index and what every
-        block would otherwise compute for itself (:func:`trainer.prepared.prepare`)."""
+        block would otherwise compute for itself (:func:`bokeh_models.prepared.prepare`).
+
+        Also what a stock diffusers pipeline with these processors installed needs on every step, e.g.
+        ``FluxPipeline(..., joint_attention_kwargs=adapter.attention_kwargs(12.0))`` (``batch_size``: the rows of
+        each model call; default one per K given, a single K broadcasting over any batch)."""
+        if batch_size is None:
+            batch_size = torch.as_tensor(bokeh).numel()
         tokens = self.bokeh_tokens(bokeh, batch_size)
-        return dict(bokeh_embeds=tokens, pivot_index=pivot_index(pivot_ids, batch_size, device),
-                    prepared=prepare(self.adapter_modules, tokens))
+        # Processors elsewhere than the tokens (a model offloaded until its forward moves it, processors included)
+        # compute their own values in their forward pass instead.
+        weights = next((p for m in self.adapter_modules for p in m.parameters()), None)
+        here = weights is None or weights.device == tokens.device
+        return dict(bokeh_embeds=tokens, pivot_index=pivot_index(pivot_ids, batch_size, device or tokens.device),
+                    prepared=prepare(self.adapter_modules, tokens) if here else None)
 
     # ------------------------------------------------------------------ scales and training
     def _set_processor_attr(self, attr: str, value: float) -> None:
@@ -174,20 +205,23 @@ class BokehAdapter(nn.Module):
         return params
 
     # ------------------------------------------------------------------ checkpoint files
-    @property
-    def config(self) -> dict[str, Any]:
-        """The constructor arguments that rebuild this adapter (written as config.json)."""
-        return dict(self._config)
-
-    def save_pretrained(self, directory: Union[str, Path]) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (fp32) to ``directory``; returns it."""
+    def save_pretrained(self, save_directory: Union[str, Path], is_main_process: bool = True,
+                        push_to_hub: bool = False, **kwargs: Any) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (fp32) to ``save_directory``; returns it. With
+        ``push_to_hub`` the folder is also uploaded (``repo_id`` and the other ``push_to_hub`` arguments in kwargs)."""
         from safetensors.torch import save_file
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_NAME).write_text(json.dumps(self._config, indent=2) + "\n")
-        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}
-        save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        if kwargs.get("variant"):
+            raise ValueError("a Bokeh Diffusion adapter has one weights file (model.safetensors): no variants")
+        directory = Path(save_directory)
+        if is_main_process:
+            directory.mkdir(parents=True, exist_ok=True)
+            self.save_config(directory)
+            tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}
+            save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        if push_to_hub:
+            hub = {k: kwargs[k] for k in ("commit_message", "private", "token", "create_pr") if k in kwargs}
+            self.push_to_hub(kwargs.get("repo_id", directory.name), **hub)
         return directory
 
     def load_weights(self, path: Union[str, Path]) -> None:
@@ -213,18 +247,23 @@ class BokehAdapter(nn.Module):
     def _load(
         cls,
         dir_or_id: Union[str, Path],
-        model: nn.Module,
-        device: Optional[torch.device],
-        dtype: torch.dtype,
+        model: Optional[nn.Module],
+        device: Optional[Union[str, torch.device]],
+        dtype: Optional[Union[str, torch.dtype]],
         avoid: str,
+        loader_kwargs: dict[str, Any],
     ) -> "BokehAdapter":
-        """Build the adapter from a checkpoint folder or hub id and install it on ``model``."""
-        directory = resolve_checkpoint(dir_or_id, avoid)
+        """Build the adapter from a checkpoint folder or hub id (installed on ``model`` when given).
+
+        ``loader_kwargs``: what diffusers' pipeline loader passes every component (``torch_dtype``, ``subfolder``
+        and memory options); the weights are small and load whole, so only the first two matter here."""
+        dtype = resolve_dtype(loader_kwargs.pop("torch_dtype", None) if dtype is None else dtype, torch.float32)
+        subfolder = loader_kwargs.pop("subfolder", None)
+        directory = resolve_checkpoint(dir_or_id, avoid, subfolder)
         config = read_config(directory / CONFIG_NAME, cls.config_fields)
         try:
-            adapter = cls(model, **config, device=device, dtype=dtype)
+            adapter = cls(model, **config, device=None if device is None else torch.device(device), dtype=dtype)
         except ValueError as exc:
             raise ModelUnavailableError(f"adapter {dir_or_id} does not fit this model: {exc}") from exc
         adapter.load_weights(directory / WEIGHTS_NAME)
         return adapter
-

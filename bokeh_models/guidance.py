@@ -1,4 +1,4 @@
-"""Classifier-free guidance arithmetic, shared by the trainer's validation sampler and the pipelines."""
+"""Classifier-free guidance arithmetic of the sampling pipelines (K guided with the prompt or on its own)."""
 from __future__ import annotations
 
 from typing import Optional

@@ -15,14 +15,14 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from trainer.adapter_base import DEFAULT_AVOID, BokehAdapter, model_device
-from trainer.attention_processors import (
+from bokeh_models.adapter_base import DEFAULT_AVOID, BokehAdapter, model_device
+from bokeh_models.attention_processors import (
     BokehCrossAttnProcessor,
     GroundedSelfAttnProcessor,
     PivotIds,
     UNetAttnProcessor,
 )
-from trainer.bokeh_embedding import BokehLevels, bokeh_condition
+from bokeh_models.bokeh_embedding import BokehLevels, bokeh_condition
 
 
 def takes_bokeh_class_label(unet: nn.Module) -> bool:
@@ -51,7 +51,7 @@ class BokehUNetAdapter(BokehAdapter):
 
     def __init__(
         self,
-        unet: nn.Module,
+        unet: Optional[nn.Module] = None,
         blocks: Sequence[str] = ("up_blocks",),
         grounded_blocks: Sequence[str] = ("up_blocks",),
         bokeh_input_dim: int = 1,
@@ -65,6 +65,8 @@ class BokehUNetAdapter(BokehAdapter):
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = torch.float32,
     ) -> None:
+        if unet is None:
+            raise ValueError("a UNet adapter is built on its UNet's attention layers: pass the unet")
         blocks, grounded_blocks = list(blocks), list(grounded_blocks)
         device = device or model_device(unet)
         super().__init__(
@@ -107,18 +109,20 @@ class BokehUNetAdapter(BokehAdapter):
     @classmethod
     def from_pretrained(
         cls,
-        dir_or_id: Union[str, Path],
-        unet: nn.Module,
+        pretrained_model_name_or_path: Union[str, Path],
+        unet: Optional[nn.Module] = None,
         *,
-        device: Optional[torch.device] = None,
-        dtype: torch.dtype = torch.float32,
+        device: Optional[Union[str, torch.device]] = None,
+        dtype: Optional[Union[str, torch.dtype]] = None,
         avoid: str = DEFAULT_AVOID,
+        **kwargs: Any,
     ) -> "BokehUNetAdapter":
-        """Load ``config.json`` + ``model.safetensors`` from a folder or hub id and install on ``unet``.
+        """Load ``config.json`` + ``model.safetensors`` (fp32 unless ``dtype`` / ``torch_dtype``) from a folder or hub
+        id and install on ``unet`` (the processors' sizes are the UNet's, so it is needed).
 
-        Failures (offline, missing files, keys or shapes not matching) raise ModelUnavailableError.
+        Failures (offline, missing files, keys or shapes not matching, no unet) raise ModelUnavailableError.
         """
-        return cls._load(dir_or_id, unet, device, dtype, avoid)
+        return cls._load(pretrained_model_name_or_path, unet, device, dtype, avoid, kwargs)
 
     def default_processor(self) -> Any:
         from diffusers.models.attention_processor import AttnProcessor2_0

@@ -1,4 +1,4 @@
-"""The ``bokeh`` command: one argparse parser whose subcommands each layer registers."""
+"""The `bokeh` command (top of the layers): one argparse parser whose subcommands each layer registers."""
 from __future__ import annotations
 
 import argparse
@@ -10,9 +10,11 @@ from dataset_tools import cli as dataset_tools_cli
 from estimators import cli as estimators_cli
 from estimators.cli_util import UserError
 from estimators.model_loading import ModelUnavailableError
-from pipelines import eval_cli, push, sample_cli
+from pipelines import eval_cli, sample_cli
 from synth_blur import cli as synth_blur_cli
 from trainer import cli as trainer_cli
+
+from . import push
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,5 +42,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -43,7 +43,7 @@ class LowRankLinear(nn.Module):
     fresh adapter leaves the base model unchanged. The input goes in as :func:`matmul_input` has it and the
     output comes back in the input's dtype, so an fp32 adapter can sit in a bf16 model.
     ``weights`` replaces the layer's own (down, up) for one call: the same values already cast for
-    autocast (:mod:`trainer.prepared`). The weights go to ``F.linear`` directly, so forward hooks on
+    autocast (:mod:`bokeh_models.prepared`). The weights go to ``F.linear`` directly, so forward hooks on
     ``down`` / ``up`` (e.g. per-module offloading) do not run.
     """
 

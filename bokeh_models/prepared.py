@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from trainer.lora import LowRankLinear, LowRankWeights, compute_dtype, matmul_input, scaled
+from bokeh_models.lora import LowRankLinear, LowRankWeights, compute_dtype, matmul_input, scaled
 
 #: The processor attributes whose low-rank layers are prepared: grounding q / k adapters and V_b.
 QK_LAYERS = ("to_q_adp", "to_k_adp")

@@ -13,9 +13,23 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from trainer.adapter_base import DEFAULT_AVOID, BokehAdapter, model_device
-from trainer.attention_processors import BokehFluxAttnProcessor, FluxJointAttnProcessor, PivotIds
-from trainer.bokeh_embedding import BokehLevels
+from bokeh_models.adapter_base import DEFAULT_AVOID, BokehAdapter, model_device
+from bokeh_models.attention_processors import BokehFluxAttnProcessor, FluxJointAttnProcessor, PivotIds
+from bokeh_models.bokeh_embedding import BokehLevels
+
+
+def standalone_layer_names(blocks: Optional[Sequence[str]], attn_hidden_dim: Optional[int]) -> list[str]:
+    """The transformer's attention layers as a config names them without the transformer: every double-stream
+    block ``transformer_blocks.0..n-1`` (n >= 1) then every single-stream one (the released config lists all 57)."""
+    if blocks is None or attn_hidden_dim is None:
+        raise ValueError("an adapter built without its transformer needs blocks and attn_hidden_dim")
+    blocks = list(blocks)
+    double = sum(b.startswith("transformer_blocks.") for b in blocks)
+    complete = [f"transformer_blocks.{i}" for i in range(double)]
+    complete += [f"single_transformer_blocks.{i}" for i in range(len(blocks) - double)]
+    if not double or blocks != complete:
+        raise ValueError("this adapter adapts only some of the transformer's blocks: pass the transformer to place them")
+    return [f"{b}.attn.processor" for b in blocks]
 
 
 class BokehFluxAdapter(BokehAdapter):
@@ -32,7 +46,7 @@ class BokehFluxAdapter(BokehAdapter):
 
     def __init__(
         self,
-        transformer: nn.Module,
+        transformer: Optional[nn.Module] = None,
         blocks: Optional[Sequence[str]] = None,
         attn_hidden_dim: Optional[int] = None,
         bokeh_input_dim: int = 1,
@@ -48,19 +62,23 @@ class BokehFluxAdapter(BokehAdapter):
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = torch.float32,
     ) -> None:
-        names = list(transformer.attn_processors)
+        if transformer is None:
+            names = standalone_layer_names(blocks, attn_hidden_dim)
+        else:
+            names = list(transformer.attn_processors)
         block_of = {name: name.split(".attn")[0] for name in names}
         available = list(block_of.values())
         blocks = available if blocks is None else list(blocks)
         unknown = [b for b in blocks if b not in available]
         if unknown:
             raise ValueError(f"no attention block named {unknown[:3]} in this transformer (it has {available[:1]}...)")
-        inner_dim = transformer.config.num_attention_heads * transformer.config.attention_head_dim
-        if attn_hidden_dim is None:
-            attn_hidden_dim = inner_dim
-        if attn_hidden_dim != inner_dim:
-            raise ValueError(f"attn_hidden_dim {attn_hidden_dim} != the transformer's attention width {inner_dim}")
-        device = device or model_device(transformer)
+        if transformer is not None:
+            inner_dim = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+            if attn_hidden_dim is None:
+                attn_hidden_dim = inner_dim
+            if attn_hidden_dim != inner_dim:
+                raise ValueError(f"attn_hidden_dim {attn_hidden_dim} != the transformer's attention width {inner_dim}")
+            device = device or model_device(transformer)
         super().__init__(
             dict(
                 blocks=blocks, attn_hidden_dim=attn_hidden_dim, bokeh_input_dim=bokeh_input_dim,
@@ -87,18 +105,21 @@ class BokehFluxAdapter(BokehAdapter):
     @classmethod
     def from_pretrained(
         cls,
-        dir_or_id: Union[str, Path],
-        transformer: nn.Module,
+        pretrained_model_name_or_path: Union[str, Path],
+        transformer: Optional[nn.Module] = None,
         *,
-        device: Optional[torch.device] = None,
-        dtype: torch.dtype = torch.float32,
+        device: Optional[Union[str, torch.device]] = None,
+        dtype: Optional[Union[str, torch.dtype]] = None,
         avoid: str = DEFAULT_AVOID,
+        **kwargs: Any,
     ) -> "BokehFluxAdapter":
-        """Load ``config.json`` + ``model.safetensors`` from a folder or hub id and install on ``transformer``.
+        """Load ``config.json`` + ``model.safetensors`` (fp32 unless ``dtype`` / ``torch_dtype``) from a folder or hub
+        id, e.g. ``atfortes/BokehDiffusion``; installed on ``transformer`` when given (else ``adapter.install(t)``
+        later; a config adapting only some blocks needs the transformer to place them).
 
         Failures (offline, missing files, keys or shapes not matching) raise ModelUnavailableError.
         """
-        return cls._load(dir_or_id, transformer, device, dtype, avoid)
+        return cls._load(pretrained_model_name_or_path, transformer, device, dtype, avoid, kwargs)
 
     def default_processor(self) -> Any:
         from diffusers.models.transformers.transformer_flux import FluxAttnProcessor

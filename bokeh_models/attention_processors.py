@@ -2,7 +2,7 @@
 
 Every processor accepts the per-call keyword arguments ``bokeh_embeds`` (``[B, tokens, C]`` bokeh
 tokens), ``pivot_index`` (``[B]`` long tensor: the row whose queries each row uses, or None) and
-``prepared`` (:class:`trainer.prepared.PreparedAdapter`: tensors computed once for all blocks, or None) and
+``prepared`` (:class:`bokeh_models.prepared.PreparedAdapter`: tensors computed once for all blocks, or None) and
 ignores what it does not use, so one ``cross_attention_kwargs`` / ``joint_attention_kwargs`` dict
 reaches every attention layer of a model without warnings.
 
@@ -22,8 +22,8 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 
-from trainer.lora import LowRankLinear, scaled
-from trainer.prepared import PreparedAdapter, bokeh_value_for, weights_for
+from bokeh_models.lora import LowRankLinear, scaled
+from bokeh_models.prepared import PreparedAdapter, bokeh_value_for, weights_for
 
 PivotIds = Optional[Union[Sequence[Optional[int]], torch.Tensor]]
 
@@ -90,6 +90,13 @@ def bokeh_attention(
     value = to_v(tokens).to(query.dtype).unflatten(-1, (heads, head_dim)).transpose(1, 2)
     out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
     return out.transpose(1, 2).reshape(batch, seq, heads * head_dim)
+
+
+#: What a bokeh processor called without its condition says (a stock pipeline not handed the adapter's kwargs).
+MISSING_CONDITION = (
+    "the bokeh adapter's attention processors got no bokeh condition: pass the adapter's attention_kwargs(K) to the "
+    "pipeline (joint_attention_kwargs for FLUX, cross_attention_kwargs for a UNet), or sample with the Bokeh pipelines"
+)
 
 
 def _no_mask_when_grounded(attention_mask: Optional[torch.Tensor]) -> None:
@@ -207,7 +214,7 @@ class BokehCrossAttnProcessor(UNetAttnProcessor):
         self, query: torch.Tensor, bokeh_embeds: Optional[torch.Tensor], prepared: Optional[PreparedAdapter]
     ) -> Optional[torch.Tensor]:
         if bokeh_embeds is None:
-            return None
+            raise ValueError(MISSING_CONDITION)
         return scaled(bokeh_attention(query, bokeh_embeds, self.to_k_bokeh, self.to_v_bokeh), self.bokeh_scale)
 
 
@@ -357,7 +364,7 @@ class BokehFluxAttnProcessor(FluxJointAttnProcessor):
         self, query: torch.Tensor, bokeh_embeds: Optional[torch.Tensor], prepared: Optional[PreparedAdapter]
     ) -> Optional[torch.Tensor]:
         if bokeh_embeds is None:
-            return None
+            raise ValueError(MISSING_CONDITION)
         value = bokeh_value_for(prepared, self.to_v_bokeh, bokeh_embeds)
         if value is None:
             value = bokeh_attention(query.transpose(1, 2), bokeh_embeds, self.to_k_bokeh, self.to_v_bokeh)
