@@ -1,0 +1,127 @@
+"""Benchmark of the `bokeh build` driver alone: the bytes it receives from the workers and the CPU seconds it
+spends, per source photo (issue 27: one driver must feed many workers).
+
+Each build runs in a fresh subprocess that starts its own local Ray with --workers CPUs and calls
+``dataset_tools.build.build`` in-process; the driver's CPU time is ``resource.getrusage(RUSAGE_SELF)`` of that
+process (all its threads, Ray Data's executor included; never the workers), the bytes are those of every row
+the driver's Ray Data iterators hand it. Two builds of --photos and 3 x --photos photos give the marginal cost
+of one more photo (fixed costs such as Ray start cancel out). Run from the repository root, e.g.
+
+    .venv/bin/python benchmarks/bench_driver.py --photos 16 --workers 2
+
+Goal (issue 27): no image bytes through the driver and under 1 ms of driver CPU per photo; 1 / (CPU per
+photo) is the photos/s one driver can feed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_build import scenes  # noqa: E402
+
+
+def _size(value: object) -> int:
+    """Bytes of the payload of one row value (bytes, text, arrays, nested containers)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return len(value)
+    if isinstance(value, str):
+        return len(value.encode("utf-8"))
+    if isinstance(value, dict):
+        return sum(_size(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_size(v) for v in value)
+    nbytes = getattr(value, "nbytes", None)
+    return int(nbytes) if nbytes is not None else 8
+
+
+def driver_run(inputs: str, out: str, workers: int, levels: int, resolution: int, shard_size: int) -> dict:
+    """One build in this process; the driver's CPU seconds and the bytes its Ray Data iterators received."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray.data
+
+    from dataset_tools.build import build
+    from dataset_tools.build_config import BuildConfig
+
+    received = {"received_rows": 0, "bytes": 0}
+    iter_rows = ray.data.Dataset.iter_rows
+
+    def counted(self, *args, **kwargs):
+        for row in iter_rows(self, *args, **kwargs):
+            received["received_rows"] += 1
+            received["bytes"] += _size(dict(row))
+            yield row
+
+    ray.data.Dataset.iter_rows = counted
+    config = BuildConfig(depth="sidecar", mask="sidecar", synthetic_levels=levels, resolution=resolution,
+                         shard_size=shard_size)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.perf_counter()
+    stats = build([inputs], out, config, workers=workers, progress=False)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"photos": stats.photos, "rows": stats.rows, "cpu_s": cpu, "wall_s": wall,
+            "stage_seconds": sum(stats.stage_seconds.values()), **received,
+            "out_bytes": sum(p.stat().st_size for p in Path(out, "data").iterdir())}
+
+
+def run(inputs: Path, workers: int, args: argparse.Namespace) -> dict:
+    """:func:`driver_run` in a fresh subprocess (its own Ray)."""
+    out = Path(tempfile.mkdtemp(prefix="bench_driver_", dir=args.cache))
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); from bench_driver import driver_run; "
+            "print(json.dumps(driver_run(sys.argv[2], sys.argv[3], *map(int, sys.argv[4:]))))")
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": path}
+    proc = subprocess.run([sys.executable, "-c", code, str(ROOT / "benchmarks"), str(inputs), str(out / "ds"),
+                           str(workers), str(args.levels), str(args.resolution), str(args.shard_size)],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    shutil.rmtree(out, ignore_errors=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"build failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--photos", type=int, default=16, help="photos of the small build (the large has 3x)")
+    parser.add_argument("--workers", type=int, default=2, help="CPUs of the local Ray (default 2)")
+    parser.add_argument("--levels", type=int, default=4, help="synthetic levels (default 4)")
+    parser.add_argument("--resolution", type=int, default=512, help="scene and stored size in px (default 512)")
+    parser.add_argument("--shard-size", type=int, default=16, help="photos per shard (default 16)")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "bokeh_bench_build",
+                        help="where scenes and outputs go (default: a folder in the temp dir)")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    args = parser.parse_args()
+    args.cache.mkdir(parents=True, exist_ok=True)
+
+    small, large = (run(scenes(args.cache, n, args.resolution), args.workers, args)
+                    for n in (args.photos, 3 * args.photos))
+    for r in (small, large):
+        print(f"{r['photos']} photos -> {r['rows']} rows ({r['out_bytes'] / r['photos'] / 1e3:.0f} KB of output per "
+              f"photo): driver received {r['bytes'] / r['photos'] / 1e3:.1f} KB/photo in {r['received_rows']} records, driver "
+              f"CPU {r['cpu_s']:.2f} s = {1e3 * r['cpu_s'] / r['photos']:.2f} ms/photo (wall {r['wall_s']:.1f} s)")
+    extra = large["photos"] - small["photos"]
+    cpu = (large["cpu_s"] - small["cpu_s"]) / extra
+    per_byte = (large["bytes"] - small["bytes"]) / extra
+    worker_rate = large["photos"] / large["stage_seconds"]
+    print(f"marginal driver cost of one photo: {per_byte / 1e3:.2f} KB received, {1e3 * cpu:.2f} ms CPU -> one driver "
+          f"feeds {1 / max(cpu, 1e-6):.0f} photos/s = {1 / max(cpu, 1e-6) / worker_rate:.0f} workers at the measured "
+          f"{worker_rate:.2f} photos/s per worker")
+    if args.json:
+        args.json.write_text(json.dumps({"small": small, "large": large, "marginal_cpu_s": cpu,
+                                         "marginal_bytes": per_byte, "worker_photos_per_s": worker_rate}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
