@@ -3,14 +3,17 @@ spends, per source photo (issue 27: one driver must feed many workers).
 
 Each build runs in a fresh subprocess that starts its own local Ray with --workers CPUs and calls
 ``dataset_tools.build.build`` in-process; the driver's CPU time is ``resource.getrusage(RUSAGE_SELF)`` of that
-process (all its threads, Ray Data's executor included; never the workers), the bytes are those of every row
-the driver's Ray Data iterators hand it. Two builds of --photos and 3 x --photos photos give the marginal cost
-of one more photo (fixed costs such as Ray start cancel out). Run from the repository root, e.g.
+process (all its threads, Ray Data's executor included; never the workers), counted from the first finished
+photo to the last (Ray start, sharding and the summary are left out); the bytes are those of every row the
+driver's Ray Data iterators hand it. Two builds: a realistic one (--resolution px, --levels renders) and a
+fast one (64 px, no renders, --fast-photos photos), whose photos arrive many times faster. The driver's CPU in
+each is r * wall + c * photos: r, the cores Ray Data's executor loop takes however few photos arrive, and c,
+the CPU of one photo, follow from the two; one driver can feed (1 - r) / c photos/s. Run from the repository
+root, e.g.
 
-    .venv/bin/python benchmarks/bench_driver.py --photos 16 --workers 2
+    .venv/bin/python benchmarks/bench_driver.py --photos 32 --fast-photos 192 --workers 2
 
-Goal (issue 27): no image bytes through the driver and under 1 ms of driver CPU per photo; 1 / (CPU per
-photo) is the photos/s one driver can feed.
+Goal (issue 27): no image bytes through the driver and under 1 ms of driver CPU per photo.
 """
 from __future__ import annotations
 
@@ -54,12 +57,19 @@ def driver_run(inputs: str, out: str, workers: int, levels: int, resolution: int
     from dataset_tools.build_config import BuildConfig
 
     received = {"received_rows": 0, "bytes": 0}
+    window: list[tuple[float, float, int]] = []  # (driver CPU s, wall s, photos so far) at each photo's arrival
     iter_rows = ray.data.Dataset.iter_rows
 
     def counted(self, *args, **kwargs):
         for row in iter_rows(self, *args, **kwargs):
+            row = dict(row)
             received["received_rows"] += 1
-            received["bytes"] += _size(dict(row))
+            received["bytes"] += _size(row)
+            photos = int(row["photos"]) if "photos" in row else int("state" in row)
+            if photos:
+                usage = resource.getrusage(resource.RUSAGE_SELF)
+                done = window[-1][2] if window else 0
+                window.append((usage.ru_utime + usage.ru_stime, time.perf_counter(), done + photos))
             yield row
 
     ray.data.Dataset.iter_rows = counted
@@ -71,12 +81,14 @@ def driver_run(inputs: str, out: str, workers: int, levels: int, resolution: int
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    (cpu0, wall0, photos0), (cpu1, wall1, photos1) = window[0], window[-1]
     return {"photos": stats.photos, "rows": stats.rows, "cpu_s": cpu, "wall_s": wall,
+            "window_cpu_s": cpu1 - cpu0, "window_wall_s": wall1 - wall0, "window_photos": photos1 - photos0,
             "stage_seconds": sum(stats.stage_seconds.values()), **received,
             "out_bytes": sum(p.stat().st_size for p in Path(out, "data").iterdir())}
 
 
-def run(inputs: Path, workers: int, args: argparse.Namespace) -> dict:
+def run(inputs: Path, workers: int, levels: int, resolution: int, args: argparse.Namespace) -> dict:
     """:func:`driver_run` in a fresh subprocess (its own Ray)."""
     out = Path(tempfile.mkdtemp(prefix="bench_driver_", dir=args.cache))
     code = ("import json, sys; sys.path.insert(0, sys.argv[1]); from bench_driver import driver_run; "
@@ -84,7 +96,7 @@ def run(inputs: Path, workers: int, args: argparse.Namespace) -> dict:
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": path}
     proc = subprocess.run([sys.executable, "-c", code, str(ROOT / "benchmarks"), str(inputs), str(out / "ds"),
-                           str(workers), str(args.levels), str(args.resolution), str(args.shard_size)],
+                           str(workers), str(levels), str(resolution), str(args.shard_size)],
                           cwd=ROOT, env=env, capture_output=True, text=True)
     shutil.rmtree(out, ignore_errors=True)
     if proc.returncode != 0:
@@ -94,9 +106,10 @@ def run(inputs: Path, workers: int, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--photos", type=int, default=16, help="photos of the small build (the large has 3x)")
+    parser.add_argument("--photos", type=int, default=32, help="photos of the realistic build (default 32)")
+    parser.add_argument("--fast-photos", type=int, default=192, help="photos of the fast build (default 192)")
     parser.add_argument("--workers", type=int, default=2, help="CPUs of the local Ray (default 2)")
-    parser.add_argument("--levels", type=int, default=4, help="synthetic levels (default 4)")
+    parser.add_argument("--levels", type=int, default=4, help="synthetic levels of the realistic build (default 4)")
     parser.add_argument("--resolution", type=int, default=512, help="scene and stored size in px (default 512)")
     parser.add_argument("--shard-size", type=int, default=16, help="photos per shard (default 16)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "bokeh_bench_build",
@@ -105,22 +118,25 @@ def main() -> None:
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
 
-    small, large = (run(scenes(args.cache, n, args.resolution), args.workers, args)
-                    for n in (args.photos, 3 * args.photos))
-    for r in (small, large):
-        print(f"{r['photos']} photos -> {r['rows']} rows ({r['out_bytes'] / r['photos'] / 1e3:.0f} KB of output per "
-              f"photo): driver received {r['bytes'] / r['photos'] / 1e3:.1f} KB/photo in {r['received_rows']} records, driver "
-              f"CPU {r['cpu_s']:.2f} s = {1e3 * r['cpu_s'] / r['photos']:.2f} ms/photo (wall {r['wall_s']:.1f} s)")
-    extra = large["photos"] - small["photos"]
-    cpu = (large["cpu_s"] - small["cpu_s"]) / extra
-    per_byte = (large["bytes"] - small["bytes"]) / extra
-    worker_rate = large["photos"] / large["stage_seconds"]
-    print(f"marginal driver cost of one photo: {per_byte / 1e3:.2f} KB received, {1e3 * cpu:.2f} ms CPU -> one driver "
-          f"feeds {1 / max(cpu, 1e-6):.0f} photos/s = {1 / max(cpu, 1e-6) / worker_rate:.0f} workers at the measured "
+    real = run(scenes(args.cache, args.photos, args.resolution), args.workers, args.levels, args.resolution, args)
+    fast = run(scenes(args.cache, args.fast_photos, 64), args.workers, 0, 64, args)
+    for name, r in (("realistic", real), ("fast", fast)):
+        print(f"{name}: {r['photos']} photos -> {r['rows']} rows ({r['out_bytes'] / r['photos'] / 1e3:.0f} KB of output "
+              f"per photo); the driver received {r['bytes'] / r['photos'] / 1e3:.2f} KB/photo in {r['received_rows']} "
+              f"rows; while photos arrived ({r['window_photos']} photos in {r['window_wall_s']:.1f} s) its CPU was "
+              f"{r['window_cpu_s']:.2f} s = {1e3 * r['window_cpu_s'] / r['window_photos']:.2f} ms/photo")
+    # window CPU = r * wall + c * photos, solved from the two builds
+    (w1, p1, c1), (w2, p2, c2) = ((b["window_wall_s"], b["window_photos"], b["window_cpu_s"]) for b in (real, fast))
+    det = w1 * p2 - w2 * p1
+    rate, per_photo = (c1 * p2 - c2 * p1) / det, (w1 * c2 - w2 * c1) / det
+    worker_rate = real["photos"] / real["stage_seconds"]
+    ceiling = (1 - rate) / per_photo if per_photo > 0 else float("inf")
+    print(f"driver: {rate:.3f} cores for Ray Data's loop + {1e3 * per_photo:.2f} ms CPU per photo -> one driver feeds "
+          f"{ceiling:.0f} photos/s = {ceiling / worker_rate:.0f} workers at the realistic build's "
           f"{worker_rate:.2f} photos/s per worker")
     if args.json:
-        args.json.write_text(json.dumps({"small": small, "large": large, "marginal_cpu_s": cpu,
-                                         "marginal_bytes": per_byte, "worker_photos_per_s": worker_rate}, indent=2))
+        args.json.write_text(json.dumps({"realistic": real, "fast": fast, "loop_cores": rate,
+                                         "cpu_s_per_photo": per_photo, "worker_photos_per_s": worker_rate}, indent=2))
 
 
 if __name__ == "__main__":
