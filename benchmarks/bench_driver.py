@@ -3,13 +3,14 @@ spends, per source photo (issue 27: one driver must feed many workers).
 
 Each build runs in a fresh subprocess that starts its own local Ray with --workers CPUs and calls
 ``dataset_tools.build.build`` in-process; the driver's CPU time is ``resource.getrusage(RUSAGE_SELF)`` of that
-process (all its threads, Ray Data's executor included; never the workers), counted from the first finished
-photo to the last (Ray start, sharding and the summary are left out); the bytes are those of every row the
-driver's Ray Data iterators hand it. Two builds: a realistic one (--resolution px, --levels renders) and a
-fast one (64 px, no renders, --fast-photos photos), whose photos arrive many times faster. The driver's CPU in
-each is r * wall + c * photos: r, the cores Ray Data's executor loop takes however few photos arrive, and c,
-the CPU of one photo, follow from the two; one driver can feed (1 - r) / c photos/s. Run from the repository
-root, e.g.
+process (all its threads: Ray Data's executor included; never the workers), counted from the first finished
+photo to the last (Ray start, sharding and the summary are left out), and split into the main thread (which
+takes every finished photo or record and publishes shards: the CPU of each photo) and the other threads (Ray
+Data's executor loop and Ray's own: cores taken while the build runs, whatever the photo rate); the bytes are
+those of every row the driver's Ray Data iterators hand it. Two builds: a realistic one (--resolution px,
+--levels renders) and a fast one (128 px, no renders), whose photos arrive many times faster. One driver can
+feed about (1 - other threads' cores) / (main-thread CPU per photo) photos/s; the fast build's total CPU per
+photo (all threads, at a high photo rate) bounds it from below. Run from the repository root, e.g.
 
     .venv/bin/python benchmarks/bench_driver.py --photos 32 --fast-photos 192 --workers 2
 
@@ -57,7 +58,7 @@ def driver_run(inputs: str, out: str, workers: int, levels: int, resolution: int
     from dataset_tools.build_config import BuildConfig
 
     received = {"received_rows": 0, "bytes": 0}
-    window: list[tuple[float, float, int]] = []  # (driver CPU s, wall s, photos so far) at each photo's arrival
+    window: list[tuple[float, float, float, int]] = []  # (driver CPU s, main-thread CPU s, wall s, photos so far)
     iter_rows = ray.data.Dataset.iter_rows
 
     def counted(self, *args, **kwargs):
@@ -68,22 +69,23 @@ def driver_run(inputs: str, out: str, workers: int, levels: int, resolution: int
             photos = int(row["photos"]) if "photos" in row else int("state" in row)
             if photos:
                 usage = resource.getrusage(resource.RUSAGE_SELF)
-                done = window[-1][2] if window else 0
-                window.append((usage.ru_utime + usage.ru_stime, time.perf_counter(), done + photos))
+                done = window[-1][3] if window else 0
+                window.append((usage.ru_utime + usage.ru_stime, time.thread_time(), time.perf_counter(), done + photos))
             yield row
 
     ray.data.Dataset.iter_rows = counted
     config = BuildConfig(depth="sidecar", mask="sidecar", synthetic_levels=levels, resolution=resolution,
-                         shard_size=shard_size)
+                         shard_size=shard_size, min_sharpness=0)
     before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     stats = build([inputs], out, config, workers=workers, progress=False)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    (cpu0, wall0, photos0), (cpu1, wall1, photos1) = window[0], window[-1]
+    (cpu0, main0, wall0, photos0), (cpu1, main1, wall1, photos1) = window[0], window[-1]
     return {"photos": stats.photos, "rows": stats.rows, "cpu_s": cpu, "wall_s": wall,
-            "window_cpu_s": cpu1 - cpu0, "window_wall_s": wall1 - wall0, "window_photos": photos1 - photos0,
+            "window_cpu_s": cpu1 - cpu0, "window_main_cpu_s": main1 - main0, "window_wall_s": wall1 - wall0,
+            "window_photos": photos1 - photos0,
             "stage_seconds": sum(stats.stage_seconds.values()), **received,
             "out_bytes": sum(p.stat().st_size for p in Path(out, "data").iterdir())}
 
@@ -119,24 +121,25 @@ def main() -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
 
     real = run(scenes(args.cache, args.photos, args.resolution), args.workers, args.levels, args.resolution, args)
-    fast = run(scenes(args.cache, args.fast_photos, 64), args.workers, 0, 64, args)
+    fast = run(scenes(args.cache, args.fast_photos, 128), args.workers, 0, 128, args)
     for name, r in (("realistic", real), ("fast", fast)):
+        n = r["window_photos"]
+        r["main_ms_per_photo"] = 1e3 * r["window_main_cpu_s"] / n
+        r["other_cores"] = (r["window_cpu_s"] - r["window_main_cpu_s"]) / r["window_wall_s"]
         print(f"{name}: {r['photos']} photos -> {r['rows']} rows ({r['out_bytes'] / r['photos'] / 1e3:.0f} KB of output "
               f"per photo); the driver received {r['bytes'] / r['photos'] / 1e3:.2f} KB/photo in {r['received_rows']} "
-              f"rows; while photos arrived ({r['window_photos']} photos in {r['window_wall_s']:.1f} s) its CPU was "
-              f"{r['window_cpu_s']:.2f} s = {1e3 * r['window_cpu_s'] / r['window_photos']:.2f} ms/photo")
-    # window CPU = r * wall + c * photos, solved from the two builds
-    (w1, p1, c1), (w2, p2, c2) = ((b["window_wall_s"], b["window_photos"], b["window_cpu_s"]) for b in (real, fast))
-    det = w1 * p2 - w2 * p1
-    rate, per_photo = (c1 * p2 - c2 * p1) / det, (w1 * c2 - w2 * c1) / det
+              f"rows; while photos arrived ({n} photos in {r['window_wall_s']:.1f} s) its CPU was "
+              f"{1e3 * r['window_cpu_s'] / n:.2f} ms/photo: main thread {r['main_ms_per_photo']:.2f} ms/photo, "
+              f"other threads {r['other_cores']:.3f} cores")
     worker_rate = real["photos"] / real["stage_seconds"]
-    ceiling = (1 - rate) / per_photo if per_photo > 0 else float("inf")
-    print(f"driver: {rate:.3f} cores for Ray Data's loop + {1e3 * per_photo:.2f} ms CPU per photo -> one driver feeds "
-          f"{ceiling:.0f} photos/s = {ceiling / worker_rate:.0f} workers at the realistic build's "
-          f"{worker_rate:.2f} photos/s per worker")
+    ceiling = (1 - real["other_cores"]) / (real["main_ms_per_photo"] / 1e3)
+    bound = fast["window_photos"] / fast["window_cpu_s"]
+    print(f"one driver feeds about {ceiling:.0f} photos/s (at least {bound:.0f}: the fast build's CPU per photo, all "
+          f"threads) = {ceiling / worker_rate:.0f} workers (at least {bound / worker_rate:.0f}) at the realistic "
+          f"build's {worker_rate:.2f} photos/s per worker")
     if args.json:
-        args.json.write_text(json.dumps({"realistic": real, "fast": fast, "loop_cores": rate,
-                                         "cpu_s_per_photo": per_photo, "worker_photos_per_s": worker_rate}, indent=2))
+        args.json.write_text(json.dumps({"realistic": real, "fast": fast, "photos_per_s": ceiling,
+                                         "photos_per_s_at_least": bound, "worker_photos_per_s": worker_rate}, indent=2))
 
 
 if __name__ == "__main__":
