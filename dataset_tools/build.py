@@ -169,12 +169,12 @@ def _process(config: BuildConfig, layout: Layout, counts: list[int], workers: Op
     """Run the photos of every shard without a data file, publishing each output shard when it completes."""
     from tqdm import tqdm
 
-    merge = None
+    joiner = None
     if workers != 0:
-        from .distribute import ray_merge
+        from .distribute import RayJoiner
 
-        merge = ray_merge(layout, len(counts))
-    writer = ShardWriter(layout, counts, merge)
+        joiner = RayJoiner(layout, len(counts))
+    writer = ShardWriter(layout, counts, joiner)
     pending = writer.pending()
     chunks = [chunk for shard in pending for chunk in chunks_of(shard, counts[shard])]
     if not chunks:
@@ -182,15 +182,19 @@ def _process(config: BuildConfig, layout: Layout, counts: list[int], workers: Op
     todo = sum(counts[shard] for shard in pending)
     print(f"building {layout.out}: {sum(counts)} photos in {len(counts)} shards, {todo} to process", file=sys.stderr)
     with tqdm(total=todo, unit="photo", desc="build", disable=None if progress else True, file=sys.stderr) as bar:
+        def report(wait: bool = False) -> None:  # one line per shard: the live record in logs where no bar is drawn
+            for shard, stats in writer.published(wait):
+                bar.write(f"wrote {layout.data_file(shard, len(counts)).name}: {stats.photos} photos, "
+                          f"{stats.kept} kept, {stats.rows} rows", file=sys.stderr)
+
         for record in _records(config, layout, counts, chunks, workers):
-            shard = writer.add(record)
-            if shard is not None:  # one line per shard: the live record in logs where no bar is drawn
-                bar.write(f"wrote {layout.data_file(int(record['shard']), len(counts)).name}: {shard.photos} photos, "
-                          f"{shard.kept} kept, {shard.rows} rows", file=sys.stderr)
+            writer.add(record)
+            report()
             seen = writer.seen
             bar.update(int(record["photos"]))
             bar.set_postfix(kept=seen.kept, filtered=sum(seen.filtered.values()),
                             failed=sum(seen.failed.values()), refresh=False)
+        report(wait=True)
     unfinished = writer.pending()
     if unfinished:
         raise BuildFailed(f"the pipeline ended with {len(unfinished)} shard(s) unfinished; rerun with --resume")

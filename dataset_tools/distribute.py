@@ -7,11 +7,11 @@ of each such stage per GPU, sharing it; else model actors take at most one CPU, 
 tasks); between actors, the stages run in tasks, each a run of consecutive stages in one call. Photos travel
 between calls as columnar batches (:func:`dataset_tools.photo_state.to_columns`). The last call writes the
 finished photos' rows to OUT itself (:mod:`dataset_tools.shard_parts`) and hands the driver one small record
-per part, which it consumes with ``iter_rows`` while the rest stream on; the driver has a worker join the parts
-of each complete shard. Before them, one pass of tasks hashes every input for :mod:`dataset_tools.dedup`. Every stage call
-on Ray is recorded in :mod:`dataset_tools.death_ledger`: Ray Data retries a task whose worker died for ever,
-and the ledger makes every retry single out the photos of the batch until the one that keeps killing its
-worker is an error, so the retries end.
+per part, which it consumes with ``iter_rows`` while the rest stream on; the driver has a worker join the
+parts of each complete shard. Before them, one pass of tasks hashes every input for :mod:`dataset_tools.dedup`.
+Every stage call on Ray is recorded in :mod:`dataset_tools.death_ledger`: Ray Data retries a task whose worker
+died for ever, and the ledger makes every retry single out the photos of the batch until the one that keeps
+killing its worker is an error, so the retries end.
 Workers read the photos and ``OUT/_work/inputs`` and write OUT by path, so on a multi-node cluster both
 must be on storage every node sees.
 """
@@ -23,7 +23,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from estimators.backends import MODEL_DEPTH_BACKENDS
 
@@ -201,7 +201,7 @@ def local_ids(inputs_dir: str, chunks: list[Chunk]) -> Iterator[tuple[int, str, 
         yield from chunk_ids(Path(inputs_dir), chunk)
 
 
-def _segments(plans: list["StagePlan"]) -> list[tuple[Optional["StagePlan"], list["StagePlan"]]]:
+def _segments(plans: list[StagePlan]) -> list[tuple[Optional[StagePlan], list[StagePlan]]]:
     """The plans cut into steps: (an actor stage's plan, []) or (None, consecutive task stages' plans); the first
     step is always a task step (it reads), and so is the last (it writes)."""
     steps: list[tuple[Optional[StagePlan], list[StagePlan]]] = [(None, [])]
@@ -248,23 +248,57 @@ def ray_records(config: BuildConfig, layout: Layout, chunks: list[Chunk],
         yield dict(row)
 
 
-def ray_merge(layout: Layout, total: int) -> Callable[[int, list[str]], None]:
-    """``merge(shard, parts)`` run by a Ray task (a worker joins the parts; the driver waits for it); an OSError
-    there is raised here as itself."""
-    import ray
+class _JoinActor:
+    """Ray actor that joins the parts of complete shards (:func:`dataset_tools.writer.merge_parts`)."""
 
-    remote = ray.remote(num_cpus=0, max_retries=3)(merge_parts)
-    layout = Layout(layout.out.resolve())
+    def __init__(self, layout: Layout, total: int) -> None:
+        self.layout, self.total = layout, total
 
-    def merge(shard: int, parts: list[str]) -> None:
-        try:
-            ray.get(remote.remote(layout, shard, total, parts))
-        except ray.exceptions.RayTaskError as exc:
-            if isinstance(exc.cause, OSError):
-                raise exc.cause from None
-            raise
+    def join(self, shard: int, parts: list[str]) -> int:
+        merge_parts(self.layout, shard, self.total, parts)
+        return shard
 
-    return merge
+
+class RayJoiner:
+    """Joins complete shards' parts in a pool of Ray actors (one per node, at least two, spread over the nodes;
+    no CPU reserved: the work is mostly reading and writing), while the driver goes on. The actors start with
+    the build, so a local Ray's reaper knows their processes; a lost actor is restarted and its join retried
+    (a join is idempotent). An OSError of a join is raised in the driver as itself."""
+
+    def __init__(self, layout: Layout, total: int) -> None:
+        import ray
+
+        layout = Layout(layout.out.resolve())
+        size = max(2, len([node for node in ray.nodes() if node.get("Alive")]))
+        actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, scheduling_strategy="SPREAD")(_JoinActor)
+        self.actors = [actor.remote(layout, total) for _ in range(size)]
+        self.pending: dict[Any, int] = {}
+        self.submitted = 0
+
+    def submit(self, shard: int, parts: list[str]) -> None:
+        """Have one actor join ``parts`` into the data file of ``shard``."""
+        actor = self.actors[self.submitted % len(self.actors)]
+        self.submitted += 1
+        self.pending[actor.join.remote(shard, parts)] = shard
+
+    def finished(self, wait: bool = False) -> list[int]:
+        """The shards joined since the last call; with ``wait``, after every submitted one is."""
+        import ray
+
+        if not self.pending:
+            return []
+        refs = list(self.pending)
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=None if wait else 0)
+        done = []
+        for ref in ready:
+            del self.pending[ref]
+            try:
+                done.append(ray.get(ref))
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc.cause, OSError):
+                    raise exc.cause from None
+                raise
+        return done
 
 
 def local_records(config: BuildConfig, layout: Layout, chunks: list[Chunk],

@@ -162,8 +162,17 @@ def _record(cls: type, text: str) -> Any:
 
 
 def _present(value: Any) -> Optional[np.ndarray]:
+    """The array of a cell (writable: stages may change it in place), None for an absent (empty) one."""
+    if value is None:
+        return None
     array = np.asarray(value)
-    return array if array.size else None
+    if not array.size:
+        return None
+    return array if array.flags.writeable else array.copy()
+
+
+def _loads(text: str, empty: Any) -> Any:
+    return json.loads(text) if text else empty
 
 
 def _text(batch: dict[str, Any], name: str, count: int) -> list[str]:
@@ -182,23 +191,20 @@ def from_columns(batch: dict[str, Any]) -> list[PhotoState]:
     states = []
     for i in range(count):
         state = PhotoState(int(shards[i]), int(seqs[i]), text["source"][i] or text["path"][i],
-                           text["path"][i] or None, text["caption"][i],
-                           json.loads(text["dataset_exif"][i]) if text["dataset_exif"][i] else {})
+                           text["path"][i] or None, text["caption"][i], _loads(text["dataset_exif"][i], {}))
         state.id = text["id"][i] or None
-        state.image = None if column["image"][i] is None else _present(column["image"][i])
-        disparity = None if column["disparity"][i] is None else _present(column["disparity"][i])
+        state.image = _present(column["image"][i])
+        disparity = _present(column["disparity"][i])
         if disparity is not None:
-            depth_m = None if column["depth_m"][i] is None else _present(column["depth_m"][i])
-            state.depth = DepthMap(disparity, depth_m, text["depth_source"][i])
-        state.mask = None if column["mask"][i] is None else _present(column["mask"][i])
+            state.depth = DepthMap(disparity, _present(column["depth_m"][i]), text["depth_source"][i])
+        state.mask = _present(column["mask"][i])
         state.mask_source = text["mask_source"][i] or None
         state.exif = _record(ExifInfo, text["exif"][i])
         state.estimate = _record(BokehEstimate, text["estimate"][i])
-        renders = None if column["renders"][i] is None else _present(column["renders"][i])
-        meta = json.loads(text["render_params"][i]) if text["render_params"][i] else []
-        state.renders = [Render(image, m["bokeh_level"], m["params"], m["sharpness_subject"],
-                                m["sharpness_background"]) for image, m in zip(renders if renders is not None else [], meta)]
-        state.outcome = json.loads(text["outcome"][i]) if text["outcome"][i] else None
-        state.timings = json.loads(text["timings"][i]) if text["timings"][i] else {}
+        renders = _present(column["renders"][i])
+        state.renders = [Render(image, m["bokeh_level"], m["params"], m["sharpness_subject"], m["sharpness_background"])
+                         for image, m in zip([] if renders is None else renders, _loads(text["render_params"][i], []))]
+        state.outcome = _loads(text["outcome"][i], None)
+        state.timings = _loads(text["timings"][i], {})
         states.append(state)
     return states

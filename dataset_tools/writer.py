@@ -36,7 +36,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -88,8 +88,11 @@ class Layout:
 def merge_parts(layout: Layout, shard: int, total: int, parts: list[str]) -> None:
     """Join the named parts of output shard ``shard`` (in order) into its data file, published atomically in
     row groups of ROW_GROUP_ROWS rows (none when no photo was kept: a 0-row group would break `datasets`), then
-    remove the shard's parts."""
+    remove the shard's parts. A repeated call after one that finished (a retried task) finds the work done."""
     folder = part_folder(layout.work, shard)
+    final = layout.data_file(shard, total)
+    if final.is_file() and not folder.exists():
+        return
     temp = layout.tmp / f"train-{shard:05d}.parquet"
     pending: list[pa.Table] = []
     with pq.ParquetWriter(temp, OUTPUT_SCHEMA) as writer:
@@ -102,8 +105,26 @@ def merge_parts(layout: Layout, shard: int, total: int, parts: list[str]) -> Non
             pending = [rows.slice(whole)] if len(rows) > whole else []
         if pending:
             writer.write_table(pa.concat_tables(pending))
-    publish(temp, layout.data_file(shard, total))
+    publish(temp, final)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+class LocalJoiner:
+    """Joins each complete shard's parts at once, in this process (``--workers 0``)."""
+
+    def __init__(self, layout: Layout, total: int) -> None:
+        self.layout, self.total = layout, total
+        self.joined: list[int] = []
+
+    def submit(self, shard: int, parts: list[str]) -> None:
+        """Join ``parts`` into the data file of ``shard``."""
+        merge_parts(self.layout, shard, self.total, parts)
+        self.joined.append(shard)
+
+    def finished(self, wait: bool = False) -> list[int]:
+        """The shards joined since the last call."""
+        done, self.joined = self.joined, []
+        return done
 
 
 class _OpenShard:
@@ -117,15 +138,15 @@ class _OpenShard:
 
 class ShardWriter:
     """The driver's account of the output shards: takes the record of each part (:mod:`dataset_tools.shard_parts`)
-    in any order and, when a shard's last photo is in, writes its errors and stats and has its parts joined by
-    ``merge(shard, parts)`` (default: :func:`merge_parts` here)."""
+    in any order and, when a shard's last photo is in, writes its errors and stats and has ``joiner`` (default: a
+    :class:`LocalJoiner`; on Ray, a pool of actors) join its parts into its data file."""
 
-    def __init__(self, layout: Layout, counts: list[int],
-                 merge: Optional[Callable[[int, list[str]], None]] = None) -> None:
+    def __init__(self, layout: Layout, counts: list[int], joiner: Optional[Any] = None) -> None:
         self.layout = layout
         self.counts = counts
-        self.merge = merge or (lambda shard, parts: merge_parts(layout, shard, len(counts), parts))
+        self.joiner = joiner or LocalJoiner(layout, len(counts))
         self.open: dict[int, _OpenShard] = {}
+        self.joining: dict[int, BuildStats] = {}
         self.seen = BuildStats()  # every photo whose record came in, for progress
         for folder in (layout.tmp, layout.parts):  # what an interrupted run was writing
             shutil.rmtree(folder, ignore_errors=True)
@@ -138,7 +159,7 @@ class ShardWriter:
         return [k for k in range(total) if not self.layout.data_file(k, total).is_file()]
 
     def add(self, record: dict[str, Any]) -> Optional[BuildStats]:
-        """Take the record of one part; when this completes its shard, publish the shard and return its stats."""
+        """Take the record of one part; when this completes its shard, have it joined and return its stats."""
         shard = int(record["shard"])
         current = self.open.setdefault(shard, _OpenShard())
         part = BuildStats.from_dict(json.loads(record["stats"]))
@@ -154,8 +175,14 @@ class ShardWriter:
         del self.open[shard]
         errors = sorted(current.errors, key=lambda e: e["seq"])
         write_atomic(self.layout.meta_file(shard), json.dumps({"errors": errors, "stats": current.stats.to_dict()}))
-        self.merge(shard, current.parts)
+        self.joining[shard] = current.stats
+        self.joiner.submit(shard, current.parts)
         return current.stats
+
+    def published(self, wait: bool = False) -> list[tuple[int, BuildStats]]:
+        """(shard, stats) of the shards whose data file was published since the last call; with ``wait``, after
+        every shard handed to the joiner is."""
+        return [(shard, self.joining.pop(shard)) for shard in self.joiner.finished(wait)]
 
 
 def finish(layout: Layout, counts: list[int], settings: dict[str, Any], wall_seconds: float) -> BuildStats:

@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 
@@ -81,12 +82,32 @@ def _finished_once(out: Path, inputs: Path, photos: list[Path], tmp_path: Path) 
     assert sorted(rows, key=lambda r: r["id"]) == _reference(inputs, tmp_path)
 
 
+def _row_sizes(monkeypatch) -> list[int]:
+    """The bytes of every row the driver's Ray Data iterators hand it (text and binary values), as they come."""
+    import ray.data
+
+    sizes: list[int] = []
+    iter_rows = ray.data.Dataset.iter_rows
+
+    def counted(self, *args, **kwargs):
+        for row in iter_rows(self, *args, **kwargs):
+            values = dict(row).values()
+            assert not any(isinstance(v, (bytes, np.ndarray)) for v in values), "the driver received bytes or arrays"
+            sizes.append(sum(len(v) if isinstance(v, str) else 8 for v in values))
+            yield row
+
+    monkeypatch.setattr(ray.data.Dataset, "iter_rows", counted)
+    return sizes
+
+
 @pytest.mark.timeout(300)
-def test_a_ray_worker_killed_mid_stage_is_retried_and_the_build_finishes(tmp_path):
+def test_a_ray_worker_killed_mid_stage_is_retried_and_the_build_finishes(tmp_path, monkeypatch):
+    """Also: the driver receives small records only (the workers write the rows)."""
     import ray
 
     photos = demo_scenes(tmp_path / "in", PHOTOS, size=192)
     out = tmp_path / "out"
+    sizes = _row_sizes(monkeypatch)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         ours = {p.pid for p in psutil.Process().children(recursive=True)}  # this Ray's processes (raylet, ...)
@@ -108,6 +129,7 @@ def test_a_ray_worker_killed_mid_stage_is_retried_and_the_build_finishes(tmp_pat
     assert code == 0 and fault.result is not None, "no worker was killed while a stage ran"
     assert not psutil.pid_exists(fault.result) or psutil.Process(fault.result).status() == psutil.STATUS_ZOMBIE
     assert fault.singled, "the retry of the killed batch did not render its photos one at a time"
+    assert sizes and max(sizes) < 4096  # one record per part (and per chunk of the hashing pass)
     _finished_once(out, tmp_path / "in", photos, tmp_path)
 
 
