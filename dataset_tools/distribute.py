@@ -7,8 +7,8 @@ of each such stage per GPU, sharing it; else model actors take at most one CPU, 
 tasks); between actors, the stages run in tasks, each a run of consecutive stages in one call. Photos travel
 between calls as columnar batches (:func:`dataset_tools.photo_state.to_columns`). The last call writes the
 finished photos' rows to OUT itself (:mod:`dataset_tools.shard_parts`) and hands the driver one small record
-per part, which it consumes with ``iter_rows`` while the rest stream on; the driver has a worker join the
-parts of each complete shard. Before them, one pass of tasks hashes every input for :mod:`dataset_tools.dedup`.
+per part, which it consumes with ``iter_rows`` while the rest stream on; join actors (:class:`RayJoiner`)
+join the parts of each complete shard. Before them, one pass of tasks hashes every input for :mod:`dataset_tools.dedup`.
 Every stage call on Ray is recorded in :mod:`dataset_tools.death_ledger`: Ray Data retries a task whose worker
 died for ever, and the ledger makes every retry single out the photos of the batch until the one that keeps
 killing its worker is an error, so the retries end.

@@ -27,8 +27,9 @@ Every source photo is in exactly one place: a row of a data shard (with its rend
 errors.jsonl (so is each copy not kept of a repeated input's bytes: stage dedup, code duplicate). The
 workers write the rows; the driver only counts the small record of each part. Output shard k is complete
 exactly when ``data/train-k-of-NN.parquet`` exists: once the records of all its photos are in, its errors
-and stats are written to ``_work/shards``, then a worker joins its parts in ``_work/tmp`` and renames the
-data file into place, so a build killed at any moment and resumed redoes only the shards without a data file.
+and stats are written to ``_work/shards``, then its parts are joined in ``_work/tmp`` (by a Ray actor, or in
+this process) and the data file is renamed into place, so a build killed at any moment and resumed redoes
+only the shards without a data file.
 """
 from __future__ import annotations
 
