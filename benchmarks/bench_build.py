@@ -7,8 +7,12 @@ the whole process tree (driver + Ray) every 0.2 s. Run from the repository root,
 
     .venv/bin/python benchmarks/bench_build.py --photos 200 --workers 1 2 --memory-photos 200 2000
 
+With ``--reference DIR`` (another source tree of the project, e.g. ``git archive main | tar -x -C DIR``) every
+speed run is also made with that code, alternately, on the same inputs, and the ratio is printed beside the
+figures.
+
 Targets (issue 4): >= 1 source photo / s / core end to end, 2 workers >= 1.7x one, peak memory for 2,000
-photos within 20 % of that for 200.
+photos within 20 % of that for 200; issue 27: >= 2.5 source photos / s / core at 512 px with 4 renders.
 """
 from __future__ import annotations
 
@@ -69,16 +73,15 @@ class TreeMemory(threading.Thread):
             self.stopped.wait(self.interval)
 
 
-def run_build(inputs: Path, workers: int, args: argparse.Namespace) -> dict:
-    """One `bokeh build` in a subprocess; returns its stats plus wall time and peak memory."""
+def run_build(inputs: Path, workers: int, args: argparse.Namespace, root: Path = ROOT) -> dict:
+    """One `bokeh build` of the code in ``root`` in a subprocess; returns its stats plus wall time and peak memory."""
     out = Path(tempfile.mkdtemp(prefix="bench_out_", dir=args.cache))
     command = [sys.executable, "-m", "bokeh_cli", "build", str(inputs), "-o", str(out / "ds"), "--depth", "sidecar",
                "--mask", args.mask, "--synthetic-levels", str(args.levels), "--resolution", str(args.resolution),
                "--shard-size", str(args.shard_size), "--workers", str(workers)]
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": path}
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": str(root)}
     start = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sampler = TreeMemory(proc.pid)
     sampler.start()
     stdout, stderr = proc.communicate()
@@ -118,15 +121,25 @@ def main() -> None:
     parser.add_argument("--mask", default="sidecar", choices=("sidecar", "depth"), help="mask backend (default sidecar)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "bokeh_bench_build",
                         help="where scenes and outputs go (default: a folder in the temp dir)")
+    parser.add_argument("--reference", type=Path, help="another source tree: its speed runs are made too, to compare")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
 
-    results = {"ray_start_s": {w: round(ray_start_seconds(w), 2) for w in args.workers}, "speed": [], "memory": []}
+    results = {"ray_start_s": {w: round(ray_start_seconds(w), 2) for w in args.workers}, "speed": [], "memory": [],
+               "reference": []}
     inputs = scenes(args.cache, args.photos, args.resolution)
     for workers in args.workers:
+        if args.reference:
+            reference = run_build(inputs, workers, args, args.reference.resolve())
+            results["reference"].append(reference)
         run = run_build(inputs, workers, args)
         results["speed"].append(run)
+        if args.reference:
+            print(f"{workers} worker(s), reference code: {reference['photos'] / reference['wall_s'] / workers:.2f} "
+                  f"photos/s per core end to end, stage work {sum(reference['stage_seconds'].values()) / reference['photos']:.3f} "
+                  f"s/photo; peak memory all processes {reference['peak_tree_mb']:.0f} MB; this code is "
+                  f"{reference['wall_s'] / run['wall_s']:.2f}x as fast end to end")
         per_stage = {k: round(run["photos"] / v, 2) for k, v in run["stage_seconds"].items() if v > 0}
         busy = sum(run["stage_seconds"].values())
         print(f"{workers} worker(s): {run['photos']} photos -> {run['rows']} rows in {run['wall_s']:.1f} s "

@@ -1,5 +1,5 @@
 """``bokeh build`` driver: check inputs and OUT and lock OUT, start or join Ray, shard the inputs, find repeated
-inputs, run the stages, write shards as they finish, summarise.
+inputs, run the stages (the workers write the rows), publish each shard when its photos are all in, summarise.
 
 Every failure is one line and leaves OUT in a state that a rerun or ``--resume`` accepts: a new build that fails
 before its inputs are sharded removes what it wrote (a plain rerun starts again); later failures keep the work
@@ -25,7 +25,7 @@ from .dedup import by_chunk, ensure_duplicates
 from .input_shards import MANIFEST, Chunk, chunks_of, write_input_shards
 from .input_stamp import CAPTION, DEPTH_SIDECAR, MASK_SIDECAR, InputsChanged
 from .out_guard import LOCK, MARKER, OutLock, check_apart, read_marker, write_marker
-from .photo_state import PhotoState, one_line
+from .photo_state import one_line
 from .ray_join import DEFAULT_RAY_TIMEOUT
 from .sources import InputError, iter_sources
 from .writer import Layout, ShardWriter, build_entries, finish, remove_outputs, remove_work
@@ -147,14 +147,14 @@ def _session(ray_address: Optional[str], workers: Optional[int], ray_timeout: fl
         yield
 
 
-def _states(config: BuildConfig, layout: Layout, counts: list[int], chunks: list[Chunk],
-            workers: Optional[int]) -> Iterator[PhotoState]:
-    """Finished photo states of ``chunks``, after deciding (or reloading) which copies of repeated inputs are
-    not kept."""
-    from .distribute import local_ids, local_states, ray_ids, ray_states
+def _records(config: BuildConfig, layout: Layout, counts: list[int], chunks: list[Chunk],
+             workers: Optional[int]) -> Iterator[dict[str, Any]]:
+    """Part records (:mod:`dataset_tools.shard_parts`) of ``chunks``, after deciding (or reloading) which copies of
+    repeated inputs are not kept."""
+    from .distribute import local_ids, local_records, ray_ids, ray_records
 
     on_ray = workers != 0
-    ids, states = (ray_ids, ray_states) if on_ray else (local_ids, local_states)
+    ids, records = (ray_ids, ray_records) if on_ray else (local_ids, local_records)
     guard = _ray_failures if on_ray else iter
     inputs = str(layout.inputs.resolve())
     every = [chunk for shard, count in enumerate(counts) for chunk in chunks_of(shard, count)]
@@ -162,31 +162,39 @@ def _states(config: BuildConfig, layout: Layout, counts: list[int], chunks: list
     if duplicates:
         print(f"{len(duplicates)} input(s) repeat the bytes of another one: each goes to errors.jsonl "
               "(stage dedup)", file=sys.stderr)
-    yield from guard(states(config, inputs, chunks, by_chunk(duplicates, counts)))
+    yield from guard(records(config, layout, chunks, by_chunk(duplicates, counts)))
 
 
 def _process(config: BuildConfig, layout: Layout, counts: list[int], workers: Optional[int], progress: bool) -> None:
     """Run the photos of every shard without a data file, publishing each output shard when it completes."""
     from tqdm import tqdm
 
-    writer = ShardWriter(layout, counts)
+    joiner = None
+    if workers != 0:
+        from .distribute import RayJoiner
+
+        joiner = RayJoiner(layout, len(counts))
+    writer = ShardWriter(layout, counts, joiner)
     pending = writer.pending()
     chunks = [chunk for shard in pending for chunk in chunks_of(shard, counts[shard])]
     if not chunks:
         return
     todo = sum(counts[shard] for shard in pending)
     print(f"building {layout.out}: {sum(counts)} photos in {len(counts)} shards, {todo} to process", file=sys.stderr)
-    seen = BuildStats()
     with tqdm(total=todo, unit="photo", desc="build", disable=None if progress else True, file=sys.stderr) as bar:
-        for state in _states(config, layout, counts, chunks, workers):
-            shard = writer.add(state.shard, state.rows, state.outcome, state.timings)
-            if shard is not None:  # one line per shard: the live record in logs where no bar is drawn
-                bar.write(f"wrote {layout.data_file(state.shard, len(counts)).name}: {shard.photos} photos, "
-                          f"{shard.kept} kept, {shard.rows} rows", file=sys.stderr)
-            seen.add(state.rows, state.outcome, {})
-            bar.update(1)
+        def report(wait: bool = False) -> None:  # one line per shard: the live record in logs where no bar is drawn
+            for shard, stats in writer.published(wait):
+                bar.write(f"wrote {layout.data_file(shard, len(counts)).name}: {stats.photos} photos, "
+                          f"{stats.kept} kept, {stats.rows} rows", file=sys.stderr)
+
+        for record in _records(config, layout, counts, chunks, workers):
+            writer.add(record)
+            report()
+            seen = writer.seen
+            bar.update(int(record["photos"]))
             bar.set_postfix(kept=seen.kept, filtered=sum(seen.filtered.values()),
                             failed=sum(seen.failed.values()), refresh=False)
+        report(wait=True)
     unfinished = writer.pending()
     if unfinished:
         raise BuildFailed(f"the pipeline ended with {len(unfinished)} shard(s) unfinished; rerun with --resume")

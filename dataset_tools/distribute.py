@@ -1,16 +1,19 @@
 """Running the build's stages: on Ray Data (local or a cluster) or, for ``--workers 0``, in this process.
 
 Ray path: the pending chunks (row groups of input shards) become a dataset of small descriptors;
-the read stage expands each into photo states; model stages (Depth Anything, SAM) run in actor pools,
-and so does the render stage when the cluster has GPUs (one actor of each such stage per GPU, sharing
-it; else model actors take at most one CPU, always leaving one for the tasks); the other stages run as
-tasks that Ray fuses into one, and the driver consumes finished states with ``iter_rows`` while the rest
-stream on. Before them, one pass of tasks hashes every input for :mod:`dataset_tools.dedup`. Every stage call
-on Ray is recorded in :mod:`dataset_tools.death_ledger`: Ray Data retries a task whose worker died for ever,
-and the ledger makes every retry single out the photos of the batch until the one that keeps killing its
-worker is an error, so the retries end.
-Workers read the photos and ``OUT/_work/inputs`` by path, so on a multi-node cluster both must be on
-storage every node sees.
+a task reads each chunk and runs every stage up to the first actor stage on it in one call; model stages
+(Depth Anything, SAM) run in actor pools, and so does the render stage when the cluster has GPUs (one actor
+of each such stage per GPU, sharing it; else model actors take at most one CPU, always leaving one for the
+tasks); between actors, the stages run in tasks, each a run of consecutive stages in one call. Photos travel
+between calls as columnar batches (:func:`dataset_tools.photo_state.to_columns`). The last call writes the
+finished photos' rows to OUT itself (:mod:`dataset_tools.shard_parts`) and hands the driver one small record
+per part, which it consumes with ``iter_rows`` while the rest stream on; join actors (:class:`RayJoiner`)
+join the parts of each complete shard. Before them, one pass of tasks hashes every input for :mod:`dataset_tools.dedup`.
+Every stage call on Ray is recorded in :mod:`dataset_tools.death_ledger`: Ray Data retries a task whose worker
+died for ever, and the ledger makes every retry single out the photos of the batch until the one that keeps
+killing its worker is an error, so the retries end.
+Workers read the photos and ``OUT/_work/inputs`` and write OUT by path, so on a multi-node cluster both
+must be on storage every node sees.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from estimators.backends import MODEL_DEPTH_BACKENDS
 
@@ -28,10 +31,12 @@ from .build_config import BuildConfig
 from .death_ledger import ATTEMPTS, DeathLedger, read_recorded, run_states
 from .dedup import Duplicate, chunk_ids, decode, encode
 from .input_shards import Chunk
-from .photo_state import PhotoState, pack, unpack
+from .photo_state import PhotoState, from_columns, to_columns
 from .ray_join import DEFAULT_RAY_TIMEOUT, join_cluster
 from .ray_reaper import child_pids, start_reaper, stop_reaper
+from .shard_parts import record_columns, write_parts
 from .stages import PHOTO_STAGES, DepthStage, GroupStage, MaskStage, ReadStage
+from .writer import Layout, merge_parts
 
 #: Photos per call of an actor (model and GPU render stages).
 MODEL_BATCH = 8
@@ -78,21 +83,27 @@ def _stage(cls: type, kwargs: dict[str, Any]) -> Any:
     return stage
 
 
-def _read_task(batch: dict[str, Any], kwargs: dict[str, Any], ledger: str) -> dict[str, list]:
-    """Ray task of the read stage: chunk descriptors in, pickled photo states out, recorded in the death ledger."""
-    reader = _stage(ReadStage, kwargs)
-    states: list[PhotoState] = []
-    for shard, group, duplicates in zip(batch["shard"], batch["row_group"], batch["duplicates"]):
-        states.extend(read_recorded(reader, Chunk(int(shard), int(group)), decode(duplicates), DeathLedger(ledger)))
-    return pack(states)
+def _run_stages(stages: Sequence[tuple[type, dict[str, Any]]], states: list[PhotoState], ledger: DeathLedger) -> None:
+    """Run the model-free ``stages`` (class, constructor arguments) on ``states``, each call in the ledger."""
+    for cls, kwargs in stages:
+        stage = _stage(cls, kwargs)
+        run_states(stage.name, stage.run, states, ledger)
 
 
-def _stage_task(batch: dict[str, Any], cls: type, kwargs: dict[str, Any], ledger: str) -> dict[str, list]:
-    """Ray task of a model-free stage, recorded in the death ledger."""
-    stage = _stage(cls, kwargs)
-    states = unpack(batch)
-    run_states(stage.name, stage.run, states, DeathLedger(ledger))
-    return pack(states)
+def _segment_task(batch: dict[str, Any], stages: Sequence[tuple[type, dict[str, Any]]], read: Optional[dict[str, Any]],
+                  work: Optional[str], ledger: str) -> dict[str, Any]:
+    """Ray task of a run of model-free stages: photos in (or, with ``read`` (the read stage's arguments), chunk
+    descriptors read here), photos out (or, with ``work``, their rows written there and part records out)."""
+    recorded = DeathLedger(ledger)
+    if read is None:
+        states = from_columns(batch)
+    else:
+        reader = _stage(ReadStage, read)
+        states = []
+        for shard, group, duplicates in zip(batch["shard"], batch["row_group"], batch["duplicates"]):
+            states.extend(read_recorded(reader, Chunk(int(shard), int(group)), decode(duplicates), recorded))
+    _run_stages(stages, states, recorded)
+    return to_columns(states) if work is None else record_columns(write_parts(work, states))
 
 
 class RecordedActor:
@@ -102,10 +113,10 @@ class RecordedActor:
         self.stage = stage(**kwargs)
         self.ledger = DeathLedger(ledger)
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        states = unpack(batch)
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        states = from_columns(batch)
         run_states(self.stage.name, self.stage.run, states, self.ledger)
-        return pack(states)
+        return to_columns(states)
 
 
 def _needs_model(cls: type, config: BuildConfig) -> bool:
@@ -190,36 +201,109 @@ def local_ids(inputs_dir: str, chunks: list[Chunk]) -> Iterator[tuple[int, str, 
         yield from chunk_ids(Path(inputs_dir), chunk)
 
 
-def ray_states(config: BuildConfig, inputs_dir: str, chunks: list[Chunk],
-               duplicates: Mapping[Chunk, Mapping[int, Duplicate]]) -> Iterator[PhotoState]:
-    """Finished photo states of ``chunks``, computed by Ray Data on the current Ray session, as they come;
-    ``duplicates`` holds the copies not kept of repeated inputs by chunk."""
+def _segments(plans: list[StagePlan]) -> list[tuple[Optional[StagePlan], list[StagePlan]]]:
+    """The plans cut into steps: (an actor stage's plan, []) or (None, consecutive task stages' plans); the first
+    step is always a task step (it reads), and so is the last (it writes)."""
+    steps: list[tuple[Optional[StagePlan], list[StagePlan]]] = [(None, [])]
+    for plan in plans:
+        if plan.actors:
+            steps.append((plan, []))
+        elif steps[-1][0] is not None:
+            steps.append((None, [plan]))
+        else:
+            steps[-1][1].append(plan)
+    if steps[-1][0] is not None:
+        steps.append((None, []))
+    return steps
+
+
+def ray_records(config: BuildConfig, layout: Layout, chunks: list[Chunk],
+                duplicates: Mapping[Chunk, Mapping[int, Duplicate]]) -> Iterator[dict[str, Any]]:
+    """The part records (:mod:`dataset_tools.shard_parts`) of ``chunks``, computed and written by Ray Data on the
+    current Ray session, as they come; ``duplicates`` holds the copies not kept of repeated inputs by chunk."""
     import ray
 
     _quiet_data()
-    ledger = str(Path(inputs_dir).parent / ATTEMPTS)
+    inputs_dir = str(layout.inputs.resolve())
+    work = str(layout.work.resolve())
+    ledger = str(layout.work.resolve() / ATTEMPTS)
     task_cpus, plans = stage_plan(config, ray.cluster_resources())
-    ds = _descriptors(chunks, duplicates).map_batches(
-        _read_task, batch_size=1, num_cpus=task_cpus,
-        fn_kwargs={"kwargs": {"config": config, "inputs_dir": inputs_dir}, "ledger": ledger})
-    for plan in plans:
-        if plan.actors:
-            resources = {"num_cpus": plan.num_cpus, **({"num_gpus": plan.num_gpus} if plan.num_gpus else {})}
+    steps = _segments(plans)
+    ds = _descriptors(chunks, duplicates)
+    for index, (actor, tasks) in enumerate(steps):
+        if actor is not None:
+            resources = {"num_cpus": actor.num_cpus, **({"num_gpus": actor.num_gpus} if actor.num_gpus else {})}
             # (Ray 2.60 logs one "constructor arguments in the object store" line per actor: ray-project/ray#57733)
             ds = ds.map_batches(RecordedActor, batch_size=MODEL_BATCH,
-                                fn_constructor_kwargs={"stage": plan.stage, "kwargs": plan.kwargs(config),
+                                fn_constructor_kwargs={"stage": actor.stage, "kwargs": actor.kwargs(config),
                                                        "ledger": ledger},
-                                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.actors), **resources)
-        else:
-            ds = ds.map_batches(_stage_task, batch_size=None, num_cpus=plan.num_cpus,
-                                fn_kwargs={"cls": plan.stage, "kwargs": plan.kwargs(config), "ledger": ledger})
+                                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actor.actors), **resources)
+            continue
+        first, last = index == 0, index == len(steps) - 1
+        ds = ds.map_batches(_segment_task, batch_size=1 if first else None, num_cpus=task_cpus,
+                            fn_kwargs={"stages": [(p.stage, p.kwargs(config)) for p in tasks],
+                                       "read": {"config": config, "inputs_dir": inputs_dir} if first else None,
+                                       "work": work if last else None, "ledger": ledger})
     for row in ds.iter_rows():
-        yield from unpack({"state": [row["state"]]})
+        yield dict(row)
 
 
-def local_states(config: BuildConfig, inputs_dir: str, chunks: list[Chunk],
-                 duplicates: Mapping[Chunk, Mapping[int, Duplicate]]) -> Iterator[PhotoState]:
-    """The same stages run one chunk at a time in this process, without Ray (``--workers 0``).
+class _JoinActor:
+    """Ray actor that joins the parts of complete shards (:func:`dataset_tools.writer.merge_parts`)."""
+
+    def __init__(self, layout: Layout, total: int) -> None:
+        self.layout, self.total = layout, total
+
+    def join(self, shard: int, parts: list[str]) -> int:
+        merge_parts(self.layout, shard, self.total, parts)
+        return shard
+
+
+class RayJoiner:
+    """Joins complete shards' parts in a pool of Ray actors (one per node, at least two, spread over the nodes;
+    no CPU reserved: the work is mostly reading and writing), while the driver goes on. The actors start with
+    the build, so a local Ray's reaper knows their processes; a lost actor is restarted and its join retried
+    (a join is idempotent). An OSError of a join is raised in the driver as itself."""
+
+    def __init__(self, layout: Layout, total: int) -> None:
+        import ray
+
+        layout = Layout(layout.out.resolve())
+        size = max(2, len([node for node in ray.nodes() if node.get("Alive")]))
+        actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, scheduling_strategy="SPREAD")(_JoinActor)
+        self.actors = [actor.remote(layout, total) for _ in range(size)]
+        self.pending: dict[Any, int] = {}
+        self.submitted = 0
+
+    def submit(self, shard: int, parts: list[str]) -> None:
+        """Have one actor join ``parts`` into the data file of ``shard``."""
+        actor = self.actors[self.submitted % len(self.actors)]
+        self.submitted += 1
+        self.pending[actor.join.remote(shard, parts)] = shard
+
+    def finished(self, wait: bool = False) -> list[int]:
+        """The shards joined since the last call; with ``wait``, after every submitted one is."""
+        import ray
+
+        if not self.pending:
+            return []
+        refs = list(self.pending)
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=None if wait else 0)
+        done = []
+        for ref in ready:
+            del self.pending[ref]
+            try:
+                done.append(ray.get(ref))
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc.cause, OSError):
+                    raise exc.cause from None
+                raise
+        return done
+
+
+def local_records(config: BuildConfig, layout: Layout, chunks: list[Chunk],
+                  duplicates: Mapping[Chunk, Mapping[int, Duplicate]]) -> Iterator[dict[str, Any]]:
+    """The same stages and part records, one chunk at a time in this process, without Ray (``--workers 0``).
 
     Like one Ray worker, it runs torch on one thread: the renderer's many small operations lose
     far more to thread hand-offs than they gain (about 15x slower at 256 px on two busy cores).
@@ -229,12 +313,12 @@ def local_states(config: BuildConfig, inputs_dir: str, chunks: list[Chunk],
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        reader = ReadStage(config, inputs_dir)
+        reader = ReadStage(config, str(layout.inputs))
         stages = [GroupStage(config, device=None) if cls is GroupStage else cls(config) for cls in PHOTO_STAGES]
         for chunk in chunks:
             states = reader.read(chunk, duplicates.get(chunk))
             for stage in stages:
                 stage.run(states)
-            yield from states
+            yield from write_parts(layout.work, states)
     finally:
         torch.set_num_threads(threads)

@@ -1,10 +1,16 @@
-"""What travels between the build's worker stages for one source photo, and how a stage records failure."""
+"""What travels between the build's worker stages for one source photo, and how a stage records failure.
+
+Inside a worker a photo is a :class:`PhotoState`; between stages (and into a user's own Ray Data pipeline) a
+batch of photos is columnar (:func:`to_columns`, :func:`from_columns`): numpy arrays of images, disparity,
+depth, mask and renders, and scalar columns, with the small records (EXIF, estimate, outcome, timings) as
+JSON text. Nothing is pickled, so any Ray Data pipeline can read, filter or store these columns.
+"""
 from __future__ import annotations
 
-import pickle
+import json
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterator, Optional
 
 import numpy as np
@@ -91,15 +97,114 @@ def one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def pack(states: list[PhotoState]) -> dict[str, list]:
-    """A Ray Data batch (column -> values) holding pickled states."""
-    return {
-        "shard": [s.shard for s in states],
-        "seq": [s.seq for s in states],
-        "state": [pickle.dumps(s, protocol=5) for s in states],
-    }
+#: Array columns of a photo batch: (column, dtype, dimensions); an absent array is an empty one (size 0).
+ARRAY_COLUMNS = (("image", np.uint8, 3), ("disparity", np.float32, 2), ("depth_m", np.float32, 2),
+                 ("mask", np.bool_, 2), ("renders", np.uint8, 4))
+#: Text columns of a photo batch ("" when unset); the JSON ones hold a record, or "" for none.
+TEXT_COLUMNS = ("source", "path", "caption", "id", "depth_source", "mask_source")
+JSON_COLUMNS = ("dataset_exif", "exif", "estimate", "render_params", "outcome", "timings")
 
 
-def unpack(batch: dict[str, Any]) -> list[PhotoState]:
-    """The states of a batch made by :func:`pack`."""
-    return [pickle.loads(blob) for blob in batch["state"]]
+def _array(value: Optional[np.ndarray], dtype: Any, ndim: int) -> np.ndarray:
+    return np.zeros((0,) * ndim, dtype) if value is None else np.ascontiguousarray(value, dtype=dtype)
+
+
+def _column(values: list[np.ndarray]) -> np.ndarray:
+    """An object column of arrays (kept one array per row even when every array has the same shape)."""
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    return column
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python number it holds (for JSON)."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _json(value: Any) -> str:
+    return "" if value is None else json.dumps(value, default=_plain)
+
+
+def to_columns(states: list[PhotoState]) -> dict[str, np.ndarray]:
+    """A columnar batch (column -> numpy array of one value per photo) of ``states``, for Ray Data."""
+    renders = [np.stack([r.image for r in s.renders]) if s.renders else None for s in states]
+    meta = [[{"bokeh_level": r.bokeh_level, "params": r.params, "sharpness_subject": r.sharpness_subject,
+              "sharpness_background": r.sharpness_background} for r in s.renders] for s in states]
+    depth = [s.depth for s in states]
+    arrays = {"image": [s.image for s in states], "disparity": [d and d.disparity for d in depth],
+              "depth_m": [d and d.depth_m for d in depth], "mask": [s.mask for s in states], "renders": renders}
+    batch = {"shard": np.array([s.shard for s in states], np.int64), "seq": np.array([s.seq for s in states], np.int64)}
+    for name, dtype, ndim in ARRAY_COLUMNS:
+        batch[name] = _column([_array(v, dtype, ndim) for v in arrays[name]])
+    text = {"source": [s.source for s in states], "path": [s.path for s in states],
+            "caption": [s.caption for s in states], "id": [s.id for s in states],
+            "depth_source": [d and d.source for d in depth], "mask_source": [s.mask_source for s in states]}
+    for name in TEXT_COLUMNS:
+        batch[name] = np.array([v or "" for v in text[name]], dtype=object)
+    records = {"dataset_exif": [s.dataset_exif for s in states],
+               "exif": [s.exif and asdict(s.exif) for s in states],
+               "estimate": [s.estimate and asdict(s.estimate) for s in states],
+               "render_params": [m or None for m in meta], "outcome": [s.outcome for s in states],
+               "timings": [s.timings for s in states]}
+    for name in JSON_COLUMNS:
+        batch[name] = np.array([_json(v) for v in records[name]], dtype=object)
+    return batch
+
+
+def _record(cls: type, text: str) -> Any:
+    """The dataclass ``cls`` from its JSON text (fields it does not know are ignored); None for ""."""
+    if not text:
+        return None
+    data = json.loads(text)
+    return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+def _present(value: Any) -> Optional[np.ndarray]:
+    """The array of a cell (writable: stages may change it in place), None for an absent (empty) one."""
+    if value is None:
+        return None
+    array = np.asarray(value)
+    if not array.size:
+        return None
+    return array if array.flags.writeable else array.copy()
+
+
+def _loads(text: str, empty: Any) -> Any:
+    return json.loads(text) if text else empty
+
+
+def _text(batch: dict[str, Any], name: str, count: int) -> list[str]:
+    values = batch.get(name)
+    return [""] * count if values is None else ["" if v is None else str(v) for v in values]
+
+
+def from_columns(batch: dict[str, Any]) -> list[PhotoState]:
+    """The states of a columnar batch made by :func:`to_columns`; a batch from elsewhere needs ``image`` or
+    ``path`` and may leave out any other column (``seq`` defaults to the row's place in the batch)."""
+    count = len(next(iter(batch.values()))) if batch else 0
+    text = {name: _text(batch, name, count) for name in (*TEXT_COLUMNS, *JSON_COLUMNS)}
+    column = {name: batch.get(name, [None] * count) for name, _, _ in ARRAY_COLUMNS}
+    shards = batch.get("shard", [0] * count)
+    seqs = batch.get("seq", range(count))
+    states = []
+    for i in range(count):
+        state = PhotoState(int(shards[i]), int(seqs[i]), text["source"][i] or text["path"][i],
+                           text["path"][i] or None, text["caption"][i], _loads(text["dataset_exif"][i], {}))
+        state.id = text["id"][i] or None
+        state.image = _present(column["image"][i])
+        disparity = _present(column["disparity"][i])
+        if disparity is not None:
+            state.depth = DepthMap(disparity, _present(column["depth_m"][i]), text["depth_source"][i])
+        state.mask = _present(column["mask"][i])
+        state.mask_source = text["mask_source"][i] or None
+        state.exif = _record(ExifInfo, text["exif"][i])
+        state.estimate = _record(BokehEstimate, text["estimate"][i])
+        renders = _present(column["renders"][i])
+        state.renders = [Render(image, m["bokeh_level"], m["params"], m["sharpness_subject"], m["sharpness_background"])
+                         for image, m in zip([] if renders is None else renders, _loads(text["render_params"][i], []))]
+        state.outcome = _loads(text["outcome"][i], None)
+        state.timings = _loads(text["timings"][i], {})
+        states.append(state)
+    return states

@@ -2,7 +2,8 @@
 
 read (bytes, id, decode, EXIF, resize) -> depth -> mask -> estimate (K, filter) -> groups (renders of
 all-in-focus photos) -> encode (rows). A stage works on :class:`PhotoState` objects; any failure of
-one photo becomes its ``outcome`` (one errors.jsonl line), never an exception out of the stage.
+one photo becomes its ``outcome`` (one errors.jsonl line), never an exception out of the stage. Called on a
+Ray Data batch, a stage takes and returns columnar batches (:func:`dataset_tools.photo_state.to_columns`).
 Model stages (Depth Anything, SAM) load their model once per instance, so one actor = one model.
 """
 from __future__ import annotations
@@ -31,8 +32,8 @@ from .build_config import BuildConfig
 from .dedup import Duplicate, decode, photo_id
 from .encode import real_row, synthetic_row
 from .input_shards import Chunk, item_from_row, read_chunk
-from .photo_state import PhotoState, Render, StageFailure, one_line, pack, unpack
-from .sources import listing_code
+from .photo_state import PhotoState, Render, StageFailure, from_columns, one_line, to_columns
+from .sources import SourceItem, listing_code
 
 #: ImageLoadError message starts -> reason code (stats group failures by code).
 _DECODE_CODES = (
@@ -53,11 +54,11 @@ class Stage:
     def __init__(self, config: BuildConfig) -> None:
         self.config = config
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        """Ray Data entry point: a batch of pickled states in, the same states (advanced) out."""
-        states = unpack(batch)
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Ray Data entry point: a columnar batch of photos in, the same photos (advanced) out."""
+        states = from_columns(batch)
         self.run(states)
-        return pack(states)
+        return to_columns(states)
 
     def run(self, states: list[PhotoState]) -> None:
         """Advance every active state by this stage."""
@@ -129,12 +130,12 @@ class ReadStage:
         self.config = config
         self.inputs_dir = Path(inputs_dir)
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        """Ray Data entry point: chunk descriptors (shard, row_group, duplicates as JSON) in, pickled states out."""
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Ray Data entry point: chunk descriptors (shard, row_group, duplicates as JSON) in, photos out."""
         states: list[PhotoState] = []
         for shard, group, duplicates in zip(batch["shard"], batch["row_group"], batch["duplicates"]):
             states.extend(self.read(Chunk(int(shard), int(group)), decode(duplicates)))
-        return pack(states)
+        return to_columns(states)
 
     def read(self, chunk: Chunk, duplicates: Optional[Mapping[int, Duplicate]] = None) -> list[PhotoState]:
         """The decoded photos of one chunk (failed ones and the later copies in ``duplicates`` carry their outcome)."""
@@ -150,11 +151,15 @@ class ReadStage:
             elif item.error:
                 state.stop("read", StageFailure(listing_code(item.error), item.error))
             else:
-                guarded("read", state, self._load, state, item)
+                self.load(state, item)
             states.append(state)
         return states
 
-    def _load(self, state: PhotoState, item: Any) -> None:
+    def load(self, state: PhotoState, item: SourceItem) -> None:
+        """Read, hash, decode and resize ``item`` into ``state`` (a failure becomes its outcome)."""
+        guarded("read", state, self._load, state, item)
+
+    def _load(self, state: PhotoState, item: SourceItem) -> None:
         with state.timed("read"):
             try:
                 data = item.read_bytes()
@@ -247,17 +252,18 @@ class EstimateStage(Stage):
             state.image, state.exif, state.depth, state.mask, source=state.source, mask_source=state.mask_source
         )
         state.estimate = rec
-        if rec.bokeh_level is None:
-            raise StageFailure("no-bokeh-level", rec.notes[-1] if rec.notes else "no estimate", status="filtered")
-        if rec.sharpness_subject is None:
-            raise StageFailure("subject-too-small", "the subject covers too few pixels to measure its sharpness",
-                               status="filtered")
-        if rec.sharpness_subject < self.config.min_sharpness:
+        # A soft subject rules a photo out whatever K reads, so it is the reason given first.
+        if rec.sharpness_subject is not None and rec.sharpness_subject < self.config.min_sharpness:
             raise StageFailure(
                 "subject-not-sharp",
                 f"subject sharpness {rec.sharpness_subject:.3g} < --min-sharpness {self.config.min_sharpness:g}",
                 status="filtered",
             )
+        if rec.bokeh_level is None:
+            raise StageFailure("no-bokeh-level", rec.notes[-1] if rec.notes else "no estimate", status="filtered")
+        if rec.sharpness_subject is None:
+            raise StageFailure("subject-too-small", "the subject covers too few pixels to measure its sharpness",
+                               status="filtered")
 
 
 # ----------------------------------------------------------------------------- synthetic groups

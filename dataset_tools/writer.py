@@ -19,14 +19,17 @@ Layout of OUT (the contract ``bokeh report`` and the trainer read)::
         inputs/duplicates.json                copies of repeated inputs not kept (dataset_tools.dedup)
         shards/shard-NNNNN.json               errors and stats of each finished output shard
         attempts/                             stage calls whose worker died (dataset_tools.death_ledger)
-        tmp/                                  output shards being written
+        parts/shard-NNNNN/                    rows of finished batches, written by the workers
+                                              (dataset_tools.shard_parts)
+        tmp/                                  output shards being joined from their parts
 
 Every source photo is in exactly one place: a row of a data shard (with its renders) or a line of
-errors.jsonl (so is each copy not kept of a repeated input's bytes: stage dedup, code duplicate). Output
-shard k is complete exactly when ``data/train-k-of-NN.parquet`` exists: its rows spill to ``_work/tmp``
-as row groups while they come, its errors and stats are written to ``_work/shards`` first, and the
-data file is renamed into place last, so a build killed at any moment and resumed redoes only the
-shards without a data file.
+errors.jsonl (so is each copy not kept of a repeated input's bytes: stage dedup, code duplicate). The
+workers write the rows; the driver only counts the small record of each part. Output shard k is complete
+exactly when ``data/train-k-of-NN.parquet`` exists: once the records of all its photos are in, its errors
+and stats are written to ``_work/shards``, then its parts are joined in ``_work/tmp`` (by a Ray actor, or in
+this process) and the data file is renamed into place, so a build killed at any moment and resumed redoes
+only the shards without a data file.
 """
 from __future__ import annotations
 
@@ -41,7 +44,8 @@ import pyarrow.parquet as pq
 from .atomic import publish, write_atomic
 from .build_stats import BuildStats
 from .card import dataset_card
-from .schema import OUTPUT_SCHEMA, rows_table
+from .schema import OUTPUT_SCHEMA
+from .shard_parts import PARTS, part_folder
 
 #: Rows buffered per shard before they are written as one Parquet row group.
 ROW_GROUP_ROWS = 64
@@ -63,6 +67,7 @@ class Layout:
         self.work = self.out / WORK
         self.inputs = self.work / "inputs"
         self.shard_meta = self.work / "shards"
+        self.parts = self.work / PARTS
         self.tmp = self.work / "tmp"
         self.config = self.work / "config.json"
         self.errors = self.out / "errors.jsonl"
@@ -80,46 +85,72 @@ class Layout:
         return self.stats.is_file() and not self.work.exists()
 
 
-class _OpenShard:
-    """An output shard being written: rows spill to a temp Parquet file in row groups."""
+def merge_parts(layout: Layout, shard: int, total: int, parts: list[str]) -> None:
+    """Join the named parts of output shard ``shard`` (in order) into its data file, published atomically in
+    row groups of ROW_GROUP_ROWS rows (none when no photo was kept: a 0-row group would break `datasets`), then
+    remove the shard's parts. A repeated call after one that finished (a retried task) finds the work done."""
+    folder = part_folder(layout.work, shard)
+    final = layout.data_file(shard, total)
+    if final.is_file() and not folder.exists():
+        return
+    temp = layout.tmp / f"train-{shard:05d}.parquet"
+    pending: list[pa.Table] = []
+    with pq.ParquetWriter(temp, OUTPUT_SCHEMA) as writer:
+        for name in sorted(parts):
+            pending.append(pq.read_table(folder / name, schema=OUTPUT_SCHEMA))
+            rows = pa.concat_tables(pending)
+            whole = len(rows) // ROW_GROUP_ROWS * ROW_GROUP_ROWS
+            if whole:
+                writer.write_table(rows.slice(0, whole), row_group_size=ROW_GROUP_ROWS)
+            pending = [rows.slice(whole)] if len(rows) > whole else []
+        if pending:
+            writer.write_table(pa.concat_tables(pending))
+    publish(temp, final)
+    shutil.rmtree(folder, ignore_errors=True)
 
-    def __init__(self, temp: Path) -> None:
-        self.temp = temp
-        self.writer: Optional[pq.ParquetWriter] = None
-        self.buffer: list[dict[str, Any]] = []
+
+class LocalJoiner:
+    """Joins each complete shard's parts at once, in this process (``--workers 0``)."""
+
+    def __init__(self, layout: Layout, total: int) -> None:
+        self.layout, self.total = layout, total
+        self.joined: list[int] = []
+
+    def submit(self, shard: int, parts: list[str]) -> None:
+        """Join ``parts`` into the data file of ``shard``."""
+        merge_parts(self.layout, shard, self.total, parts)
+        self.joined.append(shard)
+
+    def finished(self, wait: bool = False) -> list[int]:
+        """The shards joined since the last call."""
+        done, self.joined = self.joined, []
+        return done
+
+
+class _OpenShard:
+    """An output shard whose photos are coming in: the names of its parts, its errors and stats."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
         self.errors: list[dict[str, Any]] = []
         self.stats = BuildStats()
-        self.received = 0
-
-    def add_rows(self, rows: list[dict[str, Any]]) -> None:
-        self.buffer.extend(rows)
-        if len(self.buffer) >= ROW_GROUP_ROWS:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.buffer:
-            return
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(self.temp, OUTPUT_SCHEMA)
-        self.writer.write_table(rows_table(self.buffer))
-        self.buffer = []
-
-    def close(self) -> None:
-        self.flush()
-        if self.writer is None:  # every photo of the shard failed: still one shard, with no row group
-            self.writer = pq.ParquetWriter(self.temp, OUTPUT_SCHEMA)  # (a 0-row group would break `datasets`)
-        self.writer.close()
 
 
 class ShardWriter:
-    """Receives finished photos in any order and publishes each output shard when its last photo arrives."""
+    """The driver's account of the output shards: takes the record of each part (:mod:`dataset_tools.shard_parts`)
+    in any order and, when a shard's last photo is in, writes its errors and stats and has ``joiner`` (default: a
+    :class:`LocalJoiner`; on Ray, a pool of actors) join its parts into its data file."""
 
-    def __init__(self, layout: Layout, counts: list[int]) -> None:
+    def __init__(self, layout: Layout, counts: list[int], joiner: Optional[Any] = None) -> None:
         self.layout = layout
         self.counts = counts
+        self.joiner = joiner or LocalJoiner(layout, len(counts))
         self.open: dict[int, _OpenShard] = {}
-        shutil.rmtree(layout.tmp, ignore_errors=True)  # parts of shards an interrupted run was writing
-        for folder in (layout.data, layout.shard_meta, layout.tmp):
+        self.joining: dict[int, BuildStats] = {}
+        self.seen = BuildStats()  # every photo whose record came in, for progress
+        for folder in (layout.tmp, layout.parts):  # what an interrupted run was writing
+            shutil.rmtree(folder, ignore_errors=True)
+        for folder in (layout.data, layout.shard_meta, layout.tmp, layout.parts):
             folder.mkdir(parents=True, exist_ok=True)
 
     def pending(self) -> list[int]:
@@ -127,28 +158,31 @@ class ShardWriter:
         total = len(self.counts)
         return [k for k in range(total) if not self.layout.data_file(k, total).is_file()]
 
-    def add(self, shard: int, rows: list[dict[str, Any]], outcome: Optional[dict[str, Any]],
-            timings: dict[str, float]) -> Optional[BuildStats]:
-        """Take one finished source photo; when this completes its shard, publish it and return its stats."""
-        current = self.open.get(shard)
-        if current is None:
-            current = self.open[shard] = _OpenShard(self.layout.tmp / f"train-{shard:05d}.parquet")
-        current.stats.add(rows, outcome, timings)
-        if outcome is not None:
-            current.errors.append(outcome)
-        else:
-            current.add_rows(rows)
-        current.received += 1
-        if current.received < self.counts[shard]:
+    def add(self, record: dict[str, Any]) -> Optional[BuildStats]:
+        """Take the record of one part; when this completes its shard, have it joined and return its stats."""
+        shard = int(record["shard"])
+        current = self.open.setdefault(shard, _OpenShard())
+        part = BuildStats.from_dict(json.loads(record["stats"]))
+        current.stats.merge(part)
+        self.seen.merge(part)
+        current.errors.extend(json.loads(record["errors"]))
+        if record["part"]:
+            current.parts.append(record["part"])
+        if current.stats.photos < self.counts[shard]:
             return None
-        self._commit(shard, self.open.pop(shard))
+        if current.stats.photos > self.counts[shard]:
+            raise RuntimeError(f"output shard {shard} received {current.stats.photos} photos of {self.counts[shard]}")
+        del self.open[shard]
+        errors = sorted(current.errors, key=lambda e: e["seq"])
+        write_atomic(self.layout.meta_file(shard), json.dumps({"errors": errors, "stats": current.stats.to_dict()}))
+        self.joining[shard] = current.stats
+        self.joiner.submit(shard, current.parts)
         return current.stats
 
-    def _commit(self, shard: int, done: _OpenShard) -> None:
-        done.close()
-        errors = sorted(done.errors, key=lambda e: e["seq"])
-        write_atomic(self.layout.meta_file(shard), json.dumps({"errors": errors, "stats": done.stats.to_dict()}))
-        publish(done.temp, self.layout.data_file(shard, len(self.counts)))
+    def published(self, wait: bool = False) -> list[tuple[int, BuildStats]]:
+        """(shard, stats) of the shards whose data file was published since the last call; with ``wait``, after
+        every shard handed to the joiner is."""
+        return [(shard, self.joining.pop(shard)) for shard in self.joiner.finished(wait)]
 
 
 def finish(layout: Layout, counts: list[int], settings: dict[str, Any], wall_seconds: float) -> BuildStats:
