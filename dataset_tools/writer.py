@@ -39,6 +39,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .atomic import publish, write_atomic
