@@ -278,9 +278,9 @@ def find_focal_plane(gray: np.ndarray, disparity: np.ndarray) -> FocalPlane:
     The sharpest layer is sought among those with MIN_REFERENCE_EDGES edges; the blur over depth is fitted
     to every measured layer (weighted by its edges), since a sparse layer that reads sharp far from that
     plane is evidence against defocus growing from it. ``contrast`` is the blur fitted over depth
-    (:func:`fit_blur_slope`, offset and slope >= 0) at the layer farthest from the sharpest one, divided by ``exp(spread)`` (a one-standard-deviation lower
-    bound in log space: layers that disagree about K are no defocus) and, when a single layer carries
-    the slope, less ONE_LAYER_RESOLUTION in quadrature.
+    (:func:`fit_blur_slope`, offset and slope >= 0) at the layer farthest from the sharpest one, divided
+    by ``exp(spread)`` (a one-standard-deviation lower bound in log space: layers that disagree about K
+    are no defocus) and, when a single layer carries the slope, less ONE_LAYER_RESOLUTION in quadrature.
     """
     disp = normalize_disparity(np.asarray(disparity))
     if disp.shape != np.asarray(gray).shape[:2]:
