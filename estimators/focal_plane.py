@@ -275,10 +275,12 @@ def find_focal_plane(gray: np.ndarray, disparity: np.ndarray) -> FocalPlane:
     """The sharpest depth layer of a photo and its pixels (at ``gray``'s size); disparity None when the
     photo's defocus (``contrast``) stays below MIN_FOCUS_CONTRAST (all in focus, or too few layers to tell).
 
-    ``contrast`` is the blur fitted over depth (:func:`fit_blur_slope`, offset and slope >= 0) at the
-    layer farthest from the sharpest one, divided by ``exp(spread)`` (a one-standard-deviation lower
-    bound in log space: layers that disagree about K are no defocus) and, when a single layer carries
-    the slope, less ONE_LAYER_RESOLUTION in quadrature.
+    The sharpest layer is sought among those with MIN_REFERENCE_EDGES edges; the blur over depth is fitted
+    to every measured layer (weighted by its edges), since a sparse layer that reads sharp far from that
+    plane is evidence against defocus growing from it. ``contrast`` is the blur fitted over depth
+    (:func:`fit_blur_slope`, offset and slope >= 0) at the layer farthest from the sharpest one, divided
+    by ``exp(spread)`` (a one-standard-deviation lower bound in log space: layers that disagree about K
+    are no defocus) and, when a single layer carries the slope, less ONE_LAYER_RESOLUTION in quadrature.
     """
     disp = normalize_disparity(np.asarray(disparity))
     if disp.shape != np.asarray(gray).shape[:2]:
@@ -289,8 +291,7 @@ def find_focal_plane(gray: np.ndarray, disparity: np.ndarray) -> FocalPlane:
     # Where the focus is and whether there is defocus at all ask the outlines too: soft texture inside a
     # sharp outline is not blur.
     outlined = layer_blurs(gray, disp, outline_cap=True)
-    outlined = _well_measured(outlined, lambda layer: layer.count)
-    sharpest = min(outlined, key=lambda layer: layer.radius)
+    sharpest = min(_well_measured(outlined, lambda layer: layer.count), key=lambda layer: layer.radius)
     fit = fit_blur_slope(outlined, sharpest.disparity, LAYER_WIDTH)
     contrast = 0.0
     if fit is not None:

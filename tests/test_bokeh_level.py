@@ -279,3 +279,21 @@ def test_sharp_oblique_edges_behind_a_sharp_subject_read_all_in_focus(angle):
             assert rec.focus_source == "sharpness" and 3 / 1.25 <= rec.bokeh_level <= 3 * 1.25
         else:
             assert rec.focus_source == "subject" and rec.is_all_in_focus and rec.bokeh_level <= 1.0
+
+
+def test_tiny_pinhole_scene_with_a_sparsely_measured_sharp_subject_reads_all_in_focus():
+    """A 96x64 demo scene (a pinhole render: K = 0) whose far checkered wall is the sharpest well-measured
+    layer and whose grass just in front of it reads 1.3 px softer. The subject, sharp one disparity unit
+    away, has too few edges to be the in-focus reference, yet it is a measurement: defocus growing from the
+    wall would blur it most, so the layers do not follow depth and the photo reads all in focus."""
+    from dataset_tools.demo_scenes import generate_scene, scene_seed
+    from estimators.depth import normalize_disparity
+    from estimators.focal_plane import MIN_REFERENCE_EDGES, layer_blurs
+
+    scene = generate_scene(scene_seed(0, 1), 96, 64)
+    depth = DepthMap(disparity_from_depth(scene.depth_m), depth_m=scene.depth_m)
+    layers = layer_blurs(to_gray(scene.image), normalize_disparity(depth.disparity), outline_cap=True)
+    subject = max(layers, key=lambda layer: layer.disparity)
+    assert subject.disparity == pytest.approx(1.0) and subject.count < MIN_REFERENCE_EDGES and subject.radius == 0.0
+    rec = estimate_bokeh_level(scene.image, ExifInfo(), depth, scene.mask)
+    assert rec.focus_source == "subject" and rec.is_all_in_focus and rec.bokeh_level <= 1.0
