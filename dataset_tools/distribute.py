@@ -248,6 +248,10 @@ def ray_records(config: BuildConfig, layout: Layout, chunks: list[Chunk],
         yield dict(row)
 
 
+#: Joins of one shard tried before the build gives up (each on the next actor of the pool).
+JOIN_ATTEMPTS = 5
+
+
 class _JoinActor:
     """Ray actor that joins the parts of complete shards (:func:`dataset_tools.writer.merge_parts`)."""
 
@@ -272,14 +276,16 @@ class RayJoiner:
         size = max(2, len([node for node in ray.nodes() if node.get("Alive")]))
         actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, scheduling_strategy="SPREAD")(_JoinActor)
         self.actors = [actor.remote(layout, total) for _ in range(size)]
-        self.pending: dict[Any, int] = {}
+        self.pending: dict[Any, tuple[int, list[str]]] = {}
+        self.attempts: dict[int, int] = {}
         self.submitted = 0
 
     def submit(self, shard: int, parts: list[str]) -> None:
         """Have one actor join ``parts`` into the data file of ``shard``."""
         actor = self.actors[self.submitted % len(self.actors)]
         self.submitted += 1
-        self.pending[actor.join.remote(shard, parts)] = shard
+        self.attempts[shard] = self.attempts.get(shard, 0) + 1
+        self.pending[actor.join.remote(shard, parts)] = (shard, parts)
 
     def finished(self, wait: bool = False) -> list[int]:
         """The shards joined since the last call; with ``wait``, after every submitted one is."""
@@ -291,13 +297,20 @@ class RayJoiner:
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=None if wait else 0)
         done = []
         for ref in ready:
-            del self.pending[ref]
+            shard, parts = self.pending.pop(ref)
             try:
                 done.append(ray.get(ref))
             except ray.exceptions.RayTaskError as exc:
                 if isinstance(exc.cause, OSError):
                     raise exc.cause from None
                 raise
+            except ray.exceptions.RayActorError:
+                # Its actor was lost with its node past Ray's own retries: another actor joins the shard again.
+                if self.attempts[shard] >= JOIN_ATTEMPTS:
+                    raise
+                self.submit(shard, parts)
+        if wait and self.pending:
+            done += self.finished(wait=True)
         return done
 
 

@@ -22,7 +22,9 @@ PHOTOS = [DEMO_PHOTOS / "new_11.jpg", DEMO_PHOTOS / "street_8.jpg"]
 
 
 def _docs_example() -> str:
-    (code,) = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "build.md").read_text(), re.S)
+    """The Python block of docs/build.md's "Ray Data stages" section."""
+    section = (ROOT / "docs" / "build.md").read_text().split("\n## Ray Data stages\n", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
     return code
 
 
