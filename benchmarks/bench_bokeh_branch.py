@@ -20,7 +20,7 @@ from timing import measure  # noqa: E402
 from bokeh_models.attention_processors import bokeh_attention  # noqa: E402
 from bokeh_models.lora import LowRankLinear  # noqa: E402
 
-HEADS, HEAD_DIM, CONTEXT, RANK = 24, 128, 3072, 128  # FLUX.1-dev and the released adapter (DESIGN.md section 3)
+HEADS, HEAD_DIM, CONTEXT, RANK = 24, 128, 3072, 128  # FLUX.1-dev and the released adapter (docs/design.md §3)
 
 
 def attention_path(query: torch.Tensor, tokens: torch.Tensor, to_k: torch.nn.Module, to_v: torch.nn.Module) -> torch.Tensor:

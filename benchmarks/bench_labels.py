@@ -21,7 +21,7 @@ Mitsuba conventions this relies on (and the thin-lens camera they make):
 Truth, independent of estimators/lens.py: a point at depth z sends rays through the aperture disc of
 radius A that meet the plane z = s in a disc of radius ``A |1 - s/z|``; that plane spans
 ``2 s tan(fov/2)`` over W pixels, so the blur radius in px is ``k_metric |1/z - 1/s|`` with
-``k_metric = A W / (2 tan(fov/2))`` (px·m), which equals DESIGN.md §1's ``f^2 s / (2 N (s - f)) W / S``.
+``k_metric = A W / (2 tan(fov/2))`` (px·m), which equals docs/design.md §1's ``f^2 s / (2 N (s - f)) W / S``.
 K is ``k_metric (1/z_near - 1/z_far)`` at short side 512, z_near / z_far over the rendered depth map.
 
 Printed per scene: true K and focus distance; the estimator's K and focus distance with EXIF +
@@ -51,7 +51,7 @@ if str(ROOT) not in sys.path:
 
 WIDTH, HEIGHT = 384, 256
 FULL_FRAME_MM, APS_C_MM, MFT_MM = 36.0, 23.5, 17.3
-#: Encoding of the rendered linear radiance into 8-bit (the renderer's gamma, DESIGN.md §2).
+#: Encoding of the rendered linear radiance into 8-bit (the renderer's gamma, docs/design.md §2).
 GAMMA = 2.2
 #: Texture resolution on every plane, in texels per image pixel.
 TEXELS_PER_PIXEL = 2
@@ -144,7 +144,7 @@ def true_bokeh_level(scene: Scene, depth: np.ndarray) -> float:
 
 
 def true_focus_disparity(scene: Scene, depth: np.ndarray) -> float:
-    """Normalised disparity of the focal plane (DESIGN.md §1)."""
+    """Normalised disparity of the focal plane (docs/design.md §1)."""
     near, far = 1.0 / float(depth.min()), 1.0 / float(depth.max())
     return (1.0 / scene.focus_m - far) / (near - far)
 

@@ -23,7 +23,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("width", "int32", "stored image width in px"),
     ("height", "int32", "stored image height in px"),
     ("caption", "string", "from <stem>.txt or the caption column; empty when none was given"),
-    ("bokeh_level", "float32", "unified K at short side 512 (DESIGN.md section 1), whatever the stored size"),
+    ("bokeh_level", "float32", "unified K at short side 512 (docs/design.md §1), whatever the stored size"),
     ("k_metric", "float32", "blur radius in px (of the stored image) per 1/m of inverse depth; null unless from EXIF"),
     ("bokeh_source", "class_label", "where K came from: exif+depth, exif-only, exif+image, image-only or synthetic"),
     ("provenance", "struct", "depth, mask, focus-distance, focal-plane and sensor sources, depth range, image-based K "

@@ -11,7 +11,7 @@ DEFAULT_DEPTH_MODELS = {
 }
 MODEL_DEPTH_BACKENDS = tuple(DEFAULT_DEPTH_MODELS)
 DEPTH_BACKENDS = (*MODEL_DEPTH_BACKENDS, "sidecar", "none")
-#: Metric depth gives the scene's depth range, so the unified K (DESIGN.md §1) of photos with EXIF.
+#: Metric depth gives the scene's depth range, so the unified K (docs/design.md §1) of photos with EXIF.
 DEFAULT_DEPTH_BACKEND = "depth-pro"
 MASK_BACKENDS = ("depth", "sam", "sidecar", "none")
 

@@ -1,4 +1,4 @@
-"""One record per photo: the bokeh level K, where it came from and how sure we are (DESIGN.md §1)."""
+"""One record per photo: the bokeh level K, where it came from and how sure we are (docs/design.md §1)."""
 from __future__ import annotations
 
 import math
@@ -15,7 +15,7 @@ from .focal_plane import FocalPlane, LayerBlur, find_focal_plane, fit_blur_slope
 from .image_io import to_gray
 from .sharpness import subject_background_sharpness
 
-#: A photo counts as all-in-focus when K <= this (DESIGN.md §1).
+#: A photo counts as all-in-focus when K <= this (docs/design.md §1).
 ALL_IN_FOCUS_MAX_K = 1.0
 #: Base confidence of each provenance before the image cross-check scales it.
 BASE_CONFIDENCE = {"exif+depth": 0.9, "exif-only": 0.7, "exif+image": 0.5, "image-only": 0.4}
@@ -80,7 +80,7 @@ class BokehEstimate:
 
 def sensor_width(exif: ExifInfo, width: int, height: int) -> tuple[Optional[float], Optional[str]]:
     """Sensor width in mm for the photo's orientation, best source first: 35 mm equivalent, camera table,
-    focal-plane resolution (unreliable on resized files, DESIGN.md §1)."""
+    focal-plane resolution (unreliable on resized files, docs/design.md §1)."""
     if exif.focal_length_mm and exif.focal_length_35mm:
         return lens.sensor_width_from_35mm(exif.focal_length_mm, exif.focal_length_35mm, width, height), "35mm-equivalent"
     table = table_sensor_width_mm(exif.make, exif.model)
@@ -129,7 +129,7 @@ def image_bokeh_level(
 
     Each depth layer's blur radius r (see :func:`estimators.focal_plane.layer_blurs`; ``layers`` when
     already measured on this disparity) at lever ``|d - d_focus| >= MIN_DISPARITY_LEVER`` says
-    K = r / lever (DESIGN.md §1); :func:`estimators.focal_plane.fit_blur_slope` fits them together.
+    K = r / lever (docs/design.md §1); :func:`estimators.focal_plane.fit_blur_slope` fits them together.
     Without depth the subject mask stands in for it (subject d = 1, background d = 0, focus on the
     subject), and without either the whole image is one layer at lever 1, so K is its blur radius.
     """

@@ -1,6 +1,6 @@
 """Sensor width (mm) by camera make and model: the fallback when EXIF has no 35 mm equivalent.
 
-DESIGN.md §1 takes the sensor width from FocalLengthIn35mmFilm first, then from this table, then
+docs/design.md §1 takes the sensor width from FocalLengthIn35mmFilm first, then from this table, then
 from FocalPlaneXResolution. Where the numbers come from:
 
 - Format classes: nominal widths of the sensor formats (35 mm film gate 36 x 24 mm; Canon APS-C

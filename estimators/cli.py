@@ -21,7 +21,7 @@ def _register_lens(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "lens",
         help="thin-lens calculator: sensor size, circle of confusion, k_metric, background blur, K",
-        description="Thin-lens bokeh calculator (DESIGN.md §1). Prints the sensor width, the circle of "
+        description="Thin-lens bokeh calculator (docs/design.md §1). Prints the sensor width, the circle of "
         "confusion of the background, k_metric (blur radius in px per 1/m of inverse depth), the "
         "background blur radius and the unified bokeh level K at short side 512.",
     )

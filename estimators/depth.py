@@ -1,4 +1,4 @@
-"""Depth maps: normalised disparity (DESIGN.md §1) plus metric depth when known; sidecar names and decoding
+"""Depth maps: normalised disparity (docs/design.md §1) plus metric depth when known; sidecar names and decoding
 (reading them under limits: :mod:`estimators.sidecars`)."""
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def disparity_from_depth(depth_m: np.ndarray) -> np.ndarray:
 
 
 def focus_disparity_from_mask(disparity: np.ndarray, mask: np.ndarray) -> float:
-    """Disparity of the focal plane: median of the nearer half of the subject (DESIGN.md §2)."""
+    """Disparity of the focal plane: median of the nearer half of the subject (docs/design.md §2)."""
     values = np.asarray(disparity, dtype=np.float64)[np.asarray(mask, dtype=bool)]
     values = values[np.isfinite(values)]
     if values.size == 0:

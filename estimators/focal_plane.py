@@ -1,4 +1,4 @@
-"""Edge blur per depth layer, and the photo's focal plane from it (DESIGN.md §1).
+"""Edge blur per depth layer, and the photo's focal plane from it (docs/design.md §1).
 
 A photo with defocus is focused where it is sharpest, which is often not its nearest salient region
 (a portrait through leaves, foreground grass). Edge blur (Zhuo & Sim) is grouped by normalised
@@ -223,7 +223,7 @@ class BlurFit(NamedTuple):
 
 
 def fit_blur_slope(layers: list[LayerBlur], focus: float, min_lever: float) -> Optional[BlurFit]:
-    """Fit the layers' blur radii against their lever ``|d - focus|`` (DESIGN.md §1: r = K |d - d_focus|).
+    """Fit the layers' blur radii against their lever ``|d - focus|`` (docs/design.md §1: r = K |d - d_focus|).
 
     Layers at lever >= ``min_lever`` carry the slope, weighted by their edge counts up to WEIGHT_EDGES
     (beyond that a layer's error is its texture's, which more edges do not average away). With layers at

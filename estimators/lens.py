@@ -1,4 +1,4 @@
-"""Thin-lens optics behind the bokeh level K (DESIGN.md §1). Lengths in mm unless a name says _m."""
+"""Thin-lens optics behind the bokeh level K (docs/design.md §1). Lengths in mm unless a name says _m."""
 from __future__ import annotations
 
 import math
@@ -8,10 +8,10 @@ from typing import Optional
 FULL_FRAME_DIAGONAL_MM = 43.27
 #: K is defined at this short side in pixels; at short side S a radius scales by S / 512.
 REFERENCE_SHORT_SIDE = 512
-#: The top of the K scale, 30 = very shallow depth of field (DESIGN.md §1): the model takes K / 30, renders are
+#: The top of the K scale, 30 = very shallow depth of field (docs/design.md §1): the model takes K / 30, renders are
 #: made at or below it and training keeps only labels at or below it (estimated real K can exceed it).
 MAX_BOKEH_LEVEL = 30.0
-#: Synthetic renders whose levels are not given draw K from U(this range) (DESIGN.md §2).
+#: Synthetic renders whose levels are not given draw K from U(this range) (docs/design.md §2).
 RENDER_LEVEL_RANGE = (1.0, MAX_BOKEH_LEVEL)
 
 

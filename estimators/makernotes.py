@@ -1,4 +1,4 @@
-"""Maker-note focus distance (DESIGN.md §1), read by a small bounds-checked TIFF IFD walker.
+"""Maker-note focus distance (docs/design.md §1), read by a small bounds-checked TIFF IFD walker.
 
 exifread 3.5.1 does not expose it: it decodes Canon ShotInfo index 19 under the
 name "SubjectDistance" but drops index 20 and the FileInfo record's 20/21, and it leaves Nikon

@@ -204,7 +204,7 @@ def depth_prompt(disparity: np.ndarray, n_points: int = 3) -> DepthPrompt:
 
 
 def focus_prompt(gray: np.ndarray, disparity: np.ndarray, n_points: int = 3) -> Optional[DepthPrompt]:
-    """The in-focus region of a photo with defocus as a prompt (DESIGN.md §1), or None when the photo has
+    """The in-focus region of a photo with defocus as a prompt (docs/design.md §1), or None when the photo has
     no readable defocus (then the subject rule, :func:`depth_prompt`, decides).
 
     The focal plane's depth layer (:func:`estimators.focal_plane.find_focal_plane`) is split into

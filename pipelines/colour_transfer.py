@@ -1,4 +1,4 @@
-"""LAB colour-mean transfer: the last step of grounded sampling (DESIGN.md §3).
+"""LAB colour-mean transfer: the last step of grounded sampling (docs/design.md §3).
 
 Each target image's LAB channel means are shifted to the pivot's, so images of one scene at
 different K share its colour balance. Done in OpenCV's 8-bit LAB encoding (L scaled to 0..255, a and

@@ -43,7 +43,7 @@ class Scene:
 def fit_to(image: Image.Image, size: tuple[int, int], resample: Image.Resampling = Image.Resampling.BICUBIC) -> Image.Image:
     """``image`` centre-cropped to the aspect of ``size`` = (width, height) and resized to it.
 
-    A centre crop keeps K (DESIGN.md section 1); resizing to another short side keeps it too, since
+    A centre crop keeps K (docs/design.md §1); resizing to another short side keeps it too, since
     K is defined at short side 512 and blur in px scales with the short side.
     """
     width, height = image.size

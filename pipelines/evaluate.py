@@ -1,4 +1,4 @@
-"""The evaluation grid (DESIGN.md section 4): prompts x seeds x sampling modes, each a sweep over K,
+"""The evaluation grid (docs/design.md §4): prompts x seeds x sampling modes, each a sweep over K,
 scored for blur accuracy (LVCorr), blur calibration and scene consistency, with the prompt-only
 baseline as the floor and physical renders of photos as the ceiling.
 
@@ -129,7 +129,7 @@ def score_sweep(
 
 def render_sweep(levels: Sequence[float], image: Image.Image, scene: Scene, device: Optional[str] = None) -> list[Image.Image]:
     """``image`` (all in focus) re-rendered at each level with its scene's disparity, focused on its
-    subject (DESIGN.md section 2): a physical render, the ceiling the model is measured against."""
+    subject (docs/design.md §2): a physical render, the ceiling the model is measured against."""
     from estimators.depth import focus_disparity_from_mask
     from synth_blur.renderer import render
 

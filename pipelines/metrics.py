@@ -1,4 +1,4 @@
-"""Image metrics of a K sweep (DESIGN.md section 4): LVCorr, blur calibration, SSIM and PSNR.
+"""Image metrics of a K sweep (docs/design.md §4): LVCorr, blur calibration, SSIM and PSNR.
 
 numpy + OpenCV only. Images are PIL images or HxWx3 uint8 arrays (0..255); masks are HxW bool with
 True = subject. Sharpness is the variance of the 3x3 Laplacian of the Rec. 601 luma, measured at the

@@ -1,6 +1,6 @@
 """Contrastive groups: one all-in-focus pivot and its re-renders at several bokeh levels, sharing a group id.
 
-DESIGN.md §2: the pivot is the AIF photo (K = 0); the renders use K ~ U(1, 30) unless levels are
+docs/design.md §2: the pivot is the AIF photo (K = 0); the renders use K ~ U(1, 30) unless levels are
 given, all focused on the subject (median disparity of its nearer half) unless a focus is given.
 """
 from __future__ import annotations

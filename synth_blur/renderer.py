@@ -1,7 +1,7 @@
 """The public renderer: an all-in-focus image plus disparity in, the same image with lens defocus out.
 
 Blur radius of a pixel in px: ``bokeh_level * |disparity - focus_disparity| * min(H, W) / 512``
-(DESIGN.md §1). Work happens in linear light (``gamma`` in, ``1 / gamma`` out) with the layered,
+(docs/design.md §1). Work happens in linear light (``gamma`` in, ``1 / gamma`` out) with the layered,
 occlusion-aware compositor of :mod:`synth_blur.composite`, in torch, on CPU or CUDA alike.
 """
 from __future__ import annotations

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-# A local Ray started by these tests binds 127.0.0.1 only (read when ray is imported; DESIGN.md section 5).
+# A local Ray started by these tests binds 127.0.0.1 only (read when ray is imported; docs/design.md §5).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import numpy as np  # noqa: E402
@@ -120,6 +120,6 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.05) -> No
 
 
 def disparity_by_hand(depth_m: np.ndarray) -> np.ndarray:
-    """DESIGN.md section 1: d = (1/z - 1/z_far) / (1/z_near - 1/z_far), written out independently."""
+    """docs/design.md §1: d = (1/z - 1/z_far) / (1/z_near - 1/z_far), written out independently."""
     inv = 1.0 / depth_m.astype(np.float64)
     return (inv - inv.min()) / (inv.max() - inv.min())

@@ -277,7 +277,7 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_loads_a_checkpoint_written_in_the_released_layout(tmp_path):
-    """Files made by hand from DESIGN.md's layout (not by save_pretrained) load unchanged."""
+    """Files made by hand from docs/design.md's layout (§3.1) (not by save_pretrained) load unchanged."""
     base = tiny_flux()
     inner = HEADS * HEAD_DIM
     config = {"blocks": ["transformer_blocks.0", "single_transformer_blocks.0"], "attn_hidden_dim": inner,

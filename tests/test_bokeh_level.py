@@ -67,7 +67,7 @@ def test_exif_only_worked_example():
     assert rec.provenance == "exif-only"
     assert rec.focus_distance_source == "exif:SubjectDistance"
     assert rec.sensor_width_source == "35mm-equivalent"
-    assert rec.k_metric == pytest.approx(20.158, abs=0.005)  # DESIGN.md: ~20.2
+    assert rec.k_metric == pytest.approx(20.158, abs=0.005)  # docs/design.md: ~20.2
     # Relative/no depth: z_near = s, z_far = inf -> K = k_metric / s at short side 512.
     assert rec.bokeh_level == pytest.approx(20.158 / 2.5 * 512 / 683, abs=0.003)
     assert rec.background_blur_px == pytest.approx(8.063, abs=0.002)

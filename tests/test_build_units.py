@@ -194,7 +194,7 @@ def test_parquet_dataset_input_with_exif_columns(tmp_path, relative_dir):
     assert duplicate["reason"] == f"duplicate of {tmp_path / 'photos.parquet'}#0"
     assert row["source"].endswith("photos.parquet#0") and row["caption"] == "a test scene"
     assert row["bokeh_source"] == "exif-only" and row["f_number"] == 2.0 and row["focus_distance_m"] == 2.5
-    # Thin lens by hand (DESIGN.md section 1): full frame (f35 = f), 256x256 px, relative depth -> K = k_metric / s.
+    # Thin lens by hand (docs/design.md §1): full frame (f35 = f), 256x256 px, relative depth -> K = k_metric / s.
     f, n, s, w = 0.050, 2.0, 2.5, 256
     sensor_w = 0.04327 * w / math.hypot(w, w)
     k_metric = f * f * s / (2 * n * (s - f)) * w / sensor_w

@@ -58,7 +58,7 @@ def test_width_agrees_with_focal_plane_resolution(row):
 
 def test_focal_plane_resolution_is_wrong_on_resized_files():
     # Canon_40D.jpg was scaled to 100 px in GIMP without touching the focal-plane tags:
-    # 100 px / (4438.36 px/inch) = 0.57 mm, nothing like the 40D's 22.2 mm (DESIGN.md §1).
+    # 100 px / (4438.36 px/inch) = 0.57 mm, nothing like the 40D's 22.2 mm (docs/design.md §1).
     row = next(r for r in ROWS if r["file"] == "exif/Canon_40D.jpg")
     from_exif = float(row["exif_image_width"]) / float(row["focal_plane_x_res"]) * 25.4
     assert from_exif == pytest.approx(0.572, abs=0.001)

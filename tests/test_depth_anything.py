@@ -64,7 +64,7 @@ def test_metric_depth_and_disparity_formula(metric_dir):
         assert depth.depth_m.shape == depth.disparity.shape == (image.height, image.width)
         assert (depth.depth_m > 0).all()
         assert depth.depth_m.max() <= 20.0  # sigmoid head times max_depth
-        # DESIGN.md §1: d = (1/z - 1/z_far) / (1/z_near - 1/z_far), worked in float64 here.
+        # docs/design.md §1: d = (1/z - 1/z_far) / (1/z_near - 1/z_far), worked in float64 here.
         z = depth.depth_m.astype(np.float64)
         z_near, z_far = z.min(), z.max()
         expected = (1.0 / z - 1.0 / z_far) / (1.0 / z_near - 1.0 / z_far)

@@ -157,7 +157,7 @@ def test_real_photo_contract(estimator, pro_dir):
     assert np.isfinite(depth.depth_m).all() and (depth.depth_m > 0).all()
     assert depth.depth_m.min() >= 1 / INVERSE_DEPTH_RANGE[1] and depth.depth_m.max() <= 1 / INVERSE_DEPTH_RANGE[0]
     assert depth.depth_m.std() > 0
-    # DESIGN.md §1: d = (1/z - 1/z_far) / (1/z_near - 1/z_far), worked in float64 here.
+    # docs/design.md §1: d = (1/z - 1/z_far) / (1/z_near - 1/z_far), worked in float64 here.
     z = depth.depth_m.astype(np.float64)
     expected = (1.0 / z - 1.0 / z.max()) / (1.0 / z.min() - 1.0 / z.max())
     np.testing.assert_allclose(depth.disparity, expected, atol=1e-5)

@@ -3,7 +3,7 @@
 Each scene in tests/data/physics has the thin-lens render (``<name>.png``), a pinhole (all-in-focus)
 render of the same scene (``<name>.pinhole.png``), its metric depth (``<name>.depth.npy``, metres)
 and the camera (``<name>.json``). The true K and focus distance are worked here from the camera
-alone (DESIGN.md §1), not with estimators/lens.py.
+alone (docs/design.md §1), not with estimators/lens.py.
 """
 import json
 import math

@@ -1,4 +1,4 @@
-"""Thin-lens math against numbers worked by hand (DESIGN.md §1) and the `bokeh lens` command."""
+"""Thin-lens math against numbers worked by hand (docs/design.md §1) and the `bokeh lens` command."""
 import json
 import math
 
@@ -7,10 +7,10 @@ import pytest
 from estimators import lens
 from bokeh_cli import main
 
-# Worked example of DESIGN.md §1: 50 mm f/1.8, full frame, s = 2.5 m, 1024 x 683 px (3:2).
+# Worked example of docs/design.md §1: 50 mm f/1.8, full frame, s = 2.5 m, 1024 x 683 px (3:2).
 # hypot(1024, 683) = sqrt(1048576 + 466489) = 1230.880; sensor_w = 43.27 * 1024 / 1230.880 = 35.997 mm
 # k_metric = 0.05^2 * 2.5 / (2 * 1.8 * (2.5 - 0.05)) * 1024 / 0.035997
-#          = 0.00625 / 8.82 * 28446.8 = 20.158 px·m   (DESIGN.md: ~20.2; ~15 at 512 short side)
+#          = 0.00625 / 8.82 * 28446.8 = 20.158 px·m   (docs/design.md: ~20.2; ~15 at 512 short side)
 EX = dict(focal_length_mm=50.0, f_number=1.8, focus_distance_m=2.5)
 
 

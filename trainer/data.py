@@ -1,7 +1,7 @@
 """Training data: the rows of a dataset written by ``bokeh build`` (or an HF dataset with its columns),
 and the sampler that turns them into real and contrastive batches.
 
-K and crops (DESIGN.md section 1: K is the blur radius in px per unit of disparity at short side 512).
+K and crops (docs/design.md §1: K is the blur radius in px per unit of disparity at short side 512).
 Every image is first resized so its short side is the training resolution R. Resizing does not
 change K: the label is in the 512 convention, in which blur scales with the short side, so an image
 shown at short side R carries ``K * R / 512`` px of blur and the model sees the same K it would see
