@@ -143,7 +143,37 @@ def radius_from_sigma(sigma: float, floor: float) -> float:
     return RADIUS_PER_SIGMA * math.sqrt(max(sigma * sigma - floor * floor, 0.0))
 
 
-def layer_blurs(gray: np.ndarray, disparity: np.ndarray, outline_cap: bool = False) -> list[LayerBlur]:
+class Level(NamedTuple):
+    """One pyramid level's readings: its scale, one of its pixels in px at short side 512, and the layers'
+    interior and outline readings (:func:`_level_layers`)."""
+
+    scale: float
+    pixel: float
+    layers: dict[int, Reading]
+    outlines: dict[int, Reading]
+
+
+def pyramid_levels(gray: np.ndarray, disp: np.ndarray) -> list[Level]:
+    """The readings of every pyramid level of a 0-255 gray image and its normalised disparity (same shape),
+    finest first, down to the first level that finds no layer: what :func:`layer_blurs` reads, measured once."""
+    small, to_512 = downscale_to_reference(np.asarray(gray, dtype=np.float32))
+    disp = np.asarray(disp, dtype=np.float32)
+    levels = []
+    for scale in PYRAMID_SCALES:
+        if scale < 1 and min(small.shape) * scale < MIN_PYRAMID_SIDE:
+            break
+        size = (max(1, round(small.shape[1] * scale)), max(1, round(small.shape[0] * scale)))
+        level = cv2.resize(small, size, interpolation=cv2.INTER_AREA) if scale < 1 else small
+        layers, outlines = _level_layers(level, cv2.resize(disp, size, interpolation=cv2.INTER_LINEAR))
+        if not layers:
+            break
+        levels.append(Level(scale, to_512 / scale, layers, outlines))
+    return levels
+
+
+def layer_blurs(
+    gray: np.ndarray, disparity: np.ndarray, outline_cap: bool = False, levels: Optional[list[Level]] = None
+) -> list[LayerBlur]:
     """Lens blur per depth layer of a 0-255 gray image and its disparity (same shape, larger = nearer);
     with ``outline_cap`` a layer's reading is the lesser of its interior's and its outline's, the outline
     measured against an isolated step's in-focus width (at least INTRINSIC_EDGE_SIGMA), and a layer with
@@ -159,25 +189,17 @@ def layer_blurs(gray: np.ndarray, disparity: np.ndarray, outline_cap: bool = Fal
     unless a coarser one exceeds it WIDER times (the finer level under-read a wide blur) or follows a
     saturated level; the first coarser reading that does neither settles the layer. A layer with no
     counted reading keeps its finest saturated one (a lower bound; coarser ones may be averaged-away
-    texture), or is left out.
+    texture), or is left out. ``levels``: :func:`pyramid_levels` of the same image, when already measured.
     """
-    small, to_512 = downscale_to_reference(np.asarray(gray, dtype=np.float32))
-    disp = normalize_disparity(disparity)
     best: dict[int, LayerBlur] = {}
     finer: dict[int, float] = {}
     under_read: set[int] = set()  # layers whose reading so far is known to fall short (a coarser level saturated)
     settled: set[int] = set()
     saturated: dict[int, LayerBlur] = {}  # finest saturated reading: a lower bound, used when nothing else counted
     reference: Optional[int] = None  # the sharpest layer at the finest level: the in-focus edge width
-    for scale in PYRAMID_SCALES:
-        if scale < 1 and min(small.shape) * scale < MIN_PYRAMID_SIDE:
-            break
-        size = (max(1, round(small.shape[1] * scale)), max(1, round(small.shape[0] * scale)))
-        level = cv2.resize(small, size, interpolation=cv2.INTER_AREA) if scale < 1 else small
-        layers, outlines = _level_layers(level, cv2.resize(disp, size, interpolation=cv2.INTER_LINEAR))
-        if not layers:
-            break
-        pixel = to_512 / scale  # one pixel of this level, in px at short side 512
+    if levels is None:
+        levels = pyramid_levels(gray, normalize_disparity(disparity))
+    for scale, pixel, layers, outlines in levels:
         if reference is None and len(layers) > 1:
             reference = min(_well_measured(layers, lambda i: layers[i][2]), key=lambda i: layers[i][1])
         if reference is not None and reference in layers:
@@ -285,12 +307,13 @@ def find_focal_plane(gray: np.ndarray, disparity: np.ndarray) -> FocalPlane:
     disp = normalize_disparity(np.asarray(disparity))
     if disp.shape != np.asarray(gray).shape[:2]:
         raise ValueError(f"disparity shape {disp.shape} does not match the image's {np.asarray(gray).shape[:2]}")
-    layers = layer_blurs(gray, disp)
+    levels = pyramid_levels(gray, disp)
+    layers = layer_blurs(gray, disp, levels=levels)
     if len(layers) < 2:
         return FocalPlane(None, None, 0.0, layers)
     # Where the focus is and whether there is defocus at all ask the outlines too: soft texture inside a
     # sharp outline is not blur.
-    outlined = layer_blurs(gray, disp, outline_cap=True)
+    outlined = layer_blurs(gray, disp, outline_cap=True, levels=levels)
     sharpest = min(_well_measured(outlined, lambda layer: layer.count), key=lambda layer: layer.radius)
     fit = fit_blur_slope(outlined, sharpest.disparity, LAYER_WIDTH)
     contrast = 0.0
