@@ -12,8 +12,8 @@ join the parts of each complete shard. Before them, one pass of tasks hashes eve
 Every stage call on Ray is recorded in :mod:`dataset_tools.death_ledger`: Ray Data retries a task whose worker
 died for ever, and the ledger makes every retry single out the photos of the batch until the one that keeps
 killing its worker is an error, so the retries end.
-Workers read the photos and ``OUT/_work/inputs`` and write OUT by path, so on a multi-node cluster both
-must be on storage every node sees.
+Workers read the photos and ``OUT/_work/inputs`` and write OUT by path or object-store URL, so on a multi-node
+cluster both must be on storage every node sees (an object store is).
 """
 from __future__ import annotations
 
@@ -224,9 +224,9 @@ def ray_records(config: BuildConfig, layout: Layout, chunks: list[Chunk],
     import ray
 
     _quiet_data()
-    inputs_dir = str(layout.inputs.resolve())
-    work = str(layout.work.resolve())
-    ledger = str(layout.work.resolve() / ATTEMPTS)
+    inputs_dir = layout.where(layout.inputs)
+    work = layout.where(layout.work)
+    ledger = layout.where(layout.work / ATTEMPTS)
     task_cpus, plans = stage_plan(config, ray.cluster_resources())
     steps = _segments(plans)
     ds = _descriptors(chunks, duplicates)
@@ -268,7 +268,7 @@ class RayJoiner:
     def __init__(self, layout: Layout, total: int) -> None:
         import ray
 
-        layout = Layout(layout.out.resolve())
+        layout = Layout(layout.where(layout.out))
         size = max(2, len([node for node in ray.nodes() if node.get("Alive")]))
         actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, scheduling_strategy="SPREAD")(_JoinActor)
         self.actors = [actor.remote(layout, total) for _ in range(size)]
