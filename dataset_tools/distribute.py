@@ -38,6 +38,9 @@ from .shard_parts import record_columns, write_parts
 from .stages import PHOTO_STAGES, DepthStage, GroupStage, MaskStage, ReadStage
 from .writer import Layout, merge_parts
 
+#: Times one shard's join is handed to a join actor before an actor failure is raised (a lost node's actors
+#: restart elsewhere; a join is idempotent).
+JOIN_TRIES = 5
 #: Photos per call of an actor (model and GPU render stages).
 MODEL_BATCH = 8
 #: Upper bound on the blocks of the descriptor dataset (each block is one task's worth of chunks).
@@ -263,7 +266,8 @@ class RayJoiner:
     """Joins complete shards' parts in a pool of Ray actors (one per node, at least two, spread over the nodes;
     no CPU reserved: the work is mostly reading and writing), while the driver goes on. The actors start with
     the build, so a local Ray's reaper knows their processes; a lost actor is restarted and its join retried
-    (a join is idempotent). An OSError of a join is raised in the driver as itself."""
+    (a join is idempotent), handed to the next actor when Ray's own retries of it end (up to JOIN_TRIES times).
+    An OSError of a join is raised in the driver as itself."""
 
     def __init__(self, layout: Layout, total: int) -> None:
         import ray
@@ -272,32 +276,37 @@ class RayJoiner:
         size = max(2, len([node for node in ray.nodes() if node.get("Alive")]))
         actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, scheduling_strategy="SPREAD")(_JoinActor)
         self.actors = [actor.remote(layout, total) for _ in range(size)]
-        self.pending: dict[Any, int] = {}
+        self.pending: dict[Any, tuple[int, list[str], int]] = {}  # join -> (shard, parts, tries so far)
         self.submitted = 0
 
-    def submit(self, shard: int, parts: list[str]) -> None:
+    def submit(self, shard: int, parts: list[str], tries: int = 0) -> None:
         """Have one actor join ``parts`` into the data file of ``shard``."""
         actor = self.actors[self.submitted % len(self.actors)]
         self.submitted += 1
-        self.pending[actor.join.remote(shard, parts)] = shard
+        self.pending[actor.join.remote(shard, parts)] = (shard, parts, tries + 1)
 
     def finished(self, wait: bool = False) -> list[int]:
         """The shards joined since the last call; with ``wait``, after every submitted one is."""
         import ray
 
-        if not self.pending:
-            return []
-        refs = list(self.pending)
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=None if wait else 0)
         done = []
-        for ref in ready:
-            del self.pending[ref]
-            try:
-                done.append(ray.get(ref))
-            except ray.exceptions.RayTaskError as exc:
-                if isinstance(exc.cause, OSError):
-                    raise exc.cause from None
-                raise
+        while self.pending:
+            refs = list(self.pending)
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=None if wait else 0)
+            for ref in ready:
+                shard, parts, tries = self.pending.pop(ref)
+                try:
+                    done.append(ray.get(ref))
+                except ray.exceptions.RayTaskError as exc:
+                    if isinstance(exc.cause, OSError):
+                        raise exc.cause from None
+                    raise
+                except ray.exceptions.RayActorError:  # its actor was lost past Ray's retries (a node went away)
+                    if tries >= JOIN_TRIES:
+                        raise
+                    self.submit(shard, parts, tries)
+            if not wait:
+                break
         return done
 
 
