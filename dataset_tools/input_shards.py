@@ -213,8 +213,8 @@ def read_sources(inputs_dir: Path, counts: Sequence[int], seqs: Iterable[int]) -
     wanted = chunks_of_seqs(seqs, counts)
     sources: dict[int, str] = {}
     for chunk in set(wanted.values()):
-        table = storage.parquet_file(shard_path(inputs_dir, chunk.shard)).read_row_group(chunk.row_group,
-                                                                                   columns=["seq", "source"])
+        table = storage.parquet_file(shard_path(inputs_dir, chunk.shard)).read_row_group(
+            chunk.row_group, columns=["seq", "source"])
         for seq, source in zip(table["seq"].to_pylist(), table["source"].to_pylist()):
             if seq in wanted:
                 sources[seq] = source

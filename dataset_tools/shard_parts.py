@@ -2,11 +2,11 @@
 
 A worker that finishes a batch encodes its kept photos and writes their rows, one part per output shard the
 batch touches, to ``OUT/_work/parts/shard-NNNNN/`` (written under a temporary name and renamed, or on an object
-store uploaded once from the local spool, so a part is whole or absent), and hands the driver one small record per part: the shard, the part's name, its photo count,
-its errors.jsonl lines and its statistics. The driver never sees a row; when a shard's photos are all
-accounted for it has the shard's parts joined into the data file (:func:`dataset_tools.writer.merge_parts`).
-A part left by an attempt whose record never reached the driver (its worker died, Ray retried it) is never
-joined, and goes with its shard's folder.
+store uploaded once from the local spool, so a part is whole or absent), and hands the driver one small record
+per part: the shard, the part's name, its photo count, its errors.jsonl lines and its statistics. The driver
+never sees a row; when a shard's photos are all accounted for it has the shard's parts joined into the data
+file (:func:`dataset_tools.writer.merge_parts`). A part left by an attempt whose record never reached the driver
+(its worker died, Ray retried it) is never joined, and goes with its shard's folder.
 """
 from __future__ import annotations
 

@@ -30,6 +30,10 @@ exactly when ``data/train-k-of-NN.parquet`` exists: once the records of all its 
 and stats are written to ``_work/shards``, then its parts are joined in ``_work/tmp`` (by a Ray actor, or in
 this process) and the data file is renamed into place, so a build killed at any moment and resumed redoes
 only the shards without a data file.
+
+OUT may be an object-store URL (:mod:`dataset_tools.storage`): the same keys, each file uploaded whole to its
+final key from a local temporary copy (no ``tmp/``), and ``_work/config.json`` deleted before the rest of
+``_work``, so a build whose stats.json exists and config.json does not is finished.
 """
 from __future__ import annotations
 
