@@ -18,13 +18,14 @@ from typing import Any, Iterator, Optional, Sequence
 from estimators.backends import MODEL_DEPTH_BACKENDS, default_depth_model
 from estimators.cli_util import UserError
 
+from . import storage
 from .atomic import write_atomic
 from .build_config import BuildConfig
 from .build_stats import BuildStats
 from .dedup import by_chunk, ensure_duplicates
 from .input_shards import MANIFEST, Chunk, chunks_of, write_input_shards
 from .input_stamp import CAPTION, DEPTH_SIDECAR, MASK_SIDECAR, InputsChanged
-from .out_guard import LOCK, MARKER, OutLock, check_apart, read_marker, write_marker
+from .out_guard import LOCK, MARKER, check_apart, lock_out, read_marker, write_marker
 from .photo_state import one_line
 from .ray_join import DEFAULT_RAY_TIMEOUT
 from .sources import InputError, iter_sources
@@ -43,9 +44,9 @@ def check_out(layout: Layout, config: BuildConfig, resume: bool, overwrite: bool
     wrote are never removed, so ``--overwrite`` refuses a non-empty OUT without the marker.
     """
     out = layout.out
-    if out.exists() and not out.is_dir():
+    if storage.is_file(out) or (not layout.remote and out.exists() and not out.is_dir()):
         raise UserError(f"{out} exists and is not a directory")
-    others = sorted(p.name for p in out.iterdir() if p.name not in (MARKER, LOCK)) if out.is_dir() else []
+    others = [name for name in storage.list_names(out) if name not in (MARKER, LOCK)]
     if not others:
         return False
     if not read_marker(out):
@@ -66,8 +67,8 @@ def check_out(layout: Layout, config: BuildConfig, resume: bool, overwrite: bool
     if not resume:
         raise UserError(f"{out} holds an unfinished build: pass --resume to continue it, --overwrite to start "
                         "again, or choose another directory")
-    if layout.config.is_file():
-        changed = config.differences(json.loads(layout.config.read_text()))
+    if storage.is_file(layout.config):
+        changed = config.differences(json.loads(storage.read_bytes(layout.config, 2**20, "settings")))
         if changed:
             raise UserError(f"{out} was started with other settings ({', '.join(changed)}): resume with the same "
                             "flags, or pass --overwrite to start again")
@@ -81,8 +82,8 @@ def make_out(layout: Layout, config: BuildConfig, overwrite: bool) -> None:
         remove_outputs(layout)
     if not read_marker(layout.out):
         write_marker(layout.out)
-    layout.work.mkdir(parents=True, exist_ok=True)
-    if not layout.config.is_file():
+    storage.make_dirs(layout.work)
+    if not storage.is_file(layout.config):
         write_atomic(layout.config, json.dumps(config.to_dict(), indent=2))
 
 
@@ -156,7 +157,7 @@ def _records(config: BuildConfig, layout: Layout, counts: list[int], chunks: lis
     on_ray = workers != 0
     ids, records = (ray_ids, ray_records) if on_ray else (local_ids, local_records)
     guard = _ray_failures if on_ray else iter
-    inputs = str(layout.inputs.resolve())
+    inputs = layout.where(layout.inputs)
     every = [chunk for shard, count in enumerate(counts) for chunk in chunks_of(shard, count)]
     duplicates = ensure_duplicates(layout.inputs, counts, lambda: guard(ids(inputs, every)), sidecars_read(config))
     if duplicates:
@@ -210,7 +211,7 @@ def _undo(layout: Layout, marked: bool) -> None:
     """Remove what a new build wrote before it processed any photo (its marker too, when OUT had none)."""
     remove_work(layout)
     if not marked and not build_entries(layout):
-        (layout.out / MARKER).unlink(missing_ok=True)
+        storage.remove(layout.out / MARKER)
 
 
 def _io_failure(exc: OSError, undone: bool) -> BuildFailed:
@@ -242,12 +243,12 @@ def build(
     check_models(config)
     layout = Layout(out)
     check_apart(inputs, layout.out)
-    with OutLock(layout.out):
+    with lock_out(layout.out):
         if check_out(layout, config, resume, overwrite):
             remove_work(layout)
             print(f"{layout.out} already holds a finished build: nothing to do", file=sys.stderr)
-            return BuildStats.from_dict(json.loads(layout.stats.read_text()))
-        new = overwrite or not layout.work.exists()
+            return BuildStats.from_dict(json.loads(storage.read_bytes(layout.stats, 2**20, "stats")))
+        new = overwrite or not storage.exists(layout.work)
         marked = read_marker(layout.out)
         start = time.perf_counter()
         try:
@@ -257,7 +258,7 @@ def build(
                 _process(config, layout, counts, workers, progress)
             return finish(layout, counts, config.to_dict(), time.perf_counter() - start)
         except BaseException as exc:
-            undo = new and (isinstance(exc, UserError) or not (layout.inputs / MANIFEST).is_file())
+            undo = new and (isinstance(exc, UserError) or not storage.is_file(layout.inputs / MANIFEST))
             if undo:
                 _undo(layout, marked)
             if isinstance(exc, OSError):

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from . import storage
+from .atomic import write_atomic
 from .dedup import Duplicate
 from .input_shards import Chunk, chunk_seqs
 from .photo_state import PhotoState, StageFailure
@@ -30,31 +32,37 @@ class DeathLedger:
     """Counts of unfinished attempts, one small file per key, in ``folder`` (shared by every node)."""
 
     def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
+        self.folder = storage.as_path(folder)
 
     def _file(self, key: str) -> Path:
         return self.folder / key
 
     def deaths(self, key: str) -> int:
         """Attempts at ``key`` that began and never ended: each one's worker died."""
+        if not storage.is_file(self._file(key)):
+            return 0
         try:
-            return int(self._file(key).read_text() or 1)
+            return int(storage.read_bytes(self._file(key), 64, "attempt count") or 1)
         except FileNotFoundError:
             return 0
-        except ValueError:  # a worker died while writing the count
+        except (OSError, ValueError):  # a worker died while writing the count
             return 1
 
     def begin(self, key: str) -> None:
         """Record one more attempt at ``key`` (renamed into place, so a death never leaves a torn count)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        count = str(self.deaths(key) + 1)
         path = self._file(key)
+        if storage.is_remote(path):  # one PUT: whole or absent
+            write_atomic(path, count)
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
         temp = path.with_name(f".{path.name}.tmp")
-        temp.write_text(str(self.deaths(key) + 1))
+        temp.write_text(count)
         temp.replace(path)
 
     def end(self, key: str) -> None:
         """The attempt at ``key`` finished: forget it."""
-        self._file(key).unlink(missing_ok=True)
+        storage.remove(self._file(key))
 
 
 def worker_died(deaths: int) -> StageFailure:

@@ -17,6 +17,7 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
+from . import storage
 from .atomic import write_atomic
 from .input_shards import Chunk, chunks_of_seqs, item_from_row, read_chunk, read_sources
 from .input_stamp import CAPTION
@@ -103,8 +104,8 @@ def ensure_duplicates(inputs_dir: Path, counts: Sequence[int], ids: Callable[[],
                       needed: int = CAPTION) -> dict[int, Duplicate]:
     """The duplicates stored in ``inputs_dir`` (a resumed build), or found from ``ids()`` and stored."""
     path = inputs_dir / DUPLICATES
-    if path.is_file():
-        return decode(path.read_text())
+    if storage.is_file(path):
+        return decode(storage.read_bytes(path, 2**30, "duplicates").decode("utf-8"))
     found = find_duplicates(inputs_dir, counts, ids(), needed)
     write_atomic(path, encode(found))
     return found

@@ -12,8 +12,8 @@ join the parts of each complete shard. Before them, one pass of tasks hashes eve
 Every stage call on Ray is recorded in :mod:`dataset_tools.death_ledger`: Ray Data retries a task whose worker
 died for ever, and the ledger makes every retry single out the photos of the batch until the one that keeps
 killing its worker is an error, so the retries end.
-Workers read the photos and ``OUT/_work/inputs`` and write OUT by path, so on a multi-node cluster both
-must be on storage every node sees.
+Workers read the photos and ``OUT/_work/inputs`` and write OUT by path or object-store URL, so on a multi-node
+cluster both must be on storage every node sees (an object store is).
 """
 from __future__ import annotations
 
@@ -38,6 +38,9 @@ from .shard_parts import record_columns, write_parts
 from .stages import PHOTO_STAGES, DepthStage, GroupStage, MaskStage, ReadStage
 from .writer import Layout, merge_parts
 
+#: Times one shard's join is handed to a join actor before an actor failure is raised (a lost node's actors
+#: restart elsewhere; a join is idempotent).
+JOIN_TRIES = 5
 #: Photos per call of an actor (model and GPU render stages).
 MODEL_BATCH = 8
 #: Upper bound on the blocks of the descriptor dataset (each block is one task's worth of chunks).
@@ -224,9 +227,9 @@ def ray_records(config: BuildConfig, layout: Layout, chunks: list[Chunk],
     import ray
 
     _quiet_data()
-    inputs_dir = str(layout.inputs.resolve())
-    work = str(layout.work.resolve())
-    ledger = str(layout.work.resolve() / ATTEMPTS)
+    inputs_dir = layout.where(layout.inputs)
+    work = layout.where(layout.work)
+    ledger = layout.where(layout.work / ATTEMPTS)
     task_cpus, plans = stage_plan(config, ray.cluster_resources())
     steps = _segments(plans)
     ds = _descriptors(chunks, duplicates)
@@ -248,10 +251,6 @@ def ray_records(config: BuildConfig, layout: Layout, chunks: list[Chunk],
         yield dict(row)
 
 
-#: Joins of one shard tried before the build gives up (each on the next actor of the pool).
-JOIN_ATTEMPTS = 5
-
-
 class _JoinActor:
     """Ray actor that joins the parts of complete shards (:func:`dataset_tools.writer.merge_parts`)."""
 
@@ -267,50 +266,47 @@ class RayJoiner:
     """Joins complete shards' parts in a pool of Ray actors (one per node, at least two, spread over the nodes;
     no CPU reserved: the work is mostly reading and writing), while the driver goes on. The actors start with
     the build, so a local Ray's reaper knows their processes; a lost actor is restarted and its join retried
-    (a join is idempotent). An OSError of a join is raised in the driver as itself."""
+    (a join is idempotent), handed to the next actor when Ray's own retries of it end (up to JOIN_TRIES times).
+    An OSError of a join is raised in the driver as itself."""
 
     def __init__(self, layout: Layout, total: int) -> None:
         import ray
 
-        layout = Layout(layout.out.resolve())
+        layout = Layout(layout.where(layout.out))
         size = max(2, len([node for node in ray.nodes() if node.get("Alive")]))
         actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, scheduling_strategy="SPREAD")(_JoinActor)
         self.actors = [actor.remote(layout, total) for _ in range(size)]
-        self.pending: dict[Any, tuple[int, list[str]]] = {}
-        self.attempts: dict[int, int] = {}
+        self.pending: dict[Any, tuple[int, list[str], int]] = {}  # join -> (shard, parts, tries so far)
         self.submitted = 0
 
-    def submit(self, shard: int, parts: list[str]) -> None:
+    def submit(self, shard: int, parts: list[str], tries: int = 0) -> None:
         """Have one actor join ``parts`` into the data file of ``shard``."""
         actor = self.actors[self.submitted % len(self.actors)]
         self.submitted += 1
-        self.attempts[shard] = self.attempts.get(shard, 0) + 1
-        self.pending[actor.join.remote(shard, parts)] = (shard, parts)
+        self.pending[actor.join.remote(shard, parts)] = (shard, parts, tries + 1)
 
     def finished(self, wait: bool = False) -> list[int]:
         """The shards joined since the last call; with ``wait``, after every submitted one is."""
         import ray
 
-        if not self.pending:
-            return []
-        refs = list(self.pending)
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=None if wait else 0)
         done = []
-        for ref in ready:
-            shard, parts = self.pending.pop(ref)
-            try:
-                done.append(ray.get(ref))
-            except ray.exceptions.RayTaskError as exc:
-                if isinstance(exc.cause, OSError):
-                    raise exc.cause from None
-                raise
-            except ray.exceptions.RayActorError:
-                # Its actor was lost with its node past Ray's own retries: another actor joins the shard again.
-                if self.attempts[shard] >= JOIN_ATTEMPTS:
+        while self.pending:
+            refs = list(self.pending)
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=None if wait else 0)
+            for ref in ready:
+                shard, parts, tries = self.pending.pop(ref)
+                try:
+                    done.append(ray.get(ref))
+                except ray.exceptions.RayTaskError as exc:
+                    if isinstance(exc.cause, OSError):
+                        raise exc.cause from None
                     raise
-                self.submit(shard, parts)
-        if wait and self.pending:
-            done += self.finished(wait=True)
+                except ray.exceptions.RayActorError:  # its actor was lost past Ray's retries (a node went away)
+                    if tries >= JOIN_TRIES:
+                        raise
+                    self.submit(shard, parts, tries)
+            if not wait:
+                break
         return done
 
 

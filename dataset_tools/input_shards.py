@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import storage
 from .atomic import publish, write_atomic
 from .input_stamp import InputsChanged, describe_changes, stamp_of
 from .sources import SourceItem
@@ -90,9 +91,9 @@ def _existing_counts(inputs_dir: Path) -> list[int]:
     counts = []
     for shard in itertools.count():
         path = shard_path(inputs_dir, shard)
-        if not path.is_file():
+        if not storage.is_file(path):
             return counts
-        counts.append(pq.ParquetFile(path).metadata.num_rows)
+        counts.append(storage.parquet_file(path).metadata.num_rows)
 
 
 class _ShardSink:
@@ -100,7 +101,7 @@ class _ShardSink:
 
     def __init__(self, inputs_dir: Path, shard: int) -> None:
         self.final = shard_path(inputs_dir, shard)
-        self.temp = self.final.with_name(f".{self.final.name}.tmp")
+        self.temp = storage.temp_for(self.final)
         self.writer = pq.ParquetWriter(self.temp, INPUT_SCHEMA)
         self.rows: list[dict[str, Any]] = []
         self.count = 0
@@ -125,7 +126,7 @@ class _ShardSink:
 def stored_stamps(inputs_dir: Path, counts: Sequence[int]) -> Iterator[tuple[str, str]]:
     """(source, stamp) of every row of input shards 0 .. len(counts) - 1, in stream order."""
     for shard in range(len(counts)):
-        table = pq.read_table(shard_path(inputs_dir, shard), columns=["source", "stamp"])
+        table = storage.parquet_file(shard_path(inputs_dir, shard)).read(columns=["source", "stamp"])
         yield from zip(table["source"].to_pylist(), table["stamp"].to_pylist())
 
 
@@ -147,18 +148,18 @@ def write_input_shards(listing: Callable[[], Iterable[SourceItem]], inputs_dir: 
     """Cut the items of ``listing()`` into input shards (resuming after the finished ones) and return every
     shard's photo count; InputsChanged when the manifest exists and the listing differs from it."""
     manifest = inputs_dir / MANIFEST
-    if manifest.is_file():
-        counts = json.loads(manifest.read_text())["counts"]
+    if storage.is_file(manifest):
+        counts = json.loads(storage.read_bytes(manifest, 2**26, "manifest"))["counts"]
         items = iter(listing())
         if not _same_start(items, inputs_dir, counts) or next(items, None) is not None:
             raise InputsChanged(describe_changes(stored_stamps(inputs_dir, counts), _listed_stamps(listing())))
         return counts
-    inputs_dir.mkdir(parents=True, exist_ok=True)
+    storage.make_dirs(inputs_dir)
     counts = _existing_counts(inputs_dir)
     items = iter(listing())
     if not _same_start(items, inputs_dir, counts):
         for shard in range(len(counts)):
-            shard_path(inputs_dir, shard).unlink()
+            storage.remove(shard_path(inputs_dir, shard))
         counts, items = [], iter(listing())
     seq = sum(counts)
     sink: Optional[_ShardSink] = None
@@ -185,13 +186,13 @@ def chunks_of(shard: int, count: int) -> list[Chunk]:
 
 def read_chunk(inputs_dir: Path, chunk: Chunk) -> Iterator[dict[str, Any]]:
     """The input rows of one chunk."""
-    table = pq.ParquetFile(shard_path(inputs_dir, chunk.shard)).read_row_group(chunk.row_group)
+    table = storage.parquet_file(shard_path(inputs_dir, chunk.shard)).read_row_group(chunk.row_group)
     yield from table.to_pylist()
 
 
 def chunk_seqs(inputs_dir: Path, chunk: Chunk) -> list[int]:
     """The stream positions of the photos of one chunk (reads that column only)."""
-    table = pq.ParquetFile(shard_path(inputs_dir, chunk.shard)).read_row_group(chunk.row_group, columns=["seq"])
+    table = storage.parquet_file(shard_path(inputs_dir, chunk.shard)).read_row_group(chunk.row_group, columns=["seq"])
     return table["seq"].to_pylist()
 
 
@@ -212,8 +213,8 @@ def read_sources(inputs_dir: Path, counts: Sequence[int], seqs: Iterable[int]) -
     wanted = chunks_of_seqs(seqs, counts)
     sources: dict[int, str] = {}
     for chunk in set(wanted.values()):
-        table = pq.ParquetFile(shard_path(inputs_dir, chunk.shard)).read_row_group(chunk.row_group,
-                                                                                   columns=["seq", "source"])
+        table = storage.parquet_file(shard_path(inputs_dir, chunk.shard)).read_row_group(
+            chunk.row_group, columns=["seq", "source"])
         for seq, source in zip(table["seq"].to_pylist(), table["source"].to_pylist()):
             if seq in wanted:
                 sources[seq] = source

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Optional
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from estimators.input_files import open_regular, read_regular, remote_fs, remote_url
@@ -27,7 +28,8 @@ from .atomic import publish, write_atomic
 
 __all__ = [
     "ObjectPath", "as_path", "create", "exists", "is_file", "is_remote", "join", "list_files", "list_names",
-    "location", "make_dirs", "open_read", "parquet_file", "publish", "read_bytes", "remove", "remove_tree",
+    "location", "make_dirs", "open_read", "parquet_file", "publish", "read_bytes", "read_table", "remove",
+    "remove_tree",
     "temp_for", "write_atomic",
 ]
 
@@ -107,6 +109,14 @@ def parquet_file(path: str | os.PathLike) -> pq.ParquetFile:
     if remote_url(path) is None:
         return pq.ParquetFile(path)
     return pq.ParquetFile(open_read(path, "Parquet file"))
+
+
+def read_table(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
+    """A whole Parquet file or object, read as ``schema``."""
+    if remote_url(path) is None:
+        return pq.read_table(path, schema=schema)
+    with open_read(path, "Parquet file") as handle:
+        return pq.read_table(handle, schema=schema)
 
 
 def make_dirs(path: str | os.PathLike) -> None:

@@ -30,9 +30,14 @@ exactly when ``data/train-k-of-NN.parquet`` exists: once the records of all its 
 and stats are written to ``_work/shards``, then its parts are joined in ``_work/tmp`` (by a Ray actor, or in
 this process) and the data file is renamed into place, so a build killed at any moment and resumed redoes
 only the shards without a data file.
+
+OUT may be an object-store URL (:mod:`dataset_tools.storage`): the same keys, each file uploaded whole to its
+final key from a local temporary copy (no ``tmp/``), and ``_work/config.json`` deleted before the rest of
+``_work``, so a build whose stats.json exists and config.json does not is finished.
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -42,6 +47,7 @@ from typing import Any, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import storage
 from .atomic import publish, write_atomic
 from .build_stats import BuildStats
 from .card import dataset_card
@@ -63,7 +69,8 @@ class Layout:
     """Paths inside OUT."""
 
     def __init__(self, out: str | os.PathLike) -> None:
-        self.out = Path(out)
+        self.out = storage.as_path(out)
+        self.remote = storage.is_remote(self.out)
         self.data = self.out / "data"
         self.work = self.out / WORK
         self.inputs = self.work / "inputs"
@@ -81,24 +88,32 @@ class Layout:
     def meta_file(self, shard: int) -> Path:
         return self.shard_meta / f"shard-{shard:05d}.json"
 
+    def where(self, path: Path) -> str:
+        """``path`` as other processes (Ray workers) take it: the object-store URL, or the absolute local path."""
+        return storage.location(path) if self.remote else str(Path(path).resolve())
+
     def is_finished(self) -> bool:
-        """A build that completed: summary written, work folder gone."""
+        """A build that completed: summary written, work folder gone (on an object store: its settings gone,
+        which :func:`remove_work` deletes first)."""
+        if self.remote:
+            return storage.is_file(self.stats) and not storage.is_file(self.config)
         return self.stats.is_file() and not self.work.exists()
 
 
 def merge_parts(layout: Layout, shard: int, total: int, parts: list[str]) -> None:
     """Join the named parts of output shard ``shard`` (in order) into its data file, published atomically in
     row groups of ROW_GROUP_ROWS rows (none when no photo was kept: a 0-row group would break `datasets`), then
-    remove the shard's parts. A repeated call after one that finished (a retried task) finds the work done."""
+    remove the shard's parts. A repeated call after one that finished (a retried task) finds the work done.
+    For an object store the shard is written to the local spool and uploaded once."""
     folder = part_folder(layout.work, shard)
     final = layout.data_file(shard, total)
-    if final.is_file() and not folder.exists():
+    if storage.is_file(final) and not storage.exists(folder):
         return
-    temp = layout.tmp / f"train-{shard:05d}.parquet"
+    temp = storage.temp_for(final) if layout.remote else layout.tmp / f"train-{shard:05d}.parquet"
     pending: list[pa.Table] = []
     with pq.ParquetWriter(temp, OUTPUT_SCHEMA) as writer:
         for name in sorted(parts):
-            pending.append(pq.read_table(folder / name, schema=OUTPUT_SCHEMA))
+            pending.append(storage.read_table(folder / name, OUTPUT_SCHEMA))
             rows = pa.concat_tables(pending)
             whole = len(rows) // ROW_GROUP_ROWS * ROW_GROUP_ROWS
             if whole:
@@ -107,7 +122,10 @@ def merge_parts(layout: Layout, shard: int, total: int, parts: list[str]) -> Non
         if pending:
             writer.write_table(pa.concat_tables(pending))
     publish(temp, final)
-    shutil.rmtree(folder, ignore_errors=True)
+    if layout.remote:
+        storage.remove_tree(folder)
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class LocalJoiner:
@@ -149,15 +167,19 @@ class ShardWriter:
         self.open: dict[int, _OpenShard] = {}
         self.joining: dict[int, BuildStats] = {}
         self.seen = BuildStats()  # every photo whose record came in, for progress
-        for folder in (layout.tmp, layout.parts):  # what an interrupted run was writing
-            shutil.rmtree(folder, ignore_errors=True)
+        if layout.remote:  # the parts an interrupted run was writing (an upload's spool is local to its process)
+            storage.remove_tree(layout.parts)
+        else:
+            for folder in (layout.tmp, layout.parts):  # what an interrupted run was writing
+                shutil.rmtree(folder, ignore_errors=True)
         for folder in (layout.data, layout.shard_meta, layout.tmp, layout.parts):
-            folder.mkdir(parents=True, exist_ok=True)
+            storage.make_dirs(folder)
 
     def pending(self) -> list[int]:
-        """Shards without a published data file (a resumed build redoes exactly these)."""
+        """Shards without a published data file (a resumed build redoes exactly these), from one listing."""
         total = len(self.counts)
-        return [k for k in range(total) if not self.layout.data_file(k, total).is_file()]
+        published = set(storage.list_names(self.layout.data))
+        return [k for k in range(total) if self.layout.data_file(k, total).name not in published]
 
     def add(self, record: dict[str, Any]) -> Optional[BuildStats]:
         """Take the record of one part; when this completes its shard, have it joined and return its stats."""
@@ -190,10 +212,10 @@ def finish(layout: Layout, counts: list[int], settings: dict[str, Any], wall_sec
     """Write errors.jsonl (streamed shard by shard), stats.json and README.md from the finished shards,
     then remove _work."""
     total = BuildStats()
-    temp = layout.errors.with_name(f".{layout.errors.name}.tmp")
+    temp = storage.temp_for(layout.errors)
     with open(temp, "w", encoding="utf-8") as errors:
         for shard in range(len(counts)):
-            meta = json.loads(layout.meta_file(shard).read_text())
+            meta = json.loads(storage.read_bytes(layout.meta_file(shard), 2**30, "shard summary"))
             total.merge(BuildStats.from_dict(meta["stats"]))
             errors.writelines(json.dumps(e) + "\n" for e in meta["errors"])
     publish(temp, layout.errors)
@@ -208,6 +230,9 @@ def build_entries(layout: Layout) -> list[Path]:
     """The files and folders of OUT that a build wrote (``--overwrite`` removes exactly these; others stay)."""
     found = [layout.out / name for name in WORK_FOLDERS]
     found += [layout.out / f for name in OUTPUT_FILES for f in (name, f".{name}.tmp")]
+    if layout.remote:
+        found += [layout.data / name for name in fnmatch.filter(storage.list_names(layout.data), DATA_PATTERN)]
+        return [p for p in found if storage.exists(p)]
     if layout.data.is_dir():
         found += sorted(layout.data.glob(DATA_PATTERN))
     return [p for p in found if p.exists() or p.is_symlink()]
@@ -216,10 +241,15 @@ def build_entries(layout: Layout) -> list[Path]:
 def remove_outputs(layout: Layout) -> None:
     """Delete a previous build's files from OUT; ``data/`` goes too when nothing else is left in it."""
     for path in build_entries(layout):
-        if path.is_dir() and not path.is_symlink():
+        if layout.remote:  # a prefix holds no folder to remove
+            storage.remove_tree(path)
+            storage.remove(path)
+        elif path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
             path.unlink()
+    if layout.remote:
+        return
     try:
         layout.data.rmdir()
     except OSError:
@@ -227,7 +257,12 @@ def remove_outputs(layout: Layout) -> None:
 
 
 def remove_work(layout: Layout) -> None:
-    """Delete _work (renamed first, so a crash mid-delete never leaves a half work folder behind)."""
+    """Delete _work (renamed first, so a crash mid-delete never leaves a half work folder behind; an object store
+    has no rename: its settings go first, so a half-deleted work folder already reads as finished)."""
+    if layout.remote:
+        storage.remove(layout.config)
+        storage.remove_tree(layout.work)
+        return
     old = layout.out / f"{WORK}.old"
     shutil.rmtree(old, ignore_errors=True)
     if layout.work.exists():

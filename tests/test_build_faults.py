@@ -156,7 +156,9 @@ def test_a_node_lost_mid_build_is_replaced_by_the_other(tmp_path):
         code = main(["build", str(tmp_path / "in"), "-o", str(out), *FLAGS])
         fault.done.set()
         fault.join()
-        alive = [n for n in ray.nodes() if n["Alive"]]
+        deadline = time.monotonic() + 60  # the GCS marks a removed node dead after its health checks fail
+        while len(alive := [n for n in ray.nodes() if n["Alive"]]) > 1 and time.monotonic() < deadline:
+            time.sleep(0.5)
     finally:
         ray.shutdown()
         cluster.shutdown()
