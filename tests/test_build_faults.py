@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from build_helpers import assert_each_photo_once, demo_scenes, read_rows
-from pipelines.cli import main
+from bokeh_cli import main
 
 FLAGS = ["--depth", "sidecar", "--mask", "sidecar", "--synthetic-levels", "2", "--resolution", "192",
          "--shard-size", "3", "--min-sharpness", "0"]

@@ -16,7 +16,7 @@ from dataset_tools.photo_state import PhotoState, Render, StageFailure, from_col
 from dataset_tools.udfs import read_photos
 from estimators.depth import DepthMap
 from estimators.exif import ExifInfo
-from pipelines.cli import main
+from bokeh_cli import main
 
 PHOTOS = [DEMO_PHOTOS / "new_11.jpg", DEMO_PHOTOS / "street_8.jpg"]
 
