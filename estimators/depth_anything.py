@@ -55,15 +55,9 @@ class DepthAnythingEstimator:
     ) -> None:
         from transformers import AutoModelForDepthEstimation
 
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.model_name = str(model)
-        self.batch_size = int(batch_size)
-        self.device = resolve_device(device)
-        self.dtype = dtype if dtype is not None else torch.float32
-        load = dict(what="depth model", avoid="--depth sidecar", check_hub=True)
-        self.processor = load_pretrained(load_image_processor, self.model_name, **load)
-        network = load_pretrained(AutoModelForDepthEstimation.from_pretrained, self.model_name, **load)
+        self.model_name, self.batch_size, self.device, self.dtype = runtime_settings(model, device, batch_size, dtype)
+        self.processor = load_pretrained(load_image_processor, self.model_name, **DEPTH_MODEL_LOADING)
+        network = load_pretrained(AutoModelForDepthEstimation.from_pretrained, self.model_name, **DEPTH_MODEL_LOADING)
         self.model = network.to(device=self.device, dtype=self.dtype).eval()
         config_metric = getattr(self.model.config, "depth_estimation_type", "relative") == "metric"
         self.metric = config_metric if metric is None else bool(metric)
@@ -105,6 +99,19 @@ class DepthAnythingEstimator:
             depth_m = np.maximum(output, MIN_METRIC_DEPTH_M).astype(np.float32)
             return DepthMap(disparity_from_depth(depth_m), depth_m=depth_m, source=self.source)
         return DepthMap(normalize_disparity(output), depth_m=None, source=self.source)
+
+
+#: How a depth backend loads its weights: what it is, the flag that avoids it, a fast offline check of a hub id.
+DEPTH_MODEL_LOADING = dict(what="depth model", avoid="--depth sidecar", check_hub=True)
+
+
+def runtime_settings(
+    model: str, device: Optional[str | torch.device], batch_size: int, dtype: Optional[torch.dtype]
+) -> tuple[str, int, torch.device, torch.dtype]:
+    """A depth backend's checked settings: model name, batch size (at least 1), device, dtype (float32 by default)."""
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    return str(model), int(batch_size), resolve_device(device), dtype if dtype is not None else torch.float32
 
 
 def require_pil_images(images: Sequence[Any]) -> None:

@@ -11,8 +11,8 @@ from PIL import Image
 
 from estimators.backends import DEFAULT_DEPTH_MODELS
 from estimators.depth import DepthMap, disparity_from_depth, normalize_disparity
-from estimators.depth_anything import require_pil_images, resize_prediction
-from estimators.model_loading import ModelUnavailableError, load_pretrained, resolve_device
+from estimators.depth_anything import DEPTH_MODEL_LOADING, require_pil_images, resize_prediction, runtime_settings
+from estimators.model_loading import ModelUnavailableError, load_pretrained
 
 DEFAULT_DEPTH_PRO_MODEL = DEFAULT_DEPTH_MODELS["depth-pro"]
 
@@ -113,21 +113,17 @@ class DepthProEstimator:
     ) -> None:
         from transformers import AutoConfig, DepthProForDepthEstimation
 
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.model_name = str(model)
-        self.batch_size = int(batch_size)
-        self.device = resolve_device(device)
-        self.dtype = dtype if dtype is not None else torch.float32
-        load = dict(what="depth model", avoid="--depth sidecar", check_hub=True)
-        config = load_pretrained(AutoConfig.from_pretrained, self.model_name, **load)
+        self.model_name, self.batch_size, self.device, self.dtype = runtime_settings(model, device, batch_size, dtype)
+        config = load_pretrained(AutoConfig.from_pretrained, self.model_name, **DEPTH_MODEL_LOADING)
         if config.model_type != "depth_pro":
             raise ModelUnavailableError(
                 f"depth model '{self.model_name}' is a {config.model_type} model, not Depth Pro; "
                 "pass a Depth Pro checkpoint or choose the --depth backend of that model"
             )
-        self.input_spec = load_pretrained(read_input_spec, self.model_name, **load)
-        network = load_pretrained(DepthProForDepthEstimation.from_pretrained, self.model_name, config=config, **load)
+        self.input_spec = load_pretrained(read_input_spec, self.model_name, **DEPTH_MODEL_LOADING)
+        network = load_pretrained(
+            DepthProForDepthEstimation.from_pretrained, self.model_name, config=config, **DEPTH_MODEL_LOADING
+        )
         self.model = network.to(device=self.device, dtype=self.dtype).eval()
         self.source = f"depth-pro:{self.model_name}"
 
