@@ -454,5 +454,8 @@ def _train(config: TrainConfig, resume: Optional[str], overwrite: bool, stack: c
             grid.save(grid_path)
             log_validation(accelerator, run.report_to, grid, grid_path, step)
     bar.close()
-    accelerator.end_training()
+    # The trackers close; the process group stays for the caller (destroying it here while another process still
+    # works can leave that process waiting forever).
+    for tracker in accelerator.trackers:
+        tracker.finish()
     return {"step": step, "loss": last_loss, "bad_rows": len(reported), "complete": False}
