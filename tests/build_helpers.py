@@ -16,6 +16,7 @@ import psutil  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 
+from dataset_tools.build import ShardWriter  # noqa: E402
 from dataset_tools.demo_scenes import write_demo_data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,3 +124,17 @@ def disparity_by_hand(depth_m: np.ndarray) -> np.ndarray:
     """docs/design.md §1: d = (1/z - 1/z_far) / (1/z_near - 1/z_far), written out independently."""
     inv = 1.0 / depth_m.astype(np.float64)
     return (inv - inv.min()) / (inv.max() - inv.min())
+
+
+class Interrupted(Exception):
+    """Raised by :class:`StopAfterFirstShard`: the build stops as a crash would."""
+
+
+class StopAfterFirstShard(ShardWriter):
+    """A writer that breaks the build right after it published its first output shard."""
+
+    def add(self, *args, **kwargs):
+        done = super().add(*args, **kwargs)
+        if done is not None:
+            raise Interrupted
+        return done

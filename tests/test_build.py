@@ -19,11 +19,12 @@ import pytest
 from PIL import Image, ImageOps
 
 from conftest import DEMO_PHOTOS, TEST_PHOTOS
-from dataset_tools.build import ShardWriter
 from dataset_tools.dedup import DUPLICATES
 from bokeh_cli import main
 from build_helpers import (
     REPO_ENV,
+    Interrupted,
+    StopAfterFirstShard,
     assert_each_photo_once,
     cli,
     demo_scenes,
@@ -346,20 +347,6 @@ DEDUP_FLAGS = ["--depth", "sidecar", "--mask", "sidecar", "--synthetic-levels", 
                "--shard-size", "2", "--min-sharpness", "0"]
 
 
-class _Interrupted(Exception):
-    pass
-
-
-class _StopAfterFirstShard(ShardWriter):
-    """A writer that breaks the build right after it published its first output shard."""
-
-    def add(self, *args, **kwargs):
-        done = super().add(*args, **kwargs)
-        if done is not None:
-            raise _Interrupted
-        return done
-
-
 def _copy_photo(photo: Path, folder: Path) -> Path:
     """Copy a demo scene with its sidecars into ``folder``."""
     folder.mkdir(exist_ok=True)
@@ -403,8 +390,8 @@ def test_duplicate_inputs_become_dedup_lines_across_shards_and_resume(local_ray,
     resumed = tmp_path / "resumed"
     args = ["build", str(tmp_path / "in"), "-o", str(resumed), *DEDUP_FLAGS]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("dataset_tools.build.ShardWriter", _StopAfterFirstShard)
-        with pytest.raises(_Interrupted):
+        patch.setattr("dataset_tools.build.ShardWriter", StopAfterFirstShard)
+        with pytest.raises(Interrupted):
             main([*args, "--workers", "0"])
     assert [p.name for p in (resumed / "data").iterdir()] == ["train-00000-of-00004.parquet"]
     assert (resumed / "_work" / "inputs" / DUPLICATES).is_file()  # decided before any photo was processed

@@ -14,14 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from dataset_tools.build import ShardWriter
 from dataset_tools.dedup import later_copies
 from dataset_tools.input_stamp import CAPTION, DEPTH_SIDECAR, MASK_SIDECAR
 from dataset_tools.out_guard import LOCK, MARKER, OutLock, check_apart
 from dataset_tools.stages import EstimateStage
 from bokeh_cli import main
-from build_helpers import (REPO_ENV, assert_each_photo_once, demo_scenes, local_ray,  # noqa: F401 - fixture
-                           read_errors, read_rows, wait_for)
+from build_helpers import (REPO_ENV, Interrupted, StopAfterFirstShard, assert_each_photo_once, demo_scenes,  # noqa: F401
+                           local_ray, read_errors, read_rows, wait_for)
 
 FAST = ["--workers", "0", "--depth", "sidecar", "--mask", "sidecar", "--synthetic-levels", "0", "--resolution", "96",
         "--min-sharpness", "0"]
@@ -104,24 +103,10 @@ def test_a_second_build_into_a_locked_out_fails_at_once(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- --resume and changed inputs
-class _Interrupted(Exception):
-    pass
-
-
-class _StopAfterFirstShard(ShardWriter):
-    """A writer that breaks the build right after it published its first output shard."""
-
-    def add(self, *args, **kwargs):
-        done = super().add(*args, **kwargs)
-        if done is not None:
-            raise _Interrupted
-        return done
-
-
 def _interrupted_build(args: list[str]) -> None:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("dataset_tools.build.ShardWriter", _StopAfterFirstShard)
-        with pytest.raises(_Interrupted):
+        patch.setattr("dataset_tools.build.ShardWriter", StopAfterFirstShard)
+        with pytest.raises(Interrupted):
             main(args)
 
 
