@@ -1,38 +1,28 @@
-"""Writes an evaluation to a folder: ``eval.json`` (every number), ``eval.html`` (self-contained: tables,
-pass / fail targets and one contact sheet per sweep, images inline) and ``images/*.png``."""
+"""Writes an evaluation to a folder: ``eval.json`` (every number), ``images/`` (every picture as PNG, JPEG
+thumbnails of large ones under ``images/thumbs/``) and ``eval.html`` (:mod:`pipelines.eval_page`, pictures as
+relative files).
+
+``python -m pipelines.eval_report OUT`` writes ``OUT/eval.html`` again from ``OUT/eval.json`` and ``OUT/images``."""
 from __future__ import annotations
 
-import html
+import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
-from dataset_tools.report import PAGE_CSS, data_uri
+from pipelines.eval_page import fmt, overview_rows, render_page
 from pipelines.evaluate import Evaluation, RunImages
-from synth_blur.contact_sheet import contact_sheet
 
-#: Height of the contact-sheet tiles in px (the tiny model's 32 px images are enlarged to it).
-SHEET_HEIGHT = 160
-_EXTRA_CSS = ".pass{color:#1a7f37;font-weight:bold}.fail{color:#c62828;font-weight:bold}.na{color:#777}td.num{text-align:right}"
-_MODE_LABELS = {
-    "unbounded": "model, unbounded",
-    "grounded": "model, grounded",
-    "baseline": "prompt only (K ignored): floor",
-    "reference": "physical render of photos: ceiling",
-}
-
-
-def fmt(value: Optional[float], digits: int = 3) -> str:
-    """A number for a table: '-' for missing, 'inf' for infinite, else ``digits`` decimals."""
-    if value is None:
-        return "-"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return f"{value:.{digits}f}"
+#: Pictures larger than this (long side, px) get a JPEG thumbnail of this size for the page.
+THUMB_PX = 256
+_NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+#: Fields of eval.json that hold text, never a number written as text.
+_TEXT_KEYS = frozenset({"prompt", "id", "mode", "scene_source", "name", "detail", "status", "images", "settings", "notes"})
 
 
 def json_ready(value: Any) -> Any:
@@ -46,95 +36,57 @@ def json_ready(value: Any) -> Any:
     return value
 
 
-def _factor(log_ratio: Optional[float]) -> Optional[float]:
-    return None if log_ratio is None else math.exp(log_ratio)
-
-
-def _last(values: Optional[Sequence[Optional[float]]]) -> Optional[float]:
-    return values[-1] if values else None
-
-
-def overview_rows(summaries: dict[str, dict[str, Any]]) -> list[list[str]]:
-    """One row per mode: runs, LVCorr (background, whole), calibration (mean |log ratio|, worst factor),
-    mean SSIM vs the lowest K (subject, whole) and PSNR at the highest K (subject, whole)."""
-    rows = []
-    for mode, s in summaries.items():
-        worst = max(s["calibration_log_ratio"]) if s["calibration_log_ratio"] and None not in s["calibration_log_ratio"] else None
-        rows.append([
-            mode, str(s["runs"]), fmt(s["lvcorr_background"]), fmt(s["lvcorr_whole"]), fmt(s["calibration_mean"]),
-            fmt(_factor(worst), 2), fmt(s["ssim_subject_mean"]), fmt(s["ssim_whole_mean"]),
-            fmt(_last(s["psnr_subject"]), 1), fmt(_last(s["psnr_whole"]), 1),
-        ])
-    return rows
-
-
-OVERVIEW_HEADER = [
-    "mode", "runs", "LVCorr bg", "LVCorr whole", "calib |log r|", "worst factor", "SSIM subj", "SSIM whole",
-    "PSNR subj @Kmax", "PSNR whole @Kmax",
-]
+def from_json(value: Any) -> Any:
+    """The inverse of :func:`json_ready` on eval.json: 'inf' / '-inf' / 'nan' back to floats, except in text fields."""
+    if isinstance(value, dict):
+        return {k: v if k in _TEXT_KEYS else from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_json(v) for v in value]
+    return _NON_FINITE.get(value, value) if isinstance(value, str) else value
 
 
 def summary_lines(scores: dict[str, Any]) -> list[str]:
-    """The overall table and the target lines as plain text, for the terminal."""
-    rows = [OVERVIEW_HEADER] + overview_rows(scores["overall"])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(OVERVIEW_HEADER))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    """The overall metrics (one line each, a column per mode) and the target lines as plain text, for the terminal."""
+    levels = scores["settings"]["levels"]
+    rows = [["metric"] + list(scores["overall"])] + overview_rows(scores["overall"], levels)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.append(f"scene consistency: {scores['settings']['consistency_metric']}")
     for t in scores["targets"]:
         lines.append(f"[{t['status'].upper():4}] {t['name']}: {fmt(t['value'])} ({t['detail']})")
     return lines
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+def _save(image: Image.Image, folder: Path, name: str) -> str:
+    """``image`` as ``folder/name.png``, with a JPEG thumbnail under ``folder/thumbs`` when it is large; its path
+    relative to the evaluation folder."""
+    image.save(folder / f"{name}.png")
+    if max(image.size) > THUMB_PX:
+        thumb = image.convert("RGB")
+        thumb.thumbnail((THUMB_PX, THUMB_PX), Image.Resampling.LANCZOS)
+        (folder / "thumbs").mkdir(exist_ok=True)
+        thumb.save(folder / "thumbs" / f"{name}.jpg", quality=85)
+    return f"{folder.name}/{name}.png"
 
 
-def _per_k_table(levels: Sequence[float], s: dict[str, Any]) -> str:
-    def column(key: str, transform=lambda v: v, digits: int = 3) -> list[str]:
-        values = s[key] or [None] * len(levels)
-        return [fmt(None if v is None else transform(v), digits) for v in values]
-
-    cols = {
-        "calibration factor": column("calibration_log_ratio", math.exp, 2),
-        "SSIM subject": column("ssim_subject"), "SSIM whole": column("ssim_whole"),
-        "PSNR subject": column("psnr_subject", digits=1), "PSNR whole": column("psnr_whole", digits=1),
-    }
-    rows = [[fmt(k, 1)] + [c[i] for c in cols.values()] for i, k in enumerate(levels)]
-    return _table(["K"] + list(cols), rows)
-
-
-def _targets_html(lines: Sequence[dict[str, Any]]) -> str:
-    css = {"pass": "pass", "fail": "fail", "n/a": "na"}
-    rows = "".join(
-        f'<tr><td class="{css[t["status"]]}">{t["status"].upper()}</td><td>{html.escape(t["name"])}</td>'
-        f'<td class="num">{fmt(t["value"])}</td><td>{html.escape(t["detail"])}</td></tr>'
-        for t in lines
-    )
-    return f"<table><tr><th>status</th><th>target</th><th>value</th><th>how</th></tr>{rows}</table>"
-
-
-def _mask_image(mask: np.ndarray) -> Image.Image:
-    return Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).convert("RGB")
-
-
-def save_run_images(folder: Path, run_id: str, levels: Sequence[float], run: RunImages) -> tuple[list[str], Image.Image]:
-    """PNG files of a sweep (and its mask) under ``folder``; their names, and the sweep's contact sheet."""
-    names, tiles, labels = [], list(run.images), [f"K = {k:g}" for k in levels]
-    for k, image in zip(levels, run.images):
-        names.append(f"{run_id}_K{k:g}.png")
-        image.save(folder / names[-1])
+def save_run_images(folder: Path, run_id: str, levels: Sequence[float], run: RunImages) -> dict[str, Any]:
+    """PNG files of a sweep, its subject mask and its physical render (when there is one) under ``folder``:
+    ``{"sweep": [path per K], "mask": path or None, "reference": [path per K] or None}``."""
+    mask: Optional[str] = None
     if run.mask is not None:
-        mask = _mask_image(run.mask)
-        names.append(f"{run_id}_mask.png")
-        mask.save(folder / names[-1])
-        tiles.append(mask)
-        labels.append("subject mask")
-    sheet = contact_sheet(tiles, labels, height=SHEET_HEIGHT)
-    names.append(f"{run_id}_sheet.png")
-    sheet.save(folder / names[-1])
-    return names, sheet
+        mask = _save(Image.fromarray(np.asarray(run.mask, dtype=np.uint8) * 255).convert("RGB"), folder, f"{run_id}_mask")
+    return {
+        "sweep": [_save(image, folder, f"{run_id}_K{k:g}") for k, image in zip(levels, run.images)],
+        "mask": mask,
+        "reference": None if run.reference is None else [_save(im, folder, f"{run_id}_render_K{k:g}") for k, im in zip(levels, run.reference)],
+    }
+
+
+def write_page(scores: dict[str, Any], out: Path) -> Path:
+    """``out/eval.html`` for ``scores`` (numbers as floats, images listed per run); returns its path."""
+    path = out / "eval.html"
+    path.write_text(render_page(scores, out, str(out)), encoding="utf-8")
+    return path
 
 
 def write_evaluation(evaluation: Evaluation, out: str | Path) -> dict[str, Path]:
@@ -143,42 +95,37 @@ def write_evaluation(evaluation: Evaluation, out: str | Path) -> dict[str, Path]
     image_dir = out / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     scores = evaluation.scores
-    levels = scores["settings"]["levels"]
-    sections = []
     for run in scores["runs"]:
-        names, sheet = save_run_images(image_dir, run["id"], levels, evaluation.images[run["id"]])
-        run["images"] = [f"images/{n}" for n in names]
-        seed = "" if run["seed"] is None else f", seed {run['seed']}"
-        caption = (
-            f"{html.escape(run['prompt'])}<br><small>{html.escape(run['mode'])}{seed}; LVCorr background "
-            f"{fmt(run['lvcorr_background'])}, whole {fmt(run['lvcorr_whole'])}; calibration mean |log ratio| "
-            f"{fmt(run['calibration_mean'])}; subject from {html.escape(run['scene_source'])}</small>"
-        )
-        sections.append(f'<img src="{data_uri(sheet, "PNG")}" alt="{html.escape(run["id"])}"><p class="caption">{caption}</p>')
-    per_k = "".join(
-        f"<h3>{html.escape(_MODE_LABELS.get(mode, mode))}</h3>{_per_k_table(levels, s)}" for mode, s in scores["overall"].items()
-    )
-    per_prompt = "".join(
-        f"<h3>{html.escape(prompt)}</h3>{_table(OVERVIEW_HEADER, overview_rows(modes))}" for prompt, modes in scores["per_prompt"].items()
-    )
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in scores["notes"]) or "<li>none</li>"
-    settings = html.escape(json.dumps(json_ready(scores["settings"]), indent=1))
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Bokeh evaluation</title>
-<style>{PAGE_CSS}{_EXTRA_CSS}</style></head><body>
-<h1>Bokeh evaluation: {html.escape(str(out))}</h1>
-<p>LVCorr: Pearson correlation between K and -log(variance of the Laplacian), of the background (off the
-subject mask) and of the whole image; 1 = blur follows K. Calibration: |log| of the ratio of the background
-sharpness to the reference ({html.escape(scores['settings']['reference'])}) at the same K; factor = exp of it.
-Scene consistency against the lowest-K image: {html.escape(scores['settings']['consistency_metric'])}.</p>
-<h2>Targets</h2>{_targets_html(scores["targets"])}
-<h2>Overall (means over prompts and seeds)</h2>{_table(OVERVIEW_HEADER, overview_rows(scores["overall"]))}
-<h2>Per K</h2>{per_k}
-<h2>Per prompt</h2>{per_prompt}
-<h2>Notes</h2><ul>{notes}</ul>
-<h2>Sweeps</h2>{''.join(sections)}
-<h2>Settings</h2><pre>{settings}</pre>
-</body></html>"""
-    paths = {"json": out / "eval.json", "html": out / "eval.html"}
+        run["images"] = save_run_images(image_dir, run["id"], scores["settings"]["levels"], evaluation.images[run["id"]])
+    paths = {"json": out / "eval.json", "html": write_page(scores, out)}
     paths["json"].write_text(json.dumps(json_ready(scores), indent=1, allow_nan=False), encoding="utf-8")
-    paths["html"].write_text(page, encoding="utf-8")
     return paths
+
+
+def rewrite_page(out: str | Path) -> Path:
+    """Write ``out/eval.html`` again from ``out/eval.json`` (and the pictures it lists)."""
+    out = Path(out)
+    try:
+        scores = from_json(json.loads((out / "eval.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{out}: no readable eval.json ({exc})") from None
+    if not all(isinstance(r.get("images"), dict) for r in scores.get("runs", [])):
+        raise ValueError(f"{out}/eval.json lists its pictures in another layout: run bokeh eval again")
+    return write_page(scores, out)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m pipelines.eval_report OUT``: rewrite OUT/eval.html."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines.eval_report", description=main.__doc__)
+    parser.add_argument("out", help="an evaluation folder (bokeh eval -o)")
+    args = parser.parse_args(argv)
+    try:
+        print(f"wrote {rewrite_page(args.out)}")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

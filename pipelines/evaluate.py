@@ -73,10 +73,12 @@ class EvalSettings:
 
 @dataclass
 class RunImages:
-    """The images of one sweep (one per level) and the subject mask they were scored with."""
+    """The images of one sweep (one per level), the subject mask they were scored with and, with the render
+    reference, the physical render of the sweep's lowest-K image at each level."""
 
     images: list[Image.Image]
     mask: Optional[np.ndarray]
+    reference: Optional[list[Image.Image]] = None
 
 
 @dataclass
@@ -147,10 +149,12 @@ def check_render_levels(levels: Sequence[float]) -> None:
         raise ValueError(f"the render reference re-renders the K = 0 sample: the lowest level must be 0, got {levels[0]:g}")
 
 
-def render_reference(levels: Sequence[float], image: Image.Image, scene: Scene, device: Optional[str] = None) -> list[Optional[float]]:
-    """Background sharpness of the K = 0 sample ``image`` re-rendered at each level (:func:`render_sweep`)."""
+def render_reference(levels: Sequence[float], image: Image.Image, scene: Scene,
+                     device: Optional[str] = None) -> tuple[list[Optional[float]], list[Image.Image]]:
+    """The K = 0 sample ``image`` re-rendered at each level (:func:`render_sweep`) and the background sharpness of each render."""
     check_render_levels(levels)
-    return [metrics.background_sharpness(im, scene.mask) for im in render_sweep(levels, image, scene, device)]
+    renders = render_sweep(levels, image, scene, device)
+    return [metrics.background_sharpness(im, scene.mask) for im in renders], renders
 
 
 # ---------------------------------------------------------------- summaries and targets
@@ -185,7 +189,8 @@ def _target(name: str, value: Optional[float], passed: Optional[bool], detail: s
 
 
 def targets(overall: dict[str, dict[str, Any]], levels: Sequence[float], has_reference: bool) -> list[dict[str, Any]]:
-    """The pass / fail lines of issue 6, from the per-mode summaries (means over prompts and seeds)."""
+    """The pass / fail lines of issue 6, from the per-mode summaries (means over prompts and seeds); the details
+    name the metrics as eval.html does."""
     lines = []
     for mode in MODES:
         s = overall.get(mode)
@@ -193,7 +198,7 @@ def targets(overall: dict[str, dict[str, Any]], levels: Sequence[float], has_ref
             continue
         lv, which = (s["lvcorr_background"], "background") if s["lvcorr_background"] is not None else (s["lvcorr_whole"], "whole image")
         lines.append(_target(f"LVCorr >= {LVCORR_TARGET} ({mode})", lv, None if lv is None else lv >= LVCORR_TARGET,
-                             f"mean Pearson(K, -log var Laplacian) of the {which}"))
+                             f"LVCorr, {which}: Pearson(K, -log var Laplacian), mean over sweeps"))
         per_k = s["calibration_log_ratio"]
         if not has_reference or per_k is None or any(v is None for v in per_k):
             lines.append(_target(f"blur within x{CALIBRATION_FACTOR:g} of the reference at every K ({mode})", None, None,
@@ -203,22 +208,23 @@ def targets(overall: dict[str, dict[str, Any]], levels: Sequence[float], has_ref
             k_worst = levels[per_k.index(worst)]
             lines.append(_target(f"blur within x{CALIBRATION_FACTOR:g} of the reference at every K ({mode})", math.exp(worst),
                                  worst <= math.log(CALIBRATION_FACTOR) + 1e-12,
-                                 f"largest mean sharpness ratio, at K = {k_worst:g} (value is the factor)"))
+                                 f"blur factor, worst K (at K = {k_worst:g}): the sharpness ratio to the reference"))
     grounded, unbounded = overall.get("grounded"), overall.get("unbounded")
     lo, hi = levels[0], levels[-1]
     key = "ssim_subject" if grounded and grounded["ssim_subject"] is not None else "ssim_whole"
-    where = "subject" if key == "ssim_subject" else "whole image (no subject mask)"
+    where = "subject" if key == "ssim_subject" else "whole-image"
+    name = f"{where} SSIM at K = {hi:g} >= {SUBJECT_SSIM_TARGET} (grounded)"
     if grounded is None:
-        lines.append(_target(f"SSIM K={lo:g} vs K={hi:g} >= {SUBJECT_SSIM_TARGET} (grounded)", None, None, "grounded mode not run (--grounded)"))
+        lines.append(_target(name, None, None, "grounded mode not run (--grounded)"))
         lines.append(_target("grounded more consistent than unbounded", None, None, "grounded mode not run (--grounded)"))
         return lines
     value = grounded[key][-1]
-    lines.append(_target(f"SSIM K={lo:g} vs K={hi:g} >= {SUBJECT_SSIM_TARGET} (grounded)", value,
-                         None if value is None else value >= SUBJECT_SSIM_TARGET, f"mean SSIM on the {where}"))
+    lines.append(_target(name, value, None if value is None else value >= SUBJECT_SSIM_TARGET,
+                         f"{where} SSIM at K = {hi:g} (against K = {lo:g}), mean over sweeps"))
     g, u = grounded[f"{key}_mean"], unbounded[f"{key}_mean"]
     lines.append(_target("grounded more consistent than unbounded", None if g is None or u is None else g - u,
                          None if g is None or u is None else g > u,
-                         f"mean SSIM on the {where} vs the lowest K, grounded minus unbounded (same seeds)"))
+                         f"{where} SSIM, mean over K > {lo:g}: grounded minus unbounded (same seeds)"))
     return lines
 
 
@@ -282,24 +288,26 @@ class Evaluator:
             raise ValueError(f"the pipeline returned {len(images)} images of sizes {sorted({im.size for im in images})} for {len(s.levels)} levels")
         return [im.convert("RGB") for im in images]
 
-    def _reference(self, images: list[Image.Image], scene: Scene) -> list[Optional[float]]:
+    def _reference(self, images: list[Image.Image], scene: Scene) -> tuple[list[Optional[float]], Optional[list[Image.Image]]]:
+        """The reference sharpness per level, and the renders it was measured on (render reference only)."""
         levels = self.settings.levels
         if self.reference == "dataset":
             binned = self.dataset.binned(levels, images[0].size)
             for note in binned.notes:
                 if note not in self.notes:
                     self.notes.append(note)
-            return binned.background if scene.mask is not None else binned.whole
+            return (binned.background if scene.mask is not None else binned.whole), None
         if self.reference == "render":
             return render_reference(levels, images[0], scene, self.device)
-        return [None] * len(levels)
+        return [None] * len(levels), None
 
     def _run(self, run_id: str, prompt: str, seed: Optional[int], mode: str, images: list[Image.Image], scene: Scene,
              out: Evaluation) -> dict[str, Any]:
         record = {"id": run_id, "prompt": prompt, "seed": seed, "mode": mode, "scene_source": scene.source,
                   "subject_fraction": None if scene.mask is None else float(scene.mask.mean())}
-        record.update(score_sweep(self.settings.levels, images, scene.mask, self._reference(images, scene)))
-        out.images[run_id] = RunImages(images, scene.mask)
+        reference, renders = self._reference(images, scene)
+        record.update(score_sweep(self.settings.levels, images, scene.mask, reference))
+        out.images[run_id] = RunImages(images, scene.mask, None if mode == "reference" else renders)
         return record
 
     def _scene(self, prompt: str, image: Image.Image) -> Scene:

@@ -168,7 +168,7 @@ def test_targets_pass_and_fail_by_their_thresholds():
     factor = lines["blur within x2 of the reference at every K (grounded)"]
     assert factor["status"] == "fail" and factor["value"] == pytest.approx(math.exp(0.8))  # log 2 = 0.693
     assert lines["blur within x2 of the reference at every K (unbounded)"]["status"] == "pass"
-    assert lines["SSIM K=0 vs K=30 >= 0.8 (grounded)"]["status"] == "pass"
+    assert lines["subject SSIM at K = 30 >= 0.8 (grounded)"]["status"] == "pass"
     better = lines["grounded more consistent than unbounded"]
     assert better["status"] == "pass" and better["value"] == pytest.approx(0.855 - 0.65)
     only_unbounded = {t["name"]: t["status"] for t in targets({"unbounded": overall["unbounded"]}, [0, 15, 30], False)}
@@ -280,11 +280,11 @@ def test_report_writes_json_html_and_images(street, tmp_path):
     data = json.loads(paths["json"].read_text())
     baseline = next(r for r in data["runs"] if r["mode"] == "baseline")
     assert baseline["psnr_whole"] == [None, "inf"]  # identical images: written as a string
-    assert all((tmp_path / "out" / name).is_file() for r in data["runs"] for name in r["images"])
-    assert len(data["runs"][0]["images"]) == 2 + 2  # K = 0 and 30, the mask and the contact sheet
+    listed = [p for r in data["runs"] for p in r["images"]["sweep"] + (r["images"]["reference"] or []) + [r["images"]["mask"]]]
+    assert len(listed) == 2 * (2 + 2 + 1) and all((tmp_path / "out" / name).is_file() for name in listed)
     page = paths["html"].read_text()
-    assert page.count("data:image/png;base64,") == 2 and "a &lt;street&gt;" in page
-    assert "LPIPS not used" in page and 'class="pass"' in page
+    assert page.count("<img ") == 2 * 2 + 2 + 2 and "a &lt;street&gt;" in page  # two sweeps and their masks, one render
+    assert "LPIPS not used" in page and 'class="pass"' in page and "identical" in page
     assert json_ready({"a": [float("-inf"), float("nan"), 1.5]}) == {"a": ["-inf", "nan", 1.5]}
 
 

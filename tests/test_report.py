@@ -58,9 +58,13 @@ def test_report_page(dataset, tmp_path):
     page = (tmp_path / "r.html").read_text()
     assert shown == {"groups": 2, "shards": 2}
     assert "a &lt;b&gt;red&lt;/b&gt; ball" in page and "<b>red</b>" not in page  # captions are escaped
-    assert page.count('<img src="data:image/jpeg;base64,') == 2
-    assert page.count("<rect") == 2 * 31 + 2  # real + synthetic bar per bin, two legend swatches
-    assert "<td>6</td>" in page and "decode: 2" in page and "4 real, 4 synthetic" in page
+    assert page.count('<img src="data:image/jpeg;base64,') == 3 + 2  # the pictures of g1 and g2
+    assert "<figcaption>photo, estimated K = 0.0</figcaption>" in page and "<figcaption>render, K = 25.0</figcaption>" in page
+    # one bar per non-empty bin: real K 0 (3 rows) and 12 (1), synthetic 3, 7, 9 and 25 (1 each)
+    assert page.count('<rect class="bar"') == 6 and "<title>K 25 to 26: 1 synthetic renders</title>" in page
+    assert "<title>K 0 to 1: 3 real photos</title>" in page and ">rows</text>" in page  # the y axis is labelled
+    assert "<td>6</td>" in page and "2 (decode: 2)" in page and "4 photos, 4 synthetic renders" in page
+    assert "K, the bokeh level, is how strongly" in page
     assert "/photos/bad&lt;1&gt;.jpg" in page and "1 more in errors.jsonl" in page
 
 
@@ -86,4 +90,17 @@ def test_a_group_with_an_image_over_the_limits_is_left_out_with_a_line(dataset, 
     write_report(dataset, tmp_path / "r.html", max_groups=5)
     page = (tmp_path / "r.html").read_text()
     assert "/photos/s1.jpg: group not shown (image is 4000x1, an aspect ratio of 4000:1" in page
-    assert page.count('<img src="data:image/jpeg;base64,') == 4  # g1, g2, g3 and g9
+    assert page.count('<img src="data:image/jpeg;base64,') == 3 + 2 + 2 + 2  # g1, g2, g3 and g9
+
+
+def test_stage_times_are_per_photo_in_words(dataset, tmp_path):
+    stats = json.loads((dataset / "stats.json").read_text())
+    stats.update(stage_seconds={"read": 0.0006, "render": 12.0, "mystery": 0.3}, wall_seconds=130.0)
+    (dataset / "stats.json").write_text(json.dumps(stats))
+    write_report(dataset, tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    # 6 photos read: 0.6 ms / 6 = 0.1 ms, 12 s / 6 = 2 s, 0.3 s / 6 = 50 ms; shares of 12.3006 s of work
+    assert '<td>read</td><td>read the file and hash its bytes</td><td class="num">0.1 ms</td><td class="num">under 1 %</td>' in page
+    assert '<td>render</td><td>render the synthetic blur levels</td><td class="num">2 s</td><td class="num">98 %</td>' in page
+    assert '<td>mystery</td><td></td><td class="num">50 ms</td><td class="num">2 %</td>' in page
+    assert "<td>2 min 10 s, 21.7 s per photo</td>" in page and "photos/s" not in page
