@@ -242,7 +242,7 @@ def _row_label(run: dict[str, Any], what: str) -> str:
         words = f"physical render of the {_mode_name(run['mode'])} K = 0 image"
         return f'<div class="row">physical render<small>{html.escape(words)}: the reference</small></div>'
     lv = run["lvcorr_background"] if run["lvcorr_background"] is not None else run["lvcorr_whole"]
-    worst = _exp(run["calibration_max"])
+    worst = None if run["mode"] == "reference" else _exp(run["calibration_max"])  # a render against itself: always 1
     facts = f"LVCorr {fmt(lv)}" + (f" \u00b7 worst blur factor {fmt(worst, 'factor')}" if worst is not None else "")
     return f'<div class="row">{html.escape(_mode_name(run["mode"]))}<small>{facts}</small></div>'
 
