@@ -1,6 +1,6 @@
 """The ``eval.html`` page of an evaluation: the sweeps of each prompt side by side (unbounded, grounded, the
 prompt-only baseline, the physical render), the metrics against K as charts, then the tables. Every metric has
-one name (:data:`METRICS`), explained where it appears; every text from the data is HTML-escaped."""
+one name (:func:`metrics`), explained where it appears; every text from the data is HTML-escaped."""
 from __future__ import annotations
 
 import html
@@ -18,7 +18,7 @@ MODE_WORDS = {
     "unbounded": ("unbounded", "the model, each K sampled on its own"),
     "grounded": ("grounded", "the model, every K grounded on the pivot's image"),
     "baseline": ("prompt only", "the prompt without K: the floor"),
-    "reference": ("physical render", "photos blurred by the renderer: the ceiling"),
+    "reference": ("photo renders", "real photos blurred by the renderer: the ceiling"),
 }
 MODE_COLOURS = {"unbounded": "#1f77b4", "grounded": "#d62728", "baseline": "#7f7f7f", "reference": "#2ca02c"}
 _EXTRA_CSS = """
@@ -29,7 +29,6 @@ _EXTRA_CSS = """
 .sweeps .row small{display:block;color:#555}.sweeps .seed{grid-column:1/-1;font-weight:600;margin-top:0.4em}
 .charts{display:flex;flex-wrap:wrap;gap:12px 24px}.charts figure{margin:0;max-width:100%}
 .charts figcaption{font-size:14px;color:#444;max-width:460px}
-dl.metrics dt{font-weight:600;margin-top:0.5em}dl.metrics dd{margin-left:1.5em}
 section.prompt{border-top:1px solid #ddd;padding-top:0.5em;margin-top:1.5em}
 """
 
@@ -78,7 +77,7 @@ def metrics(levels: Sequence[float]) -> list[Metric]:
                "blurs, so it is low for a good model too.", lambda s: s["ssim_whole_mean"]),
         Metric(f"subject PSNR at K = {hi}", f"Peak signal-to-noise ratio of the subject, K = {hi} against K = {lo}, in dB "
                "(higher = closer; 'identical' when no pixel differs).", lambda s: _last(s["psnr_subject"]), "db"),
-        Metric(f"whole-image PSNR at K = {hi}", f"The same PSNR on the whole picture, in dB.", lambda s: _last(s["psnr_whole"]), "db"),
+        Metric(f"whole-image PSNR at K = {hi}", "The same PSNR on the whole picture, in dB.", lambda s: _last(s["psnr_whole"]), "db"),
     ]
 
 
@@ -241,28 +240,32 @@ def _row_label(run: dict[str, Any], what: str) -> str:
     if what == "reference":
         words = f"physical render of the {_mode_name(run['mode'])} K = 0 image"
         return f'<div class="row">physical render<small>{html.escape(words)}: the reference</small></div>'
-    lv = run["lvcorr_background"] if run["lvcorr_background"] is not None else run["lvcorr_whole"]
+    lv, which = (run["lvcorr_background"], "background") if run["lvcorr_background"] is not None else (run["lvcorr_whole"], "whole image")
     worst = None if run["mode"] == "reference" else _exp(run["calibration_max"])  # a render against itself: always 1
-    facts = f"LVCorr {fmt(lv)}" + (f" \u00b7 worst blur factor {fmt(worst, 'factor')}" if worst is not None else "")
+    facts = f"LVCorr, {which} {fmt(lv)}" + (f" \u00b7 blur factor, worst K {fmt(worst, 'factor')}" if worst is not None else "")
     return f'<div class="row">{html.escape(_mode_name(run["mode"]))}<small>{facts}</small></div>'
 
 
 def _sweep_row(folder: Path, run: dict[str, Any], levels: Sequence[float], what: str = "sweep") -> str:
     images = run["images"]
     paths = images["reference"] if what == "reference" else images["sweep"]
-    sharpness = run["reference_sharpness"] if what == "reference" else (run["sharpness_background"] or run["sharpness_whole"])
+    if what == "reference":
+        sharpness, who, where = run["reference_sharpness"], "physical render", "background" if run["sharpness_background"] else "whole-image"
+    else:
+        key, where = ("sharpness_background", "background") if run["sharpness_background"] else ("sharpness_whole", "whole-image")
+        sharpness, who = run[key], _mode_name(run["mode"])
     cells = [_row_label(run, what)]
     for i, (k, path) in enumerate(zip(levels, paths)):
-        tip = f"{_mode_name(run['mode'])}, K = {k:g}: sharpness {fmt(sharpness[i]) if sharpness else '-'}"
+        tip = f"{who}, K = {k:g}: {where} sharpness {fmt(sharpness[i]) if sharpness else '-'}"
         cells.append(_cell(folder, path, f"{run['id']} {what} K {k:g}", tip))
     cells.append(_cell(folder, images.get("mask") if what == "sweep" else None, f"{run['id']} subject mask", "subject mask (white)"))
     return "".join(cells)
 
 
-def _grid(folder: Path, blocks: Sequence[tuple[str, list[str]]], levels: Sequence[float]) -> str:
+def _grid(blocks: Sequence[tuple[str, list[str]]], levels: Sequence[float]) -> str:
     """Rows of pictures under one header of K columns (and the subject mask), blocks separated by a title line."""
     head = '<div></div>' + "".join(f'<div class="head">K = {k:g}</div>' for k in levels) + '<div class="head">subject mask</div>'
-    body = "".join((f'<div class="seed">{html.escape(title)}</div>' if title else "") + "".join(rows) for title, rows in blocks)
+    body = "".join(f'<div class="seed">{html.escape(title)}</div>' + "".join(rows) for title, rows in blocks)
     columns = f"minmax(7em,12em) repeat({len(levels) + 1},minmax(32px,128px))"
     return f'<div class="sweeps" style="grid-template-columns:{columns}">{head}{body}</div>'
 
@@ -282,11 +285,11 @@ def prompt_section(folder: Path, prompt: str, runs: Sequence[dict[str, Any]], su
                    levels: Sequence[float], index: int) -> str:
     """One prompt: the first seed's sweeps side by side, the other seeds folded, then its charts."""
     seeds = list(dict.fromkeys(r["seed"] for r in runs))
-    first = _grid(folder, [(f"seed {seeds[0]}", _seed_rows(folder, [r for r in runs if r["seed"] == seeds[0]], levels))], levels)
+    first = _grid([(f"seed {seeds[0]}", _seed_rows(folder, [r for r in runs if r["seed"] == seeds[0]], levels))], levels)
     more = ""
     if len(seeds) > 1:
         blocks = [(f"seed {s}", _seed_rows(folder, [r for r in runs if r["seed"] == s], levels)) for s in seeds[1:]]
-        more = f"<details><summary>seeds {', '.join(str(s) for s in seeds[1:])}</summary>{_grid(folder, blocks, levels)}</details>"
+        more = f"<details><summary>seeds {', '.join(str(s) for s in seeds[1:])}</summary>{_grid(blocks, levels)}</details>"
     sources = "; ".join(html.escape(scene_words(s)) for s in dict.fromkeys(r["scene_source"] for r in runs))
     charts = (_figure(sharpness_chart(runs, levels, "Sharpness against K"), "Background sharpness, means over this prompt's seeds; dashed: the reference.")
               + _figure(ssim_chart(summaries, levels, "Subject SSIM against K"), "Subject SSIM against the K = "
@@ -301,7 +304,7 @@ def photos_section(folder: Path, runs: Sequence[dict[str, Any]], levels: Sequenc
         return ""
     blocks = [(f"{r['prompt']} ({scene_words(r['scene_source'])})", [_sweep_row(folder, r, levels)]) for r in runs]
     return ("<h3>Reference photos, physically rendered</h3><p>Real photos blurred by the renderer at each K: what the "
-            f"model should look like.</p>{_grid(folder, blocks, levels)}")
+            f"model should look like.</p>{_grid(blocks, levels)}")
 
 
 # ---------------------------------------------------------------- the page

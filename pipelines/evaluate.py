@@ -211,7 +211,8 @@ def targets(overall: dict[str, dict[str, Any]], levels: Sequence[float], has_ref
                                  f"blur factor, worst K (at K = {k_worst:g}): the sharpness ratio to the reference"))
     grounded, unbounded = overall.get("grounded"), overall.get("unbounded")
     lo, hi = levels[0], levels[-1]
-    key = "ssim_subject" if grounded and grounded["ssim_subject"] is not None else "ssim_whole"
+    scored = grounded or unbounded
+    key = "ssim_subject" if scored and scored["ssim_subject"] is not None else "ssim_whole"
     where = "subject" if key == "ssim_subject" else "whole-image"
     name = f"{where} SSIM at K = {hi:g} >= {SUBJECT_SSIM_TARGET} (grounded)"
     if grounded is None:

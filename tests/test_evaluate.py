@@ -173,6 +173,7 @@ def test_targets_pass_and_fail_by_their_thresholds():
     assert better["status"] == "pass" and better["value"] == pytest.approx(0.855 - 0.65)
     only_unbounded = {t["name"]: t["status"] for t in targets({"unbounded": overall["unbounded"]}, [0, 15, 30], False)}
     assert only_unbounded["grounded more consistent than unbounded"] == "n/a"
+    assert only_unbounded["subject SSIM at K = 30 >= 0.8 (grounded)"] == "n/a"  # the unbounded sweeps had a subject mask
     assert only_unbounded["blur within x2 of the reference at every K (unbounded)"] == "n/a"
 
 

@@ -22,7 +22,7 @@ from pipelines.eval_report import main as eval_report_main
 from pipelines.eval_report import write_evaluation
 from pipelines.eval_sources import Scene
 from pipelines.evaluate import EvalSettings, Evaluator
-from test_report import dataset  # noqa: F401 - the hand-made dataset fixture
+from test_report import write_dataset
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 PROMPTS = ["a <b>bold</b> ball", "a plain box"]
@@ -194,8 +194,8 @@ def test_eval_page_in_a_browser(eval_dir, tmp_path):
     assert min(found["captions"]) >= 12
 
 
-def test_report_page_in_a_narrow_browser_window(dataset, tmp_path):  # noqa: F811 - the fixture
-    write_report(dataset, tmp_path / "report.html", max_groups=3)
+def test_report_page_in_a_narrow_browser_window(tmp_path):
+    write_report(write_dataset(tmp_path / "out"), tmp_path / "report.html", max_groups=3)
     found = in_browser(tmp_path / "report.html", tmp_path, 480)
     assert len(found["images"]) == 3 + 2 + 2 and all(i["done"] and i["width"] > 0 for i in found["images"])
     (histogram,) = found["charts"]

@@ -25,9 +25,9 @@ def row(group, kind, k, caption="", color=(100, 100, 100)):
     return values
 
 
-@pytest.fixture
-def dataset(tmp_path):
-    out = tmp_path / "out"
+def write_dataset(out):
+    """A built dataset's layout under ``out``: two shards of four groups (g1: K 0, 7.5, 25; r1: a photo without
+    renders; g2; g3), stats with two decode failures and the two errors.jsonl lines."""
     (out / "data").mkdir(parents=True)
     shard0 = [row("g1", "real", 0.0, "a <b>red</b> ball"), row("g1", "synthetic", 25.0), row("g1", "synthetic", 7.5),
               row("r1", "real", 12.0, "a real photo")]
@@ -45,6 +45,11 @@ def dataset(tmp_path):
         + json.dumps({"source": "/photos/b2.jpg", "stage": "decode", "status": "failed", "reason": "not a recognised image format"}) + "\n"
     )
     return out
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return write_dataset(tmp_path / "out")
 
 
 def test_groups_are_pivot_and_renders_in_k_order_across_shards(dataset):
