@@ -25,7 +25,7 @@ _EXTRA_CSS = """
 .pass{color:#1a7f37;font-weight:bold}.fail{color:#c62828;font-weight:bold}.na{color:#777}
 .sweeps{display:grid;gap:4px;align-items:center;margin:0.5em 0 1em}
 .sweeps img{display:block;width:100%;height:auto;border:1px solid #ddd}
-.sweeps .head{font-size:14px;text-align:center;font-weight:600}.sweeps .row{font-size:14px;padding-right:6px}
+.sweeps .head{font-size:14px;text-align:center;font-weight:600;overflow-wrap:anywhere}.sweeps .row{font-size:14px;padding-right:6px}
 .sweeps .row small{display:block;color:#555}.sweeps .seed{grid-column:1/-1;font-weight:600;margin-top:0.4em}
 .charts{display:flex;flex-wrap:wrap;gap:12px 24px}.charts figure{margin:0;max-width:100%}
 .charts figcaption{font-size:14px;color:#444;max-width:460px}
