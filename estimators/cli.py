@@ -120,8 +120,13 @@ def _register_estimate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_estimate)
 
 
-def _value(value: Optional[float], unit: str = "") -> str:
+def _value(value: float, unit: str = "") -> str:
     return format(value, ".3g") + unit
+
+
+def _sharpness(value: Optional[float]) -> str:
+    """A variance of the Laplacian as a whole number, or why there is none (a region under 16 pixels)."""
+    return "unmeasured (too few pixels)" if value is None else f"{value:.0f}"
 
 
 def summary_line(record: dict[str, Any]) -> str:
@@ -139,8 +144,8 @@ def summary_line(record: dict[str, Any]) -> str:
     image_k = record["image_bokeh_level"]
     parts.append(f"image-K {_value(image_k)}" if image_k is not None else "image-K not measured (too few edges)")
     subject, background = record["sharpness_subject"], record["sharpness_background"]
-    parts.append(f"sharpness subject/background {_value(subject)}/{_value(background)}" if subject is not None
-                 else f"sharpness of the whole image {_value(background)}")
+    parts.append(f"sharpness subject/background {_sharpness(subject)}/{_sharpness(background)}"
+                 if record["mask_source"] is not None else f"sharpness of the whole image {_sharpness(background)}")
     return f"{record['source']}: " + "; ".join(parts)
 
 

@@ -288,6 +288,18 @@ def test_estimate_says_what_it_went_without_and_what_that_means(capsys, tmp_path
     lines = human(capsys, photo, "--depth", "none", "--mask", "none")
     assert lines[1].startswith("  without depth (--depth none): ") and lines[2].startswith("  without a subject mask (--mask none): ")
 
+    np.save(tmp_path / "p.disparity.npy", np.tile(np.linspace(0, 1, 640, dtype=np.float32), (480, 1)))
+    first, relative = human(capsys, photo, "--depth", "sidecar", "--mask", "depth")
+    # EXIF K with relative depth is k_metric / s at short side 512, as with no depth at all (10.8125 mm, f/4, 3.75 m,
+    # 640 x 480 px); k_metric = f^2 s / (2 N (s - f)) * W / sensor_w.
+    assert main(["estimate", str(photo), "--depth", "none", "--mask", "none", "--json"]) == 0
+    sensor_m = json.loads(capsys.readouterr().out)["sensor_width_mm"] / 1000
+    f, n, s = 0.0108125, 4.0, 3.75
+    k = f * f * s / (2 * n * (s - f)) * 640 / sensor_m / s * 512 / 480
+    assert f"K={k:.3g} (exif-only" in first and f"K={k:.3g} (exif-only" in lines[0]
+    assert relative.startswith("  without metric depth (sidecar-disparity is relative): the EXIF K takes the background "
+                               "at infinity")
+
 
 def test_estimate_without_exif_says_k_is_the_image_measure(capsys):
     first, *notes = human(capsys, DEMO_PHOTOS / "street_8.jpg", "--depth", "sidecar", "--mask", "depth")
