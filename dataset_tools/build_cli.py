@@ -6,9 +6,8 @@ import sys
 from typing import Any
 
 from estimators.cli_util import (
-    DEPTH_REQUIRED_BACKENDS, UserError, add_depth_arguments, add_list_argument, dataclass_from_args,
-    disparity_file, non_negative_float,
-    non_negative_int, positive_int,
+    DEPTH_REQUIRED_BACKENDS, UserError, add_depth_arguments, add_list_argument, dataclass_from_args, disparity_file,
+    non_negative_float, non_negative_int, positive_int,
 )
 from estimators.lens import MAX_BOKEH_LEVEL
 

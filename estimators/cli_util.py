@@ -36,7 +36,7 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-class _ListAction(argparse.Action):
+class ListAction(argparse.Action):
     """Collects one list from space- and comma-separated tokens (``0 8 16``, ``0,8,16``, ``0, 8 16``)."""
 
     def __init__(self, option_strings: list[str], dest: str, item: Callable[[str], Any], example: str,
@@ -67,7 +67,7 @@ def add_list_argument(parser: Any, flag: str, item: Callable[[str], Any], *, exa
     """
     shown = "" if default is None else f"; default: {' '.join(format(v, 'g') for v in default)}"
     text = f"{help} (separate values by spaces or commas, e.g. {example}{shown})"
-    return parser.add_argument(flag, action=_ListAction, item=item, example=example, default=default,
+    return parser.add_argument(flag, action=ListAction, item=item, example=example, default=default,
                                metavar=metavar, help=text, **kwargs)
 
 

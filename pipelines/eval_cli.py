@@ -7,7 +7,9 @@ import argparse
 from pathlib import Path
 from typing import Any, Optional
 
-from estimators.cli_util import UserError, add_list_argument, dataclass_from_args, non_negative_float, non_negative_int, positive_int
+from estimators.cli_util import (
+    UserError, add_list_argument, dataclass_from_args, non_negative_float, non_negative_int, positive_int,
+)
 from pipelines.model_args import (
     add_bokeh_guidance_argument, add_colour_transfer_argument, add_model_arguments, add_shared_steps_argument, bokeh_level,
     pipeline_from_args,
@@ -67,8 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "each K with its depth: needs level 0 and a mask), none. Default: dataset with --dataset, else render")
     scoring.add_argument("--reference-photos", nargs="+", default=[], metavar="PHOTO",
                          help="all-in-focus photos rendered at the levels and scored the same way (the ceiling, LVCorr near 1); "
-                         "depth from <stem>.depth.npy / <stem>.disparity.png, else --depth-model; subject from "
-                         "<stem>.mask.png, else the depth masker")
+                         "depth from <stem>.depth.npy, <stem>.disparity.npy or <stem>.disparity.png, else --depth-model; "
+                         "subject from <stem>.mask.png, else the depth masker")
     parser.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder for eval.json, eval.html and images/")
     parser.set_defaults(func=run_eval)
 

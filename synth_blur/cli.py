@@ -82,7 +82,8 @@ def _disparity(args: argparse.Namespace, image: Any) -> tuple[np.ndarray, str]:
     try:
         depth = photo_depth(args.photo, image, model, sidecar=model is None, disparity_file=given)
     except DepthUnavailableError as exc:
-        raise UserError(f"{exc}; pass --disparity FILE or a depth model with --depth" if not given else str(exc)) from None
+        hint = "" if given else "; pass --disparity FILE or a depth model with --depth"
+        raise UserError(f"{exc}{hint}") from None
     return depth.disparity, depth.source
 
 

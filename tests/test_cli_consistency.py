@@ -14,7 +14,7 @@ from build_helpers import demo_scenes
 from conftest import DEMO_PHOTOS, TEST_PHOTOS
 from bokeh_cli import build_parser, main
 from estimators.backends import DEFAULT_DEPTH_BACKEND, DEPTH_BACKENDS
-from estimators.cli_util import _ListAction
+from estimators.cli_util import ListAction
 
 #: The least each command needs to parse (its required arguments), so that every other flag keeps its default.
 MINIMAL = {
@@ -54,11 +54,11 @@ LIST_FLAGS = [("sample", "--bokeh"), ("render", "--sweep"), ("eval", "--levels")
 
 
 def test_every_list_of_levels_or_seeds_uses_the_one_list_flag():
-    found = {(name, flag) for name, p in subparsers().items() for a in p._actions if isinstance(a, _ListAction)
+    found = {(name, flag) for name, p in subparsers().items() for a in p._actions if isinstance(a, ListAction)
              for flag in a.option_strings if flag.startswith("--")}
     assert found == set(LIST_FLAGS)
     others = {flag for p in subparsers().values() for a in p._actions if a.option_strings and a.nargs in ("+", "*")
-              and not isinstance(a, _ListAction) for flag in a.option_strings}
+              and not isinstance(a, ListAction) for flag in a.option_strings}
     assert others <= PATH_LISTS
 
 
@@ -286,7 +286,8 @@ def test_estimate_says_what_it_went_without_and_what_that_means(capsys, tmp_path
     assert mask.startswith("  without a subject mask (the subject masker needs depth, and there is none): ")
 
     lines = human(capsys, photo, "--depth", "none", "--mask", "none")
-    assert lines[1].startswith("  without depth (--depth none): ") and lines[2].startswith("  without a subject mask (--mask none): ")
+    assert lines[1].startswith("  without depth (--depth none): ")
+    assert lines[2].startswith("  without a subject mask (--mask none): ")
 
     np.save(tmp_path / "p.disparity.npy", np.tile(np.linspace(0, 1, 640, dtype=np.float32), (480, 1)))
     first, relative = human(capsys, photo, "--depth", "sidecar", "--mask", "depth")
@@ -323,4 +324,5 @@ def test_build_summary_says_which_photos_lacked_depth(capsys, tmp_path):
     assert main(["build", str(tmp_path / "in"), "-o", str(out), "--workers", "0", "--depth", "sidecar",
                  "--synthetic-levels", "0", "--resolution", "96", "--min-sharpness", "0"]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[-1].startswith("1 photo had no depth sidecar (") and printed[-1].endswith(f"(listed in {out / 'errors.jsonl'})")
+    assert printed[-1].startswith("1 photo had no depth sidecar (")
+    assert printed[-1].endswith(f"(listed in {out / 'errors.jsonl'})")

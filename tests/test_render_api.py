@@ -214,7 +214,8 @@ def photo(tmp_path):
 def test_cli_renders_one_level(photo, tmp_path, capsys):
     path, image = photo
     out = tmp_path / "out" / "k20.png"
-    assert run_cli(str(path), "--bokeh", "20", "--depth", "sidecar", "--focus-disparity", "0.9", "--aperture", "6", "-o", str(out)) == 0
+    assert run_cli(str(path), "--bokeh", "20", "--depth", "sidecar", "--focus-disparity", "0.9", "--aperture", "6",
+                   "-o", str(out)) == 0
     rendered = np.asarray(Image.open(out))
     assert rendered.shape == image.shape and not np.array_equal(rendered, image)
     assert "K=20" in capsys.readouterr().out
