@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
-from estimators.cli_util import UserError, comma_list, non_negative_float, non_negative_int, positive_int
+from estimators.cli_util import (
+    DEPTH_REQUIRED_BACKENDS, UserError, add_depth_arguments, add_list_argument, dataclass_from_args, disparity_file,
+    non_negative_float, non_negative_int, positive_int,
+)
 from estimators.lens import MAX_BOKEH_LEVEL
 
 
@@ -26,8 +30,6 @@ def render_level(text: str) -> float:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``bokeh build`` to the ``bokeh`` parser."""
-    from estimators.backends import DEFAULT_DEPTH_BACKEND, MODEL_DEPTH_BACKENDS, depth_backend_help, depth_model_help
-
     from .build_config import DEFAULT_MIN_SHARPNESS, DEFAULT_SYNTHETIC_LEVELS
     from .ray_join import DEFAULT_RAY_TIMEOUT
 
@@ -59,11 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-size", type=positive_int, default=1000, metavar="N",
                    help="source photos per shard: each becomes one data/train-*.parquet file, written atomically "
                    "(default 1000)")
-    # Every photo of a build needs depth: a model or its sidecar.
-    depth_choices = (*MODEL_DEPTH_BACKENDS, "sidecar")
-    p.add_argument("--depth", choices=depth_choices, default=DEFAULT_DEPTH_BACKEND,
-                   help=depth_backend_help(depth_choices))
-    p.add_argument("--depth-model", metavar="ID|PATH", help=depth_model_help())
+    add_depth_arguments(p, DEPTH_REQUIRED_BACKENDS, one_photo=False)  # every photo of a build needs depth
     p.add_argument("--mask", choices=("depth", "sam", "sidecar"), default="depth",
                    help="subject mask: nearest depth layer refined with GrabCut (depth, default, no weights), "
                    "Segment Anything (sam) or <stem>.mask.png (sidecar)")
@@ -75,9 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--balance", action="store_true",
                    help="draw each group's render levels one per equal stratum of [1, 30] (stratified) instead of "
                    "independently, so every group spans the range and the synthetic K histogram is flat")
-    p.add_argument("--levels", type=comma_list(render_level, "5,10,15,20,25,30"), metavar="K,K,...",
-                   help=f"render every all-in-focus photo at exactly these levels (0 < K <= {MAX_BOKEH_LEVEL:g}) instead "
-                   "of drawing --synthetic-levels of them, e.g. so that every group reaches the top level")
+    add_list_argument(p, "--levels", render_level, example="5 10 15 20 25 30",
+                      help=f"render every all-in-focus photo at exactly these levels (0 < K <= {MAX_BOKEH_LEVEL:g}) "
+                      "instead of drawing --synthetic-levels of them, e.g. so that every group reaches the top level")
     p.add_argument("--ray-address", metavar="auto|HOST:PORT",
                    help="join this Ray cluster (auto = the one `ray start` runs on this machine); default: start a "
                    "local Ray bound to 127.0.0.1. On several nodes, inputs and OUT must be on shared storage or an "
@@ -104,10 +102,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_build)
 
 
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The BuildConfig of the parsed flags (a flag left out keeps the dataclass default); UserError when they
+    contradict each other."""
+    from .build_config import BuildConfig
+
+    disparity_file(args, None)
+    if args.levels is not None and (args.balance or args.synthetic_levels is not None):
+        raise UserError("--levels fixes the render levels: leave out --synthetic-levels and --balance")
+    try:
+        return dataclass_from_args(BuildConfig, args)
+    except ValueError as exc:  # BuildConfig checks the fixed levels itself (a repeat)
+        raise UserError(f"--levels: {exc}") from exc
+
+
+#: Failure codes of photos that lacked an input, and what that meant, for the summary.
+MISSING_INPUTS = {
+    "no-depth": "had no depth sidecar (<stem>.depth.npy, <stem>.disparity.npy or <stem>.disparity.png) and so no "
+                "depth: they are not in the dataset; add the sidecars or choose a depth model with --depth",
+    "no-mask": "had no usable subject mask (no <stem>.mask.png, or an empty mask): they are not in the dataset; add "
+               "the masks or use --mask depth or sam",
+    "bad-sidecar": "had a sidecar that could not be used (unreadable, over a limit, another shape): they are not in "
+                   "the dataset; fix or replace the sidecars",
+}
+
+
+def missing_input_lines(failed: dict[str, int], errors: str) -> list[str]:
+    """Lines in words for the photos a build dropped for want of an input (``failed``: count by failure code)."""
+    return [f"{failed[code]} photo{'s' if failed[code] > 1 else ''} {text} (listed in {errors})"
+            for code, text in MISSING_INPUTS.items() if failed.get(code)]
+
+
 def run_build(args: argparse.Namespace) -> int:
     """Run the build and print the summary; exit 1 when the pipeline broke or no photo was kept."""
     from .build import BuildFailed, build
-    from .build_config import DEFAULT_SYNTHETIC_LEVELS, BuildConfig
     from .ray_join import DEFAULT_RAY_TIMEOUT
     from .storage import join
 
@@ -115,26 +143,7 @@ def run_build(args: argparse.Namespace) -> int:
         raise UserError("--workers sizes the local Ray; with --ray-address the cluster's resources are used")
     if args.ray_timeout is not None and args.ray_address is None:
         raise UserError("--ray-timeout limits joining a cluster: give it with --ray-address")
-    if args.levels is not None and (args.balance or args.synthetic_levels is not None):
-        raise UserError("--levels fixes the render levels: leave out --synthetic-levels and --balance")
-    try:
-        config = BuildConfig(
-            synthetic_levels=DEFAULT_SYNTHETIC_LEVELS if args.synthetic_levels is None else args.synthetic_levels,
-            resolution=args.resolution,
-            shard_size=args.shard_size,
-            depth=args.depth,
-            depth_model=args.depth_model,
-            mask=args.mask,
-            sam_model=args.sam_model,
-            min_sharpness=args.min_sharpness,
-            balance=args.balance,
-            levels=None if args.levels is None else tuple(args.levels),
-            seed=args.seed,
-            image_column=args.image_column,
-            caption_column=args.caption_column,
-        )
-    except ValueError as exc:  # BuildConfig checks the fixed levels itself (a repeat)
-        raise UserError(f"--levels: {exc}") from exc
+    config = config_from_args(args)
     try:
         stats = build(args.inputs, args.out, config, ray_address=args.ray_address, workers=args.workers,
                       ray_timeout=args.ray_timeout or DEFAULT_RAY_TIMEOUT, resume=args.resume, overwrite=args.overwrite)
@@ -142,6 +151,8 @@ def run_build(args: argparse.Namespace) -> int:
         print(f"bokeh build: error: {exc}", file=sys.stderr)
         return 1
     print(stats.summary())
+    for line in missing_input_lines(stats.failed, join(args.out, "errors.jsonl")):
+        print(line)
     if stats.kept == 0:
         print(f"bokeh build: no photo was kept: see {join(args.out, 'errors.jsonl')}", file=sys.stderr)
         return 1

@@ -20,7 +20,7 @@ _DEPTH_BACKEND_HELP = {
     "depth-anything": "Depth Anything V2, relative depth (no metric scale; metric checkpoints are recognised)",
     "depth-anything-metric": "Depth Anything V2 Metric, depth in metres (the outdoor model by default; an Indoor "
     "checkpoint suits rooms)",
-    "sidecar": "<stem>.depth.npy (metres) or <stem>.disparity.png next to the photo",
+    "sidecar": "<stem>.depth.npy (metres), else <stem>.disparity.npy or <stem>.disparity.png (relative) next to the photo",
     "none": "no depth",
 }
 

@@ -5,9 +5,9 @@ import argparse
 import json
 import math
 import sys
-from typing import Any
+from typing import Any, Optional
 
-from .cli_util import UserError, positive_float, positive_int
+from .cli_util import UserError, add_depth_arguments, disparity_file, positive_float, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -98,19 +98,19 @@ def run_lens(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------- bokeh estimate
 def _register_estimate(sub: argparse._SubParsersAction) -> None:
-    from .backends import DEFAULT_DEPTH_BACKEND, DEPTH_BACKENDS, MASK_BACKENDS, depth_backend_help, depth_model_help
+    from .backends import MASK_BACKENDS
 
     p = sub.add_parser(
         "estimate",
         help="estimate the bokeh level K of photos (EXIF + depth + subject mask), one JSON line each",
         description="Estimate each photo's bokeh level K (0 = all sharp, 30 = very shallow depth of field) from "
         "EXIF lens math, depth and a subject mask, with its provenance and a confidence. Prints a line per photo, "
-        "or with --json one JSON object per photo (unreadable files give an object with an 'error' field). "
-        "Exit status 0 unless every file failed.",
+        "followed by a line for each input it went without (depth, subject mask, EXIF lens data) saying what "
+        "that changes, or with --json one JSON object per photo (unreadable files give an object with an 'error' "
+        "field). Exit status 0 unless every file failed.",
     )
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="photo files (JPEG, PNG, HEIC, AVIF, ...)")
-    p.add_argument("--depth", choices=DEPTH_BACKENDS, default=DEFAULT_DEPTH_BACKEND, help=depth_backend_help(DEPTH_BACKENDS))
-    p.add_argument("--depth-model", metavar="ID|PATH", help=depth_model_help())
+    add_depth_arguments(p)
     p.add_argument("--mask", choices=MASK_BACKENDS, default="depth",
                    help="subject mask: nearest depth layer refined with GrabCut (depth, default, no weights), "
                    "Segment Anything (sam), <stem>.mask.png (sidecar) or none")
@@ -120,33 +120,88 @@ def _register_estimate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_estimate)
 
 
-def _fmt(value: Any, spec: str = ".3g") -> str:
-    return "-" if value is None else format(value, spec)
+def _value(value: float, unit: str = "") -> str:
+    return format(value, ".3g") + unit
 
 
-def _summary_line(record: dict[str, Any]) -> str:
-    """One readable line per photo for the default (non-JSON) output."""
+def _sharpness(value: Optional[float]) -> str:
+    """A variance of the Laplacian as a whole number, or why there is none (a region under 16 pixels)."""
+    return "unmeasured (too few pixels)" if value is None else f"{value:.0f}"
+
+
+def summary_line(record: dict[str, Any]) -> str:
+    """One readable line per photo for the default (non-JSON) output; what is unknown is said in words."""
     if "error" in record:
         return f"{record['source']}: ERROR {record['error']}"
-    return (
-        f"{record['source']}: K={_fmt(record['bokeh_level'])} ({record['provenance'] or 'no estimate'}, "
-        f"confidence {record['confidence']:.2f}) focus={_fmt(record['focus_distance_m'])} m "
-        f"[{record['focus_distance_source'] or '-'}] focal plane by {record.get('focus_source') or '-'} "
-        f"image-K={_fmt(record['image_bokeh_level'])} "
-        f"sharpness subject/background={_fmt(record['sharpness_subject'])}/{_fmt(record['sharpness_background'])}"
-    )
+    k = record["bokeh_level"]
+    parts = [f"K={_value(k)} ({record['provenance']}, confidence {record['confidence']:.2f})" if k is not None
+             else "K unknown (no estimate)"]
+    focus = record["focus_distance_m"]
+    parts.append(f"focus {_value(focus, ' m')} ({record['focus_distance_source']})" if focus is not None
+                 else "focus distance unknown")
+    plane = record.get("focus_source")
+    parts.append(f"focal plane by {plane}" if plane else "focal plane not found")
+    image_k = record["image_bokeh_level"]
+    parts.append(f"image-K {_value(image_k)}" if image_k is not None else "image-K not measured (too few edges)")
+    subject, background = record["sharpness_subject"], record["sharpness_background"]
+    parts.append(f"sharpness subject/background {_sharpness(subject)}/{_sharpness(background)}"
+                 if record["mask_source"] is not None else f"sharpness of the whole image {_sharpness(background)}")
+    return f"{record['source']}: " + "; ".join(parts)
+
+
+def _reason(notes: list[str], suffix: str, default: str) -> str:
+    """Why an input is missing: the note that ends with ``suffix`` (less the suffix), else ``default``."""
+    for note in notes:
+        if note.endswith(suffix):
+            return note[: -len(suffix)]
+    return default
+
+
+def missing_input_lines(record: dict[str, Any]) -> list[str]:
+    """One line per input the estimate went without (depth, subject mask, EXIF lens data): why, and what the
+    estimate rests on instead."""
+    if "error" in record:
+        return []
+    notes, lines = record["notes"], []
+    masked = record["mask_source"] is not None
+    if record["depth_source"] is None:
+        reason = _reason(notes, ": estimating without depth", "--depth none")
+        instead = ("the focal plane and the scene's depth layers are unknown, so the focus distance can only come "
+                   "from EXIF and the image-K " + ("compares the subject with the background" if masked
+                                                   else "is the blur of the whole image taken as one layer"))
+        if record["provenance"] == "exif-only":
+            instead += "; the EXIF K takes the background at infinity (K = k_metric / focus distance)"
+        lines.append(f"  without depth ({reason}): {instead}")
+    elif record["provenance"] == "exif-only":
+        lines.append(f"  without metric depth ({record['depth_source']} is relative): the EXIF K takes the background "
+                     "at infinity (K = k_metric / focus distance), not the scene's depth range")
+    if not masked:
+        reason = _reason(notes, ": estimating without a subject mask", "--mask none")
+        if "subject mask is empty: ignored" in notes:
+            reason = "the subject mask is empty"
+        instead = "subject and background sharpness are not told apart"
+        if record["depth_source"] is not None:
+            instead += "; the focal plane can only come from the sharpest depth layer"
+        lines.append(f"  without a subject mask ({reason}): {instead}")
+    exif_missing = next((note for note in notes if note.startswith("no EXIF K: missing ")), None)
+    if exif_missing is not None:
+        what = exif_missing[len("no EXIF K: missing "):]
+        rests = "K is the image-K, measured from the photo's blur" if record["provenance"] == "image-only" else (
+            "no K from the lens math")
+        lines.append(f"  without EXIF lens data (missing {what}): {rests}")
+    return lines
 
 
 def run_estimate(args: argparse.Namespace) -> int:
     from .photo_estimator import PhotoEstimator
 
-    estimator = PhotoEstimator(
-        args.depth, args.mask, depth_model=args.depth_model, sam_model=args.sam_model, device=args.device
-    )
+    estimator = PhotoEstimator(args.depth, args.mask, depth_model=args.depth_model, sam_model=args.sam_model,
+                               device=args.device, disparity_file=disparity_file(args, len(args.photos)))
     failed = 0
     for record in estimator.estimate_all(args.photos):
         failed += "error" in record
-        print(json.dumps(record) if args.json else _summary_line(record), flush=True)
+        print(json.dumps(record) if args.json else "\n".join([summary_line(record), *missing_input_lines(record)]),
+              flush=True)
     if failed:
         print(f"bokeh estimate: {failed} of {len(args.photos)} photos failed", file=sys.stderr)
     return 1 if failed == len(args.photos) else 0

@@ -17,7 +17,8 @@ from .sidecars import photo_depth, photo_mask
 
 
 class PhotoEstimator:
-    """Estimate K for photo files with the chosen depth and mask backends (models load once, at construction)."""
+    """Estimate K for photo files with the chosen depth and mask backends (models load once, at construction);
+    ``disparity_file`` names one photo's own disparity map, used instead of the depth backend."""
 
     def __init__(
         self,
@@ -28,17 +29,19 @@ class PhotoEstimator:
         sam_model: Optional[str] = None,
         device: Optional[str] = None,
         max_pixels: int = MAX_PIXELS,
+        disparity_file: Optional[str | Path] = None,
     ) -> None:
         self.depth_backend, self.mask_backend = depth, mask
-        self.max_pixels = max_pixels
-        self._depth_model = make_depth_model(depth, depth_model, device)
+        self.max_pixels, self.disparity_file = max_pixels, disparity_file
+        self._depth_model = None if disparity_file is not None else make_depth_model(depth, depth_model, device)
         self._masker = make_masker(mask, sam_model, device)
 
     def _depth(self, path: Path, image: Any, notes: list[str]) -> Optional[DepthMap]:
-        if self.depth_backend == "none":
+        if self.depth_backend == "none" and self.disparity_file is None:
             return None
         try:
-            return photo_depth(path, image, self._depth_model, sidecar=self.depth_backend == "sidecar")
+            return photo_depth(path, image, self._depth_model, sidecar=self.depth_backend == "sidecar",
+                               disparity_file=self.disparity_file)
         except DepthUnavailableError as exc:
             notes.append(f"{exc}: estimating without depth")
             return None

@@ -1,5 +1,8 @@
 """A photo's depth and subject mask: "sidecar, else model", with one policy and the limits on sidecar files.
 
+Names: ``<stem>.depth.npy`` (metric depth in metres) is preferred, then ``<stem>.disparity.npy`` and
+``<stem>.disparity.png`` (relative disparity, larger = nearer); ``<stem>.mask.png`` is the subject mask.
+
 Policy (every command that reads sidecars uses it through :func:`photo_depth` and :func:`photo_mask`):
 
 - a sidecar that exists is used, and one that cannot be used (unreadable, over a limit, not the photo's shape,
@@ -27,11 +30,12 @@ import numpy as np
 from PIL import Image
 
 from .depth import (
+    DEPTH_SIDECAR_SUFFIX,
+    DISPARITY_SIDECAR_SUFFIX,
     DepthMap,
     DepthUnavailableError,
     read_disparity_png,
     resize_map,
-    sidecar_paths,
 )
 from .image_io import MAX_PIXELS, ImageLoadError, check_dimensions, open_checked
 from .input_files import PathLike, read_regular, sidecar_of
@@ -43,6 +47,8 @@ MAX_SIDECAR_BYTES = 128 * 2**20
 #: Relative aspect-ratio difference accepted between a sidecar and its photo beyond pixel rounding
 #: (maps saved at a size rounded to a multiple of 32 or of a model's patch).
 ASPECT_TOLERANCE = 0.02
+#: Relative disparity (larger = nearer) as a 2-D ``.npy`` array, the lossless alternative to the PNG sidecar.
+DISPARITY_NPY_SUFFIX = ".disparity.npy"
 #: Bytes a ``.npy`` header may take (numpy's own reading limit is 10,000).
 _NPY_HEADER_ROOM = 65536
 
@@ -172,26 +178,42 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def depth_sidecar_paths(photo: PathLike) -> tuple[Path, Path, Path]:
+    """The depth sidecars a photo may have, in order of preference: metric ``.depth.npy``, then relative
+    ``.disparity.npy`` and ``.disparity.png``."""
+    stem = str(Path(photo).with_suffix(""))
+    return tuple(Path(stem + suffix) for suffix in (DEPTH_SIDECAR_SUFFIX, DISPARITY_NPY_SUFFIX, DISPARITY_SIDECAR_SUFFIX))
+
+
+def _relative_map(data: bytes, name: str) -> np.ndarray:
+    """The raw relative disparity of a ``.npy`` / ``.npz`` or 8/16-bit PNG file's bytes (larger = nearer)."""
+    if name.lower().endswith((".npy", ".npz")):
+        return read_map_array(data, name, archive=name.lower().endswith(".npz"))
+    return read_disparity_png(io.BytesIO(data), name=name)
+
+
 def load_depth_sidecar(photo: PathLike, size: Size) -> DepthMap:
-    """Depth of ``photo`` from ``<stem>.depth.npy`` (metric, preferred) or ``<stem>.disparity.png`` at ``size``
-    = (width, height) of the decoded, upright photo; :class:`DepthUnavailableError` (one line) when there is
+    """Depth of ``photo`` from the first of its :func:`depth_sidecar_paths` that exists, at ``size`` =
+    (width, height) of the decoded, upright photo; :class:`DepthUnavailableError` (one line) when there is
     none or it is refused."""
-    depth_path, disp_path = sidecar_paths(photo)
+    depth_path, *disparity_paths = depth_sidecar_paths(photo)
     try:
         data = _sidecar_bytes(photo, depth_path, "depth sidecar")
         if data is not None:
             depth = read_map_array(data, depth_path.name).astype(np.float32, copy=False)
             check_fit((depth.shape[1], depth.shape[0]), size, depth_path.name)
             return DepthMap(unit_map(inverse_depth(depth), size), depth_m=resize_map(depth, size), source="sidecar-depth")
-        data = _sidecar_bytes(photo, disp_path, "disparity sidecar")
-        if data is not None:
-            raw = read_disparity_png(io.BytesIO(data), name=disp_path.name)
-            check_fit((raw.shape[1], raw.shape[0]), size, disp_path.name)
-            return DepthMap(unit_map(raw, size), source="sidecar-disparity")
+        for path in disparity_paths:
+            data = _sidecar_bytes(photo, path, "disparity sidecar")
+            if data is not None:
+                raw = _relative_map(data, path.name)
+                check_fit((raw.shape[1], raw.shape[0]), size, path.name)
+                return DepthMap(unit_map(raw, size), source="sidecar-disparity")
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise DepthUnavailableError(f"unusable depth sidecar for {Path(photo).name}: {_reason(exc)}") from None
+    names = [path.name for path in (depth_path, *disparity_paths)]
     raise NoDepthSidecar(
-        f"no depth sidecar for {Path(photo).name} (expected {depth_path.name} or {disp_path.name})"
+        f"no depth sidecar for {Path(photo).name} (expected {', '.join(names[:-1])} or {names[-1]})"
     )
 
 
@@ -227,13 +249,8 @@ def read_disparity_file(path: PathLike, size: Size) -> np.ndarray:
     """A disparity map the user names (8/16-bit PNG, ``.npy`` or ``.npz``; larger = nearer), normalised and
     resized to ``size`` = (width, height); ValueError (one line) when it is refused."""
     file = Path(path)
-    suffix = file.suffix.lower()
     try:
-        data = read_regular(file, MAX_SIDECAR_BYTES, "disparity file")
-        if suffix in (".npy", ".npz"):
-            raw = read_map_array(data, file.name, archive=suffix == ".npz")
-        else:
-            raw = read_disparity_png(io.BytesIO(data), name=file.name)
+        raw = _relative_map(read_regular(file, MAX_SIDECAR_BYTES, "disparity file"), file.name)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise ValueError(f"cannot read disparity {file}: {_reason(exc)}") from None
     check_fit((raw.shape[1], raw.shape[0]), size, file.name)
@@ -242,12 +259,19 @@ def read_disparity_file(path: PathLike, size: Size) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- the policy
 def photo_depth(photo: Optional[PathLike], image: ImageLike, model: Optional[Callable[[Image.Image], DepthMap]] = None,
-                *, sidecar: bool = True) -> DepthMap:
-    """The depth of a photo: its sidecar when ``sidecar`` and one exists, else ``model(image)``.
+                *, sidecar: bool = True, disparity_file: Optional[PathLike] = None) -> DepthMap:
+    """The depth of a photo: the map the user names (``disparity_file``, ``--disparity``) when given, else its
+    sidecar when ``sidecar`` and one exists, else ``model(image)``.
 
-    :class:`DepthUnavailableError` (one line) for a sidecar that exists but is refused, or when neither a
-    sidecar nor a model gives depth. ``photo`` is None for a photo with no file (a dataset row).
+    :class:`DepthUnavailableError` (one line) for a named file or sidecar that exists but is refused, or when
+    none of them gives depth. ``photo`` is None for a photo with no file (a dataset row).
     """
+    if disparity_file is not None:
+        try:
+            disparity = read_disparity_file(disparity_file, _size_of(image))
+        except ValueError as exc:
+            raise DepthUnavailableError(str(exc)) from None
+        return DepthMap(disparity, source=f"file {Path(disparity_file).name}")
     if sidecar:
         if photo is not None:
             try:

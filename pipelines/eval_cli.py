@@ -7,14 +7,16 @@ import argparse
 from pathlib import Path
 from typing import Any, Optional
 
-from estimators.cli_util import UserError, comma_list, non_negative_float, non_negative_int, positive_int
+from estimators.cli_util import (
+    UserError, add_list_argument, dataclass_from_args, non_negative_float, non_negative_int, positive_int,
+)
 from pipelines.model_args import (
     add_bokeh_guidance_argument, add_colour_transfer_argument, add_model_arguments, add_shared_steps_argument, bokeh_level,
     pipeline_from_args,
 )
 
-DEFAULT_LEVELS = "0,6,12,18,24,30"
-DEFAULT_SEEDS = "0,1,2"
+DEFAULT_LEVELS = [0.0, 6.0, 12.0, 18.0, 24.0, 30.0]
+DEFAULT_SEEDS = [0, 1, 2]
 MASKS = ("depth", "sam", "dataset", "none")
 
 
@@ -34,16 +36,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     grid = parser.add_argument_group("grid")
     grid.add_argument("--prompts", required=True, metavar="FILE", help="text file, one prompt per line; blank lines and lines starting with '#' are skipped")
-    grid.add_argument("--levels", type=comma_list(non_negative_float, DEFAULT_LEVELS), default=DEFAULT_LEVELS, metavar="K,K,...",
-                      help=f"ascending bokeh levels in 0..30, at least two; the lowest is the consistency reference (default: {DEFAULT_LEVELS})")
-    grid.add_argument("--seeds", type=comma_list(non_negative_int, DEFAULT_SEEDS), default=DEFAULT_SEEDS, metavar="S,S,...", help=f"seeds; each gives one sweep per mode (default: {DEFAULT_SEEDS})")
+    add_list_argument(grid, "--levels", bokeh_level, example="0 6 12 18 24 30", default=DEFAULT_LEVELS,
+                      help="ascending bokeh levels in 0..30, at least two; the lowest is the consistency reference")
+    add_list_argument(grid, "--seeds", non_negative_int, example="0 1 2", default=DEFAULT_SEEDS, metavar="S",
+                      help="seeds; each gives one sweep per mode")
     grid.add_argument("--grounded", action="store_true", help="also sample in grounded mode (pivot row and grounded self-attention)")
     grid.add_argument("--pivot", type=bokeh_level, default=15.0, help="K of the pivot row in grounded mode (default: 15)")
     grid.add_argument("--grounding-steps", type=positive_int, default=24, help="denoising steps with grounded self-attention (default: 24)")
     add_shared_steps_argument(grid)
     add_colour_transfer_argument(grid)
     grid.add_argument("--steps", type=positive_int, help="denoising steps (default: the pipeline's)")
-    grid.add_argument("--guidance-scale", type=non_negative_float, metavar="G",
+    grid.add_argument("--guidance-scale", dest="guidance", type=non_negative_float, metavar="G",
                       help="FLUX: distilled guidance; UNet: classifier-free guidance (default: the pipeline's)")
     add_bokeh_guidance_argument(grid)
     grid.add_argument("--no-baseline", dest="baseline", action="store_false",
@@ -66,8 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "each K with its depth: needs level 0 and a mask), none. Default: dataset with --dataset, else render")
     scoring.add_argument("--reference-photos", nargs="+", default=[], metavar="PHOTO",
                          help="all-in-focus photos rendered at the levels and scored the same way (the ceiling, LVCorr near 1); "
-                         "depth from <stem>.depth.npy / <stem>.disparity.png, else --depth-model; subject from "
-                         "<stem>.mask.png, else the depth masker")
+                         "depth from <stem>.depth.npy, <stem>.disparity.npy or <stem>.disparity.png, else --depth-model; "
+                         "subject from <stem>.mask.png, else the depth masker")
     parser.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder for eval.json, eval.html and images/")
     parser.set_defaults(func=run_eval)
 
@@ -112,12 +115,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     prompts = read_prompts(args.prompts)
     try:
-        settings = EvalSettings(
-            levels=args.levels, seeds=args.seeds,
-            grounded=args.grounded, pivot=args.pivot, grounding_steps=args.grounding_steps,
-            colour_transfer=args.colour_transfer, shared_steps=args.shared_steps, steps=args.steps,
-            guidance=args.guidance_scale, bokeh_guidance=args.bokeh_guidance, baseline=args.baseline,
-        )
+        settings = dataclass_from_args(EvalSettings, args)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     mask = args.mask or ("dataset" if args.dataset else "depth")

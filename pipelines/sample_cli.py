@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from estimators.cli_util import UserError, non_negative_int
+from estimators.cli_util import UserError, add_list_argument, non_negative_int
 from pipelines.model_args import (
     add_model_arguments,
     add_sampling_arguments,
@@ -60,8 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_model_arguments(p)
     p.add_argument("--prompt", required=True, help="the text prompt")
-    p.add_argument("--bokeh", type=bokeh_level, nargs="+", required=True, metavar="K",
-                   help="bokeh levels, e.g. 0 8 16 24 (0 = all sharp .. 30 = very shallow depth of field)")
+    add_list_argument(p, "--bokeh", bokeh_level, example="0 8 16 24", required=True,
+                      help="bokeh levels, 0 = all sharp .. 30 = very shallow depth of field")
     p.add_argument("--seed", type=non_negative_int, metavar="S",
                    help="noise seed (default: FLUX 65578 as released, UNet 0)")
     add_sampling_arguments(p)

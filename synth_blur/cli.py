@@ -7,7 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from estimators.cli_util import UserError, comma_list, non_negative_float, positive_float
+from estimators.cli_util import (
+    DEPTH_REQUIRED_BACKENDS, UserError, add_depth_arguments, add_list_argument, disparity_file, non_negative_float,
+    positive_float,
+)
 
 #: Contact-sheet thumbnails are this many pixels high.
 SHEET_HEIGHT = 320
@@ -50,16 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("photo", metavar="PHOTO", help="all-in-focus photo (JPEG, PNG, HEIC, ...)")
     level = p.add_mutually_exclusive_group(required=True)
     level.add_argument("--bokeh", type=non_negative_float, metavar="K", help="bokeh level (0 = unchanged .. 30 = very shallow)")
-    level.add_argument("--sweep", type=comma_list(non_negative_float, "0,5,10,20,30"), metavar="K1,K2,...",
-                       help="several levels, e.g. 0,5,10,20,30: -o is then a folder")
-    depth = p.add_mutually_exclusive_group()
-    depth.add_argument("--disparity", metavar="FILE",
-                       help="disparity map (8/16-bit PNG, .npy or .npz; larger = nearer), min-max normalised")
-    depth.add_argument("--depth", choices=("sidecar", "depth-anything"), default="sidecar",
-                       help="depth source when --disparity is not given: <stem>.depth.npy / <stem>.disparity.png "
-                       "next to the photo (sidecar, default) or Depth Anything")
-    p.add_argument("--depth-model", metavar="ID|PATH",
-                   help="Depth Anything model id or local directory (default depth-anything/Depth-Anything-V2-Small-hf)")
+    add_list_argument(level, "--sweep", non_negative_float, example="0 5 10 20 30",
+                      help="several levels, one image each and a contact sheet: -o is then a folder")
+    add_depth_arguments(p, DEPTH_REQUIRED_BACKENDS)  # a render needs depth
     focus = p.add_mutually_exclusive_group()
     focus.add_argument("--focus-point", type=_point, metavar="X,Y",
                        help="focus on the disparity at this pixel (median of a small window)")
@@ -77,21 +73,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _disparity(args: argparse.Namespace, image: Any) -> tuple[np.ndarray, str]:
     """The photo's normalised disparity and where it came from."""
-    from estimators.depth import DepthUnavailableError
-    from estimators.sidecars import photo_depth, read_disparity_file
-
-    if args.disparity:
-        try:
-            return read_disparity_file(args.disparity, image.size), f"file {Path(args.disparity).name}"
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
     from estimators.backends import make_depth_model
+    from estimators.depth import DepthUnavailableError
+    from estimators.sidecars import photo_depth
 
-    model = make_depth_model(args.depth, args.depth_model, args.device)  # None for sidecar
+    given = disparity_file(args, 1)
+    model = None if given else make_depth_model(args.depth, args.depth_model, args.device)  # None for sidecar
     try:
-        depth = photo_depth(args.photo, image, model, sidecar=model is None)
+        depth = photo_depth(args.photo, image, model, sidecar=model is None, disparity_file=given)
     except DepthUnavailableError as exc:
-        raise UserError(f"{exc}; pass --disparity FILE or a depth model with --depth") from None
+        hint = "" if given else "; pass --disparity FILE or a depth model with --depth"
+        raise UserError(f"{exc}{hint}") from None
     return depth.disparity, depth.source
 
 
@@ -108,13 +100,20 @@ def _focus(args: argparse.Namespace, image: Any, disparity: np.ndarray) -> tuple
         window = disparity[max(0, y - half) : y + half + 1, max(0, x - half) : x + half + 1]
         return float(np.median(window)), f"point {x},{y}"
     from estimators.backends import make_masker
+    from estimators.mask import MaskUnavailableError, mask_sidecar_path
+    from estimators.sidecars import photo_mask
 
     from .group import focus_from_mask
 
-    mask = make_masker("depth")(image, disparity).mask
-    if not mask.any():
+    try:
+        found = photo_mask(args.photo, image, disparity, make_masker("depth"))
+    except MaskUnavailableError as exc:  # a mask sidecar that is there but cannot be used
+        raise UserError(f"{exc}; fix it, or pass --focus-point X,Y or --focus-disparity D") from None
+    if not found.mask.any():
         raise UserError("no subject found to focus on; pass --focus-point X,Y or --focus-disparity D")
-    return focus_from_mask(disparity, mask), "subject mask"
+    name = mask_sidecar_path(args.photo).name
+    how = f"the subject of {name}" if found.source == "sidecar" else f"the subject the depth masker found (no {name})"
+    return focus_from_mask(disparity, found.mask), how
 
 
 def _save(image: Any, path: Path) -> None:

@@ -323,7 +323,7 @@ def test_cli_bad_input_is_one_line_user_error(prompts_file, tmp_path, flags, mes
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--levels", " , "], "give at least one comma-separated value, e.g. 0,6,12,18,24,30"),
+    (["--levels", " , "], "argument --levels: give at least one value, e.g. 0 6 12 18 24 30"),
     (["--levels", "0,x"], "not a number: 'x'"),
     (["--levels", "0,-6"], "must be a finite number >= 0, got -6"),
     (["--seeds", "1.5"], "not an integer: '1.5'"),

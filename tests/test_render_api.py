@@ -214,7 +214,8 @@ def photo(tmp_path):
 def test_cli_renders_one_level(photo, tmp_path, capsys):
     path, image = photo
     out = tmp_path / "out" / "k20.png"
-    assert run_cli(str(path), "--bokeh", "20", "--focus-disparity", "0.9", "--aperture", "6", "-o", str(out)) == 0
+    assert run_cli(str(path), "--bokeh", "20", "--depth", "sidecar", "--focus-disparity", "0.9", "--aperture", "6",
+                   "-o", str(out)) == 0
     rendered = np.asarray(Image.open(out))
     assert rendered.shape == image.shape and not np.array_equal(rendered, image)
     assert "K=20" in capsys.readouterr().out
@@ -223,7 +224,7 @@ def test_cli_renders_one_level(photo, tmp_path, capsys):
 def test_cli_sweep_writes_each_level_and_a_contact_sheet(photo, tmp_path):
     path, image = photo
     folder = tmp_path / "sweep"
-    assert run_cli(str(path), "--sweep", "0,5,30", "--focus-point", "30,20", "-o", str(folder)) == 0
+    assert run_cli(str(path), "--sweep", "0,5,30", "--depth", "sidecar", "--focus-point", "30,20", "-o", str(folder)) == 0
     names = sorted(p.name for p in folder.iterdir())
     assert names == ["shot_K0.png", "shot_K30.png", "shot_K5.png", "shot_sweep.png"]
     assert np.array_equal(np.asarray(Image.open(folder / "shot_K0.png")), image)
@@ -244,9 +245,9 @@ def test_cli_reads_a_disparity_file_and_finds_the_subject(photo, tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--bokeh", "5", "--focus-disparity", "0.5"], "no depth sidecar"),
+        (["--bokeh", "5", "--depth", "sidecar", "--focus-disparity", "0.5"], "no depth sidecar"),
         (["--bokeh", "5", "--disparity", "missing.npy", "--focus-disparity", "0.5"], "cannot read disparity"),
-        (["--bokeh", "5", "--focus-point", "500,5"], "outside"),
+        (["--bokeh", "5", "--depth", "sidecar", "--focus-point", "500,5"], "outside"),
     ],
 )
 def test_cli_errors_are_one_line_user_errors(tmp_path, argv, message):
