@@ -692,7 +692,7 @@ def write_demo_data(out_dir: str | Path, count: int, seed: int = 0, width: int =
     from PIL import Image
     from tqdm import tqdm
 
-    from estimators.depth import sidecar_paths
+    from estimators.sidecars import depth_sidecar_paths
     from estimators.mask import mask_sidecar_path
 
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
@@ -707,7 +707,7 @@ def write_demo_data(out_dir: str | Path, count: int, seed: int = 0, width: int =
         scene = generate_scene(scene_seed(seed, index), width, height)
         photo = out / f"scene_{index:0{digits}d}.png"
         Image.fromarray(scene.image).save(photo, compress_level=_PNG_LEVEL)
-        np.save(sidecar_paths(photo)[0], scene.depth_m)
+        np.save(depth_sidecar_paths(photo)[0], scene.depth_m)
         Image.fromarray(scene.mask.astype(np.uint8) * 255).save(mask_sidecar_path(photo), compress_level=_PNG_LEVEL)
         caption_sidecar_path(photo).write_text(scene.caption + "\n", encoding="utf-8")
         paths.append(photo)

@@ -13,12 +13,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
-from estimators.depth import sidecar_paths
 from estimators.mask import mask_sidecar_path
+from estimators.sidecars import depth_sidecar_paths
 
 from .sources import CAPTION_SUFFIX, SourceItem
 
-#: Sidecar bits of an input: a depth map (``.depth.npy`` or ``.disparity.png``), a mask, a caption.
+#: Sidecar bits of an input: a depth map (``.depth.npy``, ``.disparity.npy`` or ``.disparity.png``), a mask, a caption.
 DEPTH_SIDECAR, MASK_SIDECAR, CAPTION = 1, 2, 4
 
 
@@ -36,9 +36,8 @@ def _file_stamp(path: Path) -> Optional[str]:
 
 def _sidecars(photo: Path) -> tuple[tuple[int, Path], ...]:
     """(bit, path) of every sidecar a photo may have."""
-    depth, disparity = sidecar_paths(photo)
-    return ((DEPTH_SIDECAR, depth), (DEPTH_SIDECAR, disparity), (MASK_SIDECAR, mask_sidecar_path(photo)),
-            (CAPTION, photo.with_suffix(CAPTION_SUFFIX)))
+    depth_maps = tuple((DEPTH_SIDECAR, path) for path in depth_sidecar_paths(photo))
+    return depth_maps + ((MASK_SIDECAR, mask_sidecar_path(photo)), (CAPTION, photo.with_suffix(CAPTION_SUFFIX)))
 
 
 def stamp_of(item: SourceItem) -> tuple[str, int]:

@@ -93,13 +93,6 @@ def resize_map(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(array.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
 
 
-def sidecar_paths(photo: str | Path) -> tuple[Path, Path]:
-    """The metric-depth and disparity sidecar paths of a photo."""
-    photo = Path(photo)
-    stem = photo.with_suffix("")
-    return Path(f"{stem}{DEPTH_SIDECAR_SUFFIX}"), Path(f"{stem}{DISPARITY_SIDECAR_SUFFIX}")
-
-
 def read_disparity_png(source: str | Path | BinaryIO, name: str = "disparity map") -> np.ndarray:
     """An 8- or 16-bit grayscale disparity PNG as float in [0, 1] (larger = nearer), not renormalised; its
     size is checked against the pixel and aspect limits before any pixel is decoded."""
