@@ -287,40 +287,6 @@ def test_resume_continues_bit_for_bit_and_checkpoints(dataset, tmp_path):
     assert_same_tensors(wa, wb)
 
 
-def test_resume_reads_an_optimizer_state_saved_while_k_b_trained(dataset, tmp_path):
-    """Checkpoints written before the inert bokeh keys K_b were frozen list them in the optimizer (every adapter
-    parameter first, K_b with all-zero moments: its gradient was 0); resuming one continues the run exactly."""
-    import shutil
-
-    from diffusers import UNet2DConditionModel
-
-    from trainer.checkpoint import checkpoint_dirs
-    from trainer.training import train
-    from bokeh_models.unet_adapter import BokehUNetAdapter
-
-    with single_thread():
-        full = train(tiny_config(dataset, tmp_path / "full"))
-        cut = tmp_path / "cut"
-        train(tiny_config(dataset, cut))
-        shutil.rmtree(checkpoint_dirs(cut)[-1])
-        step2 = checkpoint_dirs(cut)[-1]
-        unet = UNet2DConditionModel.from_pretrained(step2 / "model" / "unet")
-        adapter = list(BokehUNetAdapter.from_pretrained(step2 / "adapter", unet).named_parameters())
-        inert = [i for i, (name, _) in enumerate(adapter) if ".to_k_bokeh." in name]
-        state = torch.load(step2 / "optimizer.pt", weights_only=True)
-        group = state["param_groups"][0]
-        total = len(group["params"]) + len(inert)
-        old_position = [i for i in range(total) if i not in inert]  # new index j was old position old_position[j]
-        moments = {i: {"step": state["state"][0]["step"].clone(), "exp_avg": torch.zeros_like(adapter[i][1]),
-                       "exp_avg_sq": torch.zeros_like(adapter[i][1])} for i in inert}
-        state = {"state": {**{old_position[j]: v for j, v in state["state"].items()}, **moments},
-                 "param_groups": [{**group, "params": list(range(total))}]}
-        torch.save(state, step2 / "optimizer.pt")
-        resumed = train(tiny_config(dataset, cut), resume="latest")
-    assert resumed["step"] == full["step"] == 4
-    assert_same_floats([r["loss"] for r in _log(tmp_path / "full")], [r["loss"] for r in _log(cut)])
-
-
 def test_checkpoint_strict_keys_and_keep_last(dataset, tmp_path):
     from safetensors.torch import load_file, save_file
 
@@ -344,7 +310,7 @@ def test_checkpoint_strict_keys_and_keep_last(dataset, tmp_path):
     with pytest.raises(ModelUnavailableError, match="1 unexpected"):
         BokehUNetAdapter.from_pretrained(ckpt / "adapter", unet)
     assert (ckpt / "model" / "tokenizer").is_dir() and (ckpt / "model" / "scheduler").is_dir()
-    # an optimizer state for another set of trainable parameters (another config, or older code): one line
+    # an optimizer state for another set of trainable parameters: one line
     earlier = checkpoint_dirs(tmp_path)[0]
     state = torch.load(earlier / "optimizer.pt", weights_only=True)
     state["param_groups"][0]["params"].pop()
