@@ -355,7 +355,12 @@ def test_validation_grid_written_and_cudnn_attention_off_during_the_run(dataset,
     finally:
         torch.backends.cuda.enable_cudnn_sdp(before)
     grid = Image.open(tmp_path / "validation" / "step-0000001.png")
-    assert grid.height >= 2 * 64 and grid.width >= 2 * 64
+    assert grid.height >= 4 * 64 and grid.width >= 2 * 64  # two prompts, each unbounded and grounded
+    rows = json.loads(grid.text["rows"])
+    assert [(r["prompt"], r["mode"]) for r in rows] == [
+        ("a red sphere in front of wall", "unbounded"), ("a red sphere in front of wall", "grounded on K = 15"),
+        ("a blue box", "unbounded"), ("a blue box", "grounded on K = 15")]
+    assert grid.text["step"] == "1"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the warning is for CPU runs")

@@ -1,5 +1,6 @@
 """The training loop: accelerate (mixed precision, gradient accumulation, multi-GPU via
-``accelerate launch``), checkpoints with exact resume, JSONL logs, experiment trackers (``trainer.tracking``) and validation grids.
+``accelerate launch``), checkpoints with exact resume, JSONL logs, experiment trackers (``trainer.tracking``) and validation
+grids (``trainer.validation``).
 
 Determinism: micro-batch ``n`` (counted over all processes) takes its rows from ``BatchSampler.plan(n)``
 and its noise and timesteps from a generator seeded by ``(seed, n)``, so the data position is the step
@@ -30,6 +31,7 @@ from trainer.data import BatchPlan, BatchSampler, ImageLoader, load_rows
 from trainer.ema import WeightAverage
 from trainer.run_folder import RunLock, claim, note_built_base, write_text
 from trainer.tracking import check_tracker, log_scalars, log_validation, log_with, start_tracking
+from trainer.validation import save_grid, validation_grid
 
 
 class TrainStep(nn.Module):
@@ -238,55 +240,6 @@ def _open_run(config: TrainConfig, state: Any, resume: Optional[str], overwrite:
     return checkpoint, step
 
 
-def validation_pipeline(backbone: Any, adapter: nn.Module) -> Any:
-    """The sampling pipeline users run, built on the training modules in memory (the trained adapter installed;
-    a copy of the scheduler, whose timesteps sampling sets)."""
-    from pipelines.pipeline_flux import BokehFluxPipeline
-    from pipelines.pipeline_sd import BokehStableDiffusionPipeline
-
-    if backbone.family == "flux":
-        parts = backbone.pipe.components
-        scheduler = parts["scheduler"]
-        pipe = BokehFluxPipeline(
-            scheduler=type(scheduler).from_config(scheduler.config), vae=parts["vae"], text_encoder=parts["text_encoder"],
-            tokenizer=parts["tokenizer"], text_encoder_2=parts["text_encoder_2"], tokenizer_2=parts["tokenizer_2"],
-            transformer=parts["transformer"], adapter=adapter)
-    else:
-        scheduler = type(backbone.scheduler).from_config(backbone.scheduler.config)
-        pipe = BokehStableDiffusionPipeline(unet=backbone.unet, text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer,
-                                            scheduler=scheduler, adapter=adapter, vae=backbone.vae)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def validation_grid(backbone: Any, adapter: nn.Module, config: TrainConfig) -> Any:
-    """A PIL image: per prompt, a contact-sheet row of the K sweep unbounded and one grounded (pivot halfway
-    between the lowest and highest K, the first 4/5 of the steps grounded, as the released sweeps are: 24 of 30),
-    both from the seed ``validation.seed`` + the prompt's index, sampled by the pipeline users run."""
-    from PIL import Image
-
-    from synth_blur.contact_sheet import contact_sheet
-
-    val = config.validation
-    resolution = val.resolution or config.data.resolution
-    pipe = validation_pipeline(backbone, adapter)
-    pivot = (min(val.levels) + max(val.levels)) / 2
-    modes = [("", {}), (f" grounded on {pivot:g}", dict(pivot=pivot, grounding_steps=round(0.8 * val.steps)))]
-    rows = []
-    for i, prompt in enumerate(val.prompts):
-        for label, mode in modes:
-            images = pipe(prompt, val.levels, seed=val.seed + i, num_inference_steps=val.steps,
-                          guidance_scale=val.guidance_scale, height=resolution, width=resolution, **mode).images
-            labels = [f"K={k:g}{label}" for k in val.levels]
-            rows.append(contact_sheet(images, labels, height=max(64, resolution)))
-    sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
-    y = 0
-    for row in rows:
-        sheet.paste(row, (0, y))
-        y += row.height
-    return sheet
-
-
 def train(config: TrainConfig, resume: Optional[str] = None, overwrite: bool = False) -> dict[str, Any]:
     """Run (or continue: ``resume`` "latest" or a checkpoint folder) the training described by ``config``;
     ``overwrite`` replaces the trainer's files of an earlier run in ``run.output_dir``. Returns the final step,
@@ -442,7 +395,7 @@ def _train(config: TrainConfig, resume: Optional[str], overwrite: bool, stack: c
             step_module.train()
             (output_dir / "validation").mkdir(exist_ok=True)
             grid_path = output_dir / "validation" / f"step-{step:07d}.png"
-            grid.save(grid_path)
+            save_grid(grid, grid_path, config, step)
             log_validation(accelerator, run.report_to, grid, grid_path, step)
     bar.close()
     # The trackers close; the process group stays for the caller (destroying it here while another process still
