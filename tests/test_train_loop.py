@@ -595,7 +595,7 @@ def test_two_cpu_processes_shard_the_batches_and_average_the_loss(dataset, tmp_p
 
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     # GPUs hidden: on a CUDA machine accelerate's barrier (accelerate 1.15, torch 2.11) asks gloo for GPU `local rank`,
-    # and process 1 fails with "invalid device ordinal" on a one-GPU machine (an H200)
+    # and process 1 fails with "invalid device ordinal" on a one-GPU machine
     env.update(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
     one = subprocess.run([sys.executable, "-m", "bokeh_cli", "train", config_file("one")], env=env,
                          capture_output=True, text=True, timeout=300)
