@@ -256,7 +256,7 @@ class BokehPipeline(DiffusionPipeline):
         if unknown:
             warnings.warn(f"words outside the text encoder's vocabulary: {', '.join(repr(w) for w in unknown)}; each reads "
                           "as the unknown token, which means nothing to the model (a model trained from scratch knows only "
-                          "the words of its training captions)", stacklevel=2)
+                          "the words of its training captions)", stacklevel=3)  # the caller's line (past torch.no_grad)
         sweeps = len(prompts) * num_images_per_prompt
         shape = self.latent_shape(height, width)
         if latents is not None and tuple(latents.shape) != (sweeps, *shape):

@@ -29,7 +29,9 @@ def _sample(pipe, prompt, **kwargs) -> list[str]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pipe(prompt, [0, 30], pivot=15, num_inference_steps=1, seed=0, **kwargs)
-    return [str(w.message) for w in caught if "vocabulary" in str(w.message)]
+    said = [w for w in caught if "vocabulary" in str(w.message)]
+    assert all(w.filename == __file__ for w in said)  # the warning points at the caller's line
+    return [str(w.message) for w in said]
 
 
 def test_unknown_prompt_words_warn_once_per_call_and_name_the_words(pipe):
