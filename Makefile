@@ -34,7 +34,7 @@ DEMO_SCENES ?= 8
 # K guided 2x and the caption not guided (two model passes a step): backgrounds blur further at high K.
 DEMO_GUIDANCE ?= --guidance-scale 1 --bokeh-guidance 2
 # Grounded sweeps: the first 10 of 25 steps at the pivot's K for every image, which holds the caption's scene at
-# high K; four seeds, so that the rare scene switches count in "grounded more consistent than unbounded".
+# high K. The evaluation takes four seeds (--seeds), so that rare scene switches count in "grounded more consistent".
 DEMO_SWEEP ?= --grounding-steps 20 --shared-steps 10 --steps 25 $(DEMO_GUIDANCE)
 STAGE = $(BIN)/python demo/stage.py run --log $(DEMO_OUT)/stages.jsonl
 demo: setup
