@@ -25,7 +25,7 @@ HEADS, HEAD_DIM, CONTEXT, RANK = 24, 128, 3072, 128  # FLUX.1-dev and the releas
 
 def attention_path(query: torch.Tensor, tokens: torch.Tensor, to_k: torch.nn.Module, to_v: torch.nn.Module) -> torch.Tensor:
     """The same branch through its attention path: the token given twice (two equal logits, weights 1/2, the same
-    V_b), which costs what one key did before the shortcut."""
+    V_b), which costs what one key through softmax attention costs: the reference for the shortcut."""
     return bokeh_attention(query, tokens.expand(-1, 2, -1), to_k, to_v)
 
 

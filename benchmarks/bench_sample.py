@@ -1,6 +1,6 @@
 """Time of one sampled sweep (the images of one prompt at several K), unbounded and grounded, and what
-``--shared-steps`` saves: its shared steps run one row instead of the whole batch (before, they cost as
-much as the others, so the grounded sweep without sharing is the reference). Defaults are `make demo`'s
+``--shared-steps`` saves: its shared steps run one row instead of the whole batch (the grounded sweep without
+sharing, where every step runs the whole batch, is the reference). Defaults are `make demo`'s
 sweep (K = 0, 6, ..., 30, pivot 15, 20 grounding steps, 25 steps, 10 shared, K guided 2x and the caption not)
 on its trained tiny model.
 

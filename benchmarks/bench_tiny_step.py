@@ -1,6 +1,6 @@
 """Step time of the tiny model's whole training step (text encoder, UNet and bokeh adapter all
 training: forward, loss with the config's weights, backward, AdamW) for configs/tiny.yaml as shipped
-(2 x 2 pixel patches) and variants: the UNet on whole pixels (p = 1, the earlier config), other patch
+(2 x 2 pixel patches) and variants: the UNet on whole pixels (p = 1), other patch
 sizes and widths (``model.tiny.patch_size``), no detail loss, the weight average (``optim.ema_decay``); same
 batch of 64 px images, CPU or GPU.
 The ratio is against the shipped config in the same run; with ``--rounds`` the variants take turns, so a slow

@@ -4,7 +4,7 @@ They feed the dataset builder and the tiny CPU-trained model: a simple, nameable
 (0.8-3 m) in front of a strongly textured background (4-60 m, or a floor receding to the horizon)
 whose blur has to follow K. Every layer is a plane at a known depth, composited with a z-buffer, so
 depth and occlusion are exact; the same seed gives the same bytes. Colour planes are kept
-channel-first (3, H, W) while drawing: numpy is several times faster that way than on HxWx3.
+channel-first (3, H, W) while drawing: numpy works on contiguous planes faster than on HxWx3.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ _MIN_COLOUR_DISTANCE = 100.0
 _LIGHT_LUMA = 140.0
 #: A second object the subject would hide more than this fraction of is left out (the caption would name it).
 _MAX_HIDDEN = 0.4
-#: PNG zlib level: 3 writes about twice as fast as the default 6 for files about 8 % larger (still lossless).
+#: PNG zlib level: 3 writes faster than the default 6 for slightly larger files (still lossless).
 _PNG_LEVEL = 3
 _SKY_BLUE = (95, 155, 225)
 _WARM_LIGHTS = ((255, 236, 190), (255, 205, 130), (255, 170, 90), (255, 245, 230), (250, 120, 90))
@@ -98,8 +98,7 @@ def _mix(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
 def _blend(dst: np.ndarray, src, t: np.ndarray) -> np.ndarray:
     """In place ``dst += t (src - dst)``, returning ``dst``.
 
-    Drawing works in place on purpose: fresh multi-megabyte temporaries cost page faults, which were
-    about a third of the run time on the project's machines.
+    Drawing works in place on purpose: fresh multi-megabyte temporaries cost page faults.
     """
     step = np.subtract(src, dst, dtype=np.float32)
     step *= t
@@ -130,7 +129,7 @@ def _hash01(i: np.ndarray, j: np.ndarray, salt: int) -> np.ndarray:
 
 
 def _wrap(t: np.ndarray, period: float) -> np.ndarray:
-    """``t`` modulo ``period``, in [0, period): several times faster than np.mod on floats."""
+    """``t`` modulo ``period``, in [0, period): cheaper than np.mod on floats."""
     return t - period * np.floor(t / period)
 
 

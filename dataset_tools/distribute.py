@@ -315,7 +315,7 @@ def local_records(config: BuildConfig, layout: Layout, chunks: list[Chunk],
     """The same stages and part records, one chunk at a time in this process, without Ray (``--workers 0``).
 
     Like one Ray worker, it runs torch on one thread: the renderer's many small operations lose
-    far more to thread hand-offs than they gain (about 15x slower at 256 px on two busy cores).
+    far more to thread hand-offs than they gain.
     """
     import torch
 

@@ -4,8 +4,8 @@
 `ExifInfo.missing`, so a dataset job can record why a photo fell back to the image-based estimate.
 
 The TIFF block is cut out of the container by `estimators.exif_container` (no pixel is decoded).
-exifread then parses that block with ``details=False`` (1-3 ms; ``details=True`` costs up to
-300 ms on Sony/Casio files because exifread walks their maker-note IFDs entry by entry). Other
+exifread then parses that block with ``details=False`` (``details=True`` is slow on Sony/Casio files
+because exifread walks their maker-note IFDs entry by entry). Other
 containers go to exifread whole; their maker notes are then not read. The maker-note focus
 distance, which exifread 3.5.1 does not expose, comes from `estimators.makernotes`.
 """

@@ -5,6 +5,7 @@ Backbone-specific work (text encoding, noise, timesteps, the guided prediction, 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -93,6 +94,23 @@ class BokehPipeline(DiffusionPipeline):
             super().save_pretrained(save_directory, **kwargs)
         finally:
             self.adapter.install(self.base_model)
+
+    def unknown_words(self, texts: Sequence[str]) -> list[str]:
+        """The words of ``texts`` (not punctuation) that the pipeline's first tokenizer reads as its unknown token, each
+        once (as first spelled), in order; [] for a tokenizer without one or without offsets (byte-level BPE knows
+        every word)."""
+        tokenizer = getattr(self, "tokenizer", None)
+        unk = getattr(tokenizer, "unk_token_id", None)
+        if unk is None or not getattr(tokenizer, "is_fast", False):
+            return []
+        words: dict[str, str] = {}
+        for text in texts:
+            encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            for token, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
+                word = text[start:end]
+                if token == unk and any(c.isalnum() for c in word):
+                    words.setdefault(word.lower(), word)
+        return list(words.values())
 
     # ---------------------------------------------------------------- backbone-specific steps
     @property
@@ -234,6 +252,11 @@ class BokehPipeline(DiffusionPipeline):
         if bokeh_guidance is not None and not (math.isfinite(bokeh_guidance) and bokeh_guidance >= 0):
             raise ValueError(f"bokeh_guidance must be >= 0, got {bokeh_guidance:g}")
         height, width = self._size(height, width)
+        unknown = self.unknown_words([*prompts, negative_prompt])
+        if unknown:
+            warnings.warn(f"words outside the text encoder's vocabulary: {', '.join(repr(w) for w in unknown)}; each reads "
+                          "as the unknown token, which means nothing to the model (a model trained from scratch knows only "
+                          "the words of its training captions)", stacklevel=3)  # the caller's line (past torch.no_grad)
         sweeps = len(prompts) * num_images_per_prompt
         shape = self.latent_shape(height, width)
         if latents is not None and tuple(latents.shape) != (sweeps, *shape):

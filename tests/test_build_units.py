@@ -117,7 +117,7 @@ def _plan(config, resources):
 
 def test_stage_plan_puts_renders_on_gpus_only_when_there_are_gpus():
     sidecar = BuildConfig(depth="sidecar", mask="depth", synthetic_levels=4)
-    # CPU only (as before): every stage a task of one CPU, the render on the CPU.
+    # CPU only: every stage a task of one CPU, the render on the CPU.
     task_cpus, plan, plans = _plan(sidecar, {"CPU": 2.0})
     assert task_cpus == 1.0 and plan == {cls: (1.0, 0.0, 0) for cls in
                                          (DepthStage, MaskStage, EstimateStage, GroupStage, EncodeStage)}

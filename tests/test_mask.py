@@ -79,7 +79,7 @@ def test_depth_masker_works_at_reduced_size_on_large_images():
     elapsed = time.perf_counter() - start
     assert result.mask.shape == (1000, 1500)
     assert _iou(result.mask, subject) >= 0.9
-    assert elapsed < 3.0  # ~0.2 s measured on 2 cores
+    assert elapsed < 3.0  # a bound far above the usual time: only a pathological slowdown fails
 
 
 def test_flat_depth_gives_low_score_centre_mask():

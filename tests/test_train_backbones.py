@@ -16,6 +16,7 @@ from tiny_diffusion import single_thread
 from tiny_pipelines import build_tiny_flux, build_tiny_sd
 from trainer.config import config_from_dict
 from trainer.training import train
+from trainer.validation import text_band
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +52,10 @@ def test_train_then_sample_the_checkpoint(dataset, tmp_path, family, build, adap
         shown = pipe("a red ball", [0, 30], seed=5, num_inference_steps=2, guidance_scale=3.0, height=16, width=16).images
     sheet = contact_sheet(shown, ["K=0", "K=30"], height=64)
     grid = Image.open(out / "validation" / "step-0000003.png").convert("RGB")
-    assert grid.height > sheet.height  # the grounded row below
-    assert np.array_equal(np.asarray(grid.crop((0, 0, *sheet.size))), np.asarray(sheet))
+    band = text_band("a red ball  (unbounded, seed 5)", grid.width, 12)  # the row's title above it
+    assert grid.height > band.height + sheet.height  # the grounded row below
+    assert np.array_equal(np.asarray(grid.crop((0, 0, *band.size))), np.asarray(band))
+    assert np.array_equal(np.asarray(grid.crop((0, band.height, sheet.width, band.height + sheet.height))), np.asarray(sheet))
     assert type(pipe).__name__ == ("BokehFluxPipeline" if family == "flux" else "BokehStableDiffusionPipeline")
     assert [im.size for im in images] == [(16, 16)] * 2
     # the trained adapter (its V_b moved off zero) makes K change the output

@@ -148,8 +148,6 @@ def test_resume_changes_sorts_settings_into_kept_and_free():
     # more processes draw more rows a step; the tiny model's size is the network's shape; the folder is not compared
     assert refused == ["model.tiny.max_tokens: 12 -> 20", "processes: 1 -> 2"]
     assert allowed == ["optim.ema_decay: 0.0 -> 0.9", "run.keep_last: 5 -> 1", "run.max_steps: 4 -> 9", "validation.steps: 25 -> 3"]
-    del saved["processes"]  # a checkpoint that did not record it (its run's config.yaml read instead)
-    assert resume_changes(saved, current)[0] == ["model.tiny.max_tokens: 12 -> 20"]
     assert resume_changes(saved, {**current, "adapter.lora_rank": None})[0][0] == "adapter.lora_rank: 2 -> null"
     del current["adapter.lora_rank"]
     assert resume_changes(saved, current)[0][0] == "adapter.lora_rank: 2 -> unset"
@@ -272,6 +270,14 @@ def test_damaged_checkpoint_weights_are_one_line(dataset, tmp_path, capsys):
         errors = [line for line in err.splitlines() if line.startswith("bokeh train: error:")]  # (libraries draw progress bars)
         assert len(errors) == 1 and str(damaged) in errors[0] and "Traceback" not in err
         damaged.write_bytes(whole)
+    state = ckpt / "state.json"
+    whole = state.read_bytes()
+    state.write_text(json.dumps({k: v for k, v in json.loads(whole).items() if k != "settings"}))
+    with single_thread():
+        assert main(["train", str(config), "--resume", "latest"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("bokeh train: error:")]
+    assert len(errors) == 1 and "records no run settings" in errors[0] and str(ckpt) in errors[0]
+    state.write_bytes(whole)
     with single_thread():
         assert main(["train", str(config), "--resume", "latest"]) == 0  # the mended checkpoint resumes
 

@@ -137,7 +137,7 @@ def randomize(module: torch.nn.Module, std: float = 0.3, seed: int = 3) -> None:
 @contextmanager
 def single_thread():
     """Run torch on one thread: tiny models gain nothing from more, and on a busy 2-core machine
-    OpenMP threads waiting on each other make each small op ~20x slower."""
+    OpenMP threads waiting on each other make each small op many times slower."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -147,8 +147,8 @@ def single_thread():
 
 
 def assert_same_floats(a: list[float], b: list[float]) -> None:
-    """Exactly equal on CPUs; on CUDA within 1e-5 relative: there a resumed run drifted in the 7th digit (an H200:
-    1.0960734 vs 1.0960733 at step 4 of 4), presumably from kernels that add in no fixed order."""
+    """Exactly equal on CPUs; on CUDA within 1e-5 relative: GPU kernels that add in no fixed order change the last
+    digits of a resumed run's losses."""
     if torch.cuda.is_available():
         assert a == pytest.approx(b, rel=1e-5)
     else:

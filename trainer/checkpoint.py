@@ -210,21 +210,6 @@ def _optimized(optimizer: Any) -> list[nn.Parameter]:
     return [p for group in optimizer.param_groups for p in group["params"]]
 
 
-def _without_inert(state: dict, adapter: Any, optimizer: Any) -> dict:
-    """``state`` less the entries of the adapter's inert bokeh keys K_b when it was saved while they still
-    trained (the optimizer then listed every adapter parameter first); other states unchanged."""
-    inert = {id(p) for p in adapter.inert_parameters()}
-    flags = [id(p) in inert for p in adapter.parameters()]
-    groups = state.get("param_groups", [])
-    if len(groups) != 1 or len(groups[0]["params"]) != len(optimizer.param_groups[0]["params"]) + sum(flags):
-        return state
-    dropped = {index for index, is_inert in zip(groups[0]["params"], flags) if is_inert}
-    kept = [index for index in groups[0]["params"] if index not in dropped]
-    renumber = {old: new for new, old in enumerate(kept)}
-    return {"state": {renumber[k]: v for k, v in state["state"].items() if k in renumber},
-            "param_groups": [{**groups[0], "params": list(range(len(kept)))}]}
-
-
 def load_checkpoint(folder: Path, adapter: Any, trained: dict[str, nn.Module], optimizer: Any, lr_scheduler: Any,
                     average: Optional[WeightAverage] = None) -> int:
     """Load a checkpoint into the live objects (strict keys everywhere); returns its step. ``average`` restarts
@@ -248,7 +233,7 @@ def load_checkpoint(folder: Path, adapter: Any, trained: dict[str, nn.Module], o
         load_trained(_optimized(optimizer), folder / TRAINED_WEIGHTS)
     saved = load_trusted(folder / "optimizer.pt")
     try:
-        optimizer.load_state_dict(_without_inert(saved, adapter, optimizer))
+        optimizer.load_state_dict(saved)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:  # another config's parameters, or not an optimizer state
         raise UserError(f"{folder / 'optimizer.pt'}: its optimizer state does not fit this run's trainable parameters ({exc})") from exc
     schedule = load_trusted(folder / "lr_scheduler.pt")

@@ -92,8 +92,8 @@ class RunConfig:
     log_every: int = 10
     num_threads: int = 0
     progress: bool = True
-    # PyTorch's cuDNN attention backend (CUDA only). Off: its backward crashed full-size FLUX training
-    # on an H200 (torch 2.11, cuDNN 9.19: illegal memory access); flash / efficient attention ran it.
+    # PyTorch's cuDNN attention backend (CUDA only). Off by default: its backward can stop full-size FLUX training
+    # with an illegal memory access (README, "On a GPU"); flash and memory-efficient attention remain.
     cudnn_attention: bool = False
     # Where the scalars and validation grids also go: tensorboard (OUTPUT/logs/tensorboard), wandb, mlflow or none
     # (trainer/tracking.py); logs/train.jsonl is written whatever this says.
@@ -319,12 +319,9 @@ def _show(value: Any) -> str:
 
 def resume_changes(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
     """The settings that differ between a checkpoint's ``saved`` job settings and this run's, as "key: old -> new":
-    (those a resumed run must keep, those it may change). A key the checkpoint did not record is not compared
-    when it is the process count (older checkpoints lack it)."""
+    (those a resumed run must keep, those it may change)."""
     refused, allowed = [], []
     for key in sorted(set(saved) | set(current)):
-        if key == "processes" and key not in saved:
-            continue
         old, new = saved.get(key, _UNSET), current.get(key, _UNSET)
         if old == new or key in PLACE:
             continue

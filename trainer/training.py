@@ -1,5 +1,6 @@
 """The training loop: accelerate (mixed precision, gradient accumulation, multi-GPU via
-``accelerate launch``), checkpoints with exact resume, JSONL logs, experiment trackers (``trainer.tracking``) and validation grids.
+``accelerate launch``), checkpoints with exact resume, JSONL logs, experiment trackers (``trainer.tracking``) and validation
+grids (``trainer.validation``).
 
 Determinism: micro-batch ``n`` (counted over all processes) takes its rows from ``BatchSampler.plan(n)``
 and its noise and timesteps from a generator seeded by ``(seed, n)``, so the data position is the step
@@ -25,11 +26,12 @@ from bokeh_models.components import DTYPES
 from estimators.cli_util import UserError
 from trainer.backbones import UNetBackbone, load_backbone
 from trainer.checkpoint import drop_after, load_checkpoint, read_state, resolve_resume, save_checkpoint
-from trainer.config import STEP_FREE_SCHEDULES, OptimConfig, TrainConfig, job_settings, load_config, resume_changes
+from trainer.config import STEP_FREE_SCHEDULES, OptimConfig, TrainConfig, job_settings, resume_changes
 from trainer.data import BatchPlan, BatchSampler, ImageLoader, load_rows
 from trainer.ema import WeightAverage
 from trainer.run_folder import RunLock, claim, note_built_base, write_text
 from trainer.tracking import check_tracker, log_scalars, log_validation, log_with, start_tracking
+from trainer.validation import save_grid, validation_grid
 
 
 class TrainStep(nn.Module):
@@ -115,8 +117,8 @@ def trainable_parameters(adapter: nn.Module, backbone: Any, trained: dict[str, n
 
 
 def adamw(params: list[nn.Parameter], o: OptimConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW as configured; on CUDA the fused implementation (FLUX adapter, 346 tensors, H200: 3.8 ms a step
-    against 8.1 ms for the default foreach one, which launches more kernels in a step bound by launches)."""
+    """AdamW as configured; on CUDA the fused implementation, which launches fewer kernels than the default foreach
+    one (an adapter's training step is bound by kernel launches)."""
     return torch.optim.AdamW(params, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2), weight_decay=o.weight_decay,
                              eps=o.adam_epsilon, fused=device.type == "cuda")
 
@@ -180,32 +182,23 @@ def _on_main(state: Any, action: Callable[[], None]) -> None:
         raise UserError(message)
 
 
-def _saved_settings(checkpoint: Path, processes: int) -> Optional[dict[str, Any]]:
-    """The job settings a checkpoint records, else (older checkpoints) those of its run's config.yaml, without the
-    process count; None when neither can be read."""
+def _saved_settings(checkpoint: Path) -> dict[str, Any]:
+    """The job settings a checkpoint's ``state.json`` records (every checkpoint of ``bokeh train`` has them)."""
     saved = read_state(checkpoint).get("settings")
-    if isinstance(saved, dict):
-        return saved
-    try:
-        settings = job_settings(load_config(checkpoint.parent.parent / "config.yaml"), processes)
-    except UserError:
-        return None
-    del settings["processes"]
-    return settings
+    if not isinstance(saved, dict):
+        raise UserError(f"--resume {checkpoint}: its state.json records no run settings, so it was not written by "
+                        "bokeh train; train a new run (another run.output_dir, or --overwrite)")
+    return saved
 
 
 def _check_resume(config: TrainConfig, checkpoint: Path, step: int, processes: int) -> list[str]:
     """Refuse a resume whose settings change what the run trains, or whose ``run.max_steps`` is below the
     checkpoint's step; returns the notes on what may change and did."""
-    saved = _saved_settings(checkpoint, processes)
-    if saved is None:
-        notes = [f"{checkpoint} records no settings (nor a readable config.yaml): they are not compared"]
-    else:
-        refused, notes = resume_changes(saved, job_settings(config, processes))
-        if refused:
-            more = f" and {len(refused) - 3} more" if len(refused) > 3 else ""
-            raise UserError(f"--resume {checkpoint}: this config changes what the run trains ({'; '.join(refused[:3])}{more}): a resumed "
-                            "run keeps them; put them back, or train a new run (another run.output_dir, or --overwrite)")
+    refused, notes = resume_changes(_saved_settings(checkpoint), job_settings(config, processes))
+    if refused:
+        more = f" and {len(refused) - 3} more" if len(refused) > 3 else ""
+        raise UserError(f"--resume {checkpoint}: this config changes what the run trains ({'; '.join(refused[:3])}{more}): a resumed "
+                        "run keeps them; put them back, or train a new run (another run.output_dir, or --overwrite)")
     max_steps = config.run.max_steps
     if step > max_steps:
         raise UserError(f"the checkpoint {checkpoint} is at step {step}, past run.max_steps={max_steps}: nothing to train; "
@@ -245,55 +238,6 @@ def _open_run(config: TrainConfig, state: Any, resume: Optional[str], overwrite:
 
     _on_main(state, start)
     return checkpoint, step
-
-
-def validation_pipeline(backbone: Any, adapter: nn.Module) -> Any:
-    """The sampling pipeline users run, built on the training modules in memory (the trained adapter installed;
-    a copy of the scheduler, whose timesteps sampling sets)."""
-    from pipelines.pipeline_flux import BokehFluxPipeline
-    from pipelines.pipeline_sd import BokehStableDiffusionPipeline
-
-    if backbone.family == "flux":
-        parts = backbone.pipe.components
-        scheduler = parts["scheduler"]
-        pipe = BokehFluxPipeline(
-            scheduler=type(scheduler).from_config(scheduler.config), vae=parts["vae"], text_encoder=parts["text_encoder"],
-            tokenizer=parts["tokenizer"], text_encoder_2=parts["text_encoder_2"], tokenizer_2=parts["tokenizer_2"],
-            transformer=parts["transformer"], adapter=adapter)
-    else:
-        scheduler = type(backbone.scheduler).from_config(backbone.scheduler.config)
-        pipe = BokehStableDiffusionPipeline(unet=backbone.unet, text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer,
-                                            scheduler=scheduler, adapter=adapter, vae=backbone.vae)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def validation_grid(backbone: Any, adapter: nn.Module, config: TrainConfig) -> Any:
-    """A PIL image: per prompt, a contact-sheet row of the K sweep unbounded and one grounded (pivot halfway
-    between the lowest and highest K, the first 4/5 of the steps grounded, as the released sweeps are: 24 of 30),
-    both from the seed ``validation.seed`` + the prompt's index, sampled by the pipeline users run."""
-    from PIL import Image
-
-    from synth_blur.contact_sheet import contact_sheet
-
-    val = config.validation
-    resolution = val.resolution or config.data.resolution
-    pipe = validation_pipeline(backbone, adapter)
-    pivot = (min(val.levels) + max(val.levels)) / 2
-    modes = [("", {}), (f" grounded on {pivot:g}", dict(pivot=pivot, grounding_steps=round(0.8 * val.steps)))]
-    rows = []
-    for i, prompt in enumerate(val.prompts):
-        for label, mode in modes:
-            images = pipe(prompt, val.levels, seed=val.seed + i, num_inference_steps=val.steps,
-                          guidance_scale=val.guidance_scale, height=resolution, width=resolution, **mode).images
-            labels = [f"K={k:g}{label}" for k in val.levels]
-            rows.append(contact_sheet(images, labels, height=max(64, resolution)))
-    sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
-    y = 0
-    for row in rows:
-        sheet.paste(row, (0, y))
-        y += row.height
-    return sheet
 
 
 def train(config: TrainConfig, resume: Optional[str] = None, overwrite: bool = False) -> dict[str, Any]:
@@ -352,8 +296,8 @@ def _train(config: TrainConfig, resume: Optional[str], overwrite: bool, stack: c
     accelerator = Accelerator(mixed_precision=run.mixed_precision, gradient_accumulation_steps=run.gradient_accumulation_steps,
                               log_with=log_with(run.report_to), project_dir=str(output_dir / "logs"))
     if accelerator.device.type == "cpu" and run.mixed_precision != "no":
-        warnings.warn(f"run.mixed_precision={run.mixed_precision} on a CPU: autocast made the tiny model's step 9x slower "
-                      "there (12.3 vs 1.4 s over its first 10 steps at 2 threads); run.mixed_precision=no is faster on CPUs", stacklevel=3)
+        warnings.warn(f"run.mixed_precision={run.mixed_precision} on a CPU: autocast slows CPU training steps down; "
+                      "run.mixed_precision=no is faster on CPUs", stacklevel=3)
     trained = _trained_modules(config, backbone)
     # freeze first: the adapter's processors become submodules of the base model when installed
     for name, module in backbone.modules().items():
@@ -451,7 +395,7 @@ def _train(config: TrainConfig, resume: Optional[str], overwrite: bool, stack: c
             step_module.train()
             (output_dir / "validation").mkdir(exist_ok=True)
             grid_path = output_dir / "validation" / f"step-{step:07d}.png"
-            grid.save(grid_path)
+            save_grid(grid, grid_path, config, step)
             log_validation(accelerator, run.report_to, grid, grid_path, step)
     bar.close()
     # The trackers close; the process group stays for the caller (destroying it here while another process still
