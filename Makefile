@@ -46,7 +46,7 @@ demo: setup
 	    $(BIN)/bokeh estimate demo/photos/*.jpg --depth sidecar --mask depth
 	@$(STAGE) --stage 2/8 --title "Render a K sweep of one photo" \
 	    --what "the depth-aware defocus renderer on street_8.jpg at K = 0, 5, 10, 20, 30 ($(DEMO_OUT)/render)" -- \
-	    $(BIN)/bokeh render demo/photos/street_8.jpg --sweep 0,5,10,20,30 -o $(DEMO_OUT)/render
+	    $(BIN)/bokeh render demo/photos/street_8.jpg --depth sidecar --sweep 0,5,10,20,30 -o $(DEMO_OUT)/render
 	@$(STAGE) --stage 3/8 --title "Draw the demo scenes" \
 	    --what "$(DEMO_SCENES) procedural scenes with exact depth, subject masks and captions" -- \
 	    $(BIN)/bokeh demo-data -o $(DEMO_OUT)/scenes --count $(DEMO_SCENES)

@@ -1,7 +1,6 @@
 """Subject masks: depth prompt, GrabCut masker, SAM candidate choice, tiny SAM, sidecars."""
 from __future__ import annotations
 
-import time
 
 import cv2
 import numpy as np
@@ -72,14 +71,26 @@ def test_depth_masker_recovers_textured_disc():
     assert 0.3 < result.score <= 1.0
 
 
-def test_depth_masker_works_at_reduced_size_on_large_images():
+def test_depth_masker_works_at_reduced_size_on_large_images(monkeypatch):
+    import cv2
+
+    from estimators import mask as mask_module
+
     image, disparity, subject = _scene(height=1000, width=1500, blur=12)
-    start = time.perf_counter()
+    seen = []
+    real_grabcut = cv2.grabCut
+
+    def recording_grabcut(img, *args):
+        seen.append(img.shape[:2])
+        return real_grabcut(img, *args)
+
+    monkeypatch.setattr(mask_module.cv2, "grabCut", recording_grabcut)
     result = DepthMasker()(image, disparity)
-    elapsed = time.perf_counter() - start
     assert result.mask.shape == (1000, 1500)
     assert _iou(result.mask, subject) >= 0.9
-    assert elapsed < 3.0  # a bound far above the usual time: only a pathological slowdown fails
+    # GrabCut ran once, on the image scaled so that its long side is WORKING_SIDE
+    side = mask_module.WORKING_SIDE
+    assert seen == [(round(1000 * side / 1500), side)]
 
 
 def test_flat_depth_gives_low_score_centre_mask():
