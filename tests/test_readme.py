@@ -14,9 +14,11 @@ LINK = re.compile(r"\]\((?P<target>[^)\s]+)\)")
 
 def anchors(page: Path) -> set[str]:
     """GitHub's anchors of the headings of ``page``: lower case, punctuation dropped, spaces as hyphens."""
-    found = set()
+    found, fenced = set(), False
     for line in page.read_text().splitlines():
-        if line.startswith("#"):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif line.startswith("#") and not fenced:
             title = line.lstrip("#").strip().lower()
             found.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
     return found
