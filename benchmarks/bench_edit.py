@@ -56,6 +56,9 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=6)
     parser.add_argument("--sources", type=float, nargs="+", default=[12.0, 22.0])
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--guidance", type=float, help="guidance scale of the regeneration (default the edit's, 1)")
+    parser.add_argument("--grounding-steps", type=int, help="default all")
+    parser.add_argument("--shared-steps", type=int, default=0)
     parser.add_argument("--sheet", type=Path, help="write a picture of the first scene's edits here")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -84,10 +87,12 @@ def main() -> None:
             photo_full = render_sweep([k0], sharp, scene)[0]
             photo = photo_full.resize(size, Image.LANCZOS)
             physical = render_sweep([math.sqrt(30.0**2 - k0**2)], photo_full, scene)[0].resize(size, Image.LANCZOS)
-            edits, seconds = cpu_seconds(lambda: pipe(photo, caption, list(TARGETS), source_bokeh=k0,
-                                                      num_inference_steps=args.steps).images)
+            edits, seconds = cpu_seconds(lambda: pipe(
+                photo, caption, list(TARGETS), source_bokeh=k0, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                grounding_steps=args.grounding_steps, shared_steps=args.shared_steps).images)
             times["edit"].append(seconds / len(TARGETS))
-            _, seconds = cpu_seconds(lambda: sampler(caption, list(TARGETS), seed=0, num_inference_steps=args.steps))
+            _, seconds = cpu_seconds(lambda: sampler(caption, list(TARGETS), seed=0, num_inference_steps=args.steps,
+                                                     guidance_scale=pipe.edit_guidance if args.guidance is None else args.guidance))
             times["sample"].append(seconds / len(TARGETS))
             kept = [keep_subject(edit, photo, small_mask) for edit in edits]
             r = rows[k0]

@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--steps", type=positive_int, metavar="N", help="inversion and denoising steps (default 30)")
     s.add_argument("--guidance-scale", type=non_negative_float, metavar="G",
                    help="FLUX: distilled guidance (default 3.0); UNet: classifier-free guidance of the regeneration "
-                   "(default 7.5, pixel-space tiny model 2.0; the inversion runs without it)")
+                   "(default 1 = none, as the inversion: the edit then retraces the photo's trajectory)")
     s.add_argument("--grounding-steps", type=non_negative_int, metavar="N",
                    help="steps that attend with the photo's queries (default: all)")
     s.add_argument("--shared-steps", type=non_negative_int, default=0, metavar="S",
@@ -129,14 +129,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         edits = pipe(photo, prompt, args.bokeh, source_bokeh=source, num_inference_steps=args.steps,
                      guidance_scale=args.guidance_scale, grounding_steps=args.grounding_steps,
-                     shared_steps=args.shared_steps, colour_transfer=args.colour_transfer, subject_mask=mask,
+                     shared_steps=args.shared_steps, colour_transfer=args.colour_transfer,
+                     subject_mask=mask if args.keep_subject else None,
                      height=height, width=width).images
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(args.photo).stem
     settings = {"prompt": prompt, "source_bokeh": f"{source:g} ({how})", "steps": str(args.steps or pipe.default_steps),
-                "guidance": f"{pipe.default_guidance if args.guidance_scale is None else args.guidance_scale:g}",
+                "guidance": f"{pipe.edit_guidance if args.guidance_scale is None else args.guidance_scale:g}",
                 "keep_subject": str(args.keep_subject).lower()}
     for k, image in zip(args.bokeh, edits):
         image.save(out / f"{stem}-K{k:g}.png", pnginfo=png_text({**settings, "K": f"{k:g}"}))

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from bokeh_models.flux_latents import unpack_latents
+from estimators.lens import MAX_BOKEH_LEVEL
 from pipelines.edit_blend import keep_subject
 from pipelines.inversion import ddim_inversion, flow_inversion
 from pipelines.pipeline_base import OUTPUT_TYPES, BokehPipeline, BokehPipelineOutput, checked_levels
@@ -68,6 +69,11 @@ class BokehEditMixin:
         """The guidance the inversion predicts with when the regeneration uses ``guidance_scale``."""
         raise NotImplementedError
 
+    @property
+    def edit_guidance(self) -> float:
+        """The regeneration's default guidance: the inversion's, so both follow one trajectory field."""
+        return self.inversion_guidance(self.default_guidance)
+
     def photo_pixels(self, image: ImageInput, height: Optional[int], width: Optional[int]) -> tuple[torch.Tensor, Image.Image]:
         """The photo at the edit's size (default its own; sides must fit the model) as ``[1, 3, H, W]`` in [-1, 1]
         on the execution device, and as the RGB image the edits are compared and blended with."""
@@ -120,11 +126,15 @@ class BokehEditMixin:
         its inverted noise with a pivot row at ``source_bokeh`` that follows the inverted trajectory step by step,
         so for ``grounding_steps`` steps (default all) every row attends with the photo's own queries; the first
         ``shared_steps`` steps hold every row on that trajectory (the edit then starts from the photo's latents at
-        that noise level: more of the photo kept, less room for the new blur). ``colour_transfer``: each edit takes
+        that noise level: more of the photo kept, less room for the new blur). ``guidance_scale`` defaults to
+        ``edit_guidance`` (UNet: 1, no classifier-free pass; FLUX: its distilled 3.0). ``colour_transfer``: each edit takes
         the photo's LAB means. ``subject_mask`` (HxW bool, True = subject, any size): the photo's subject is
         blended back over each edit (``pipelines.edit_blend``), as the subject stays in focus at every K."""
         if not isinstance(prompt, str):
             raise ValueError("prompt must be one string (the photo's caption, or empty)")
+        source_bokeh = float(source_bokeh)
+        if not 0 <= source_bokeh <= MAX_BOKEH_LEVEL:  # also refuses NaN
+            raise ValueError(f"source_bokeh (the photo's own K) must be in 0..{MAX_BOKEH_LEVEL:g}, got {source_bokeh:g}")
         levels = checked_levels(bokeh, source_bokeh)
         if any(k < 0 for k in levels):
             raise ValueError("an edit needs target levels K >= 0")
@@ -138,14 +148,14 @@ class BokehEditMixin:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if subject_mask is not None and output_type == "latent":
             raise ValueError("subject_mask blends images: it needs an output_type other than 'latent'")
-        guidance_scale = self.default_guidance if guidance_scale is None else float(guidance_scale)
+        guidance_scale = self.edit_guidance if guidance_scale is None else float(guidance_scale)
         pixels, photo = self.photo_pixels(image, height, width)
         height, width = photo.height, photo.width
 
         trajectory = self.invert_photo(pixels, prompt, source_bokeh, steps, guidance_scale, height, width)
         grounded = grounding_steps > 0
         images = BokehPipeline.__call__(
-            self, prompt, levels, pivot=float(source_bokeh), grounding_steps=grounding_steps, num_inference_steps=steps,
+            self, prompt, levels, pivot=source_bokeh, grounding_steps=grounding_steps, num_inference_steps=steps,
             guidance_scale=guidance_scale, negative_prompt="", height=height, width=width, colour_transfer=colour_transfer,
             shared_steps=shared_steps, latents=self.from_batch(trajectory[0], height, width),
             output_type="pil" if subject_mask is not None else output_type,

@@ -191,7 +191,7 @@ def test_flux_edit_round_trips_through_flow_matching_inversion(flux_dir):
 def test_edit_pipeline_refuses_bad_arguments(pixel_checkpoint):
     pipe = edit_pipe(pixel_checkpoint / "model", pixel_checkpoint / "adapter")
     photo = smooth_photo(32)
-    with pytest.raises(ValueError, match="pivot K must be in 0..30"):
+    with pytest.raises(ValueError, match="source_bokeh .* must be in 0..30"):
         pipe(photo, CAPTION, [0], source_bokeh=40)
     with pytest.raises(ValueError, match="multiples of 4"):
         pipe(photo.resize((30, 30)), CAPTION, [0], source_bokeh=5)
