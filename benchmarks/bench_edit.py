@@ -8,7 +8,8 @@ Each scene's all-in-focus image is rendered physically at source levels the mode
   sharpness, as ``bokeh eval`` computes it, beside the input's own and the physical renderer's (the input rendered
   again at sqrt(30^2 - K0^2): disc blurs add in quadrature);
 - subject SSIM of each edit against the input (the scene's mask), with and without ``keep_subject``;
-- CPU seconds per edit (one thread) and per plain sampling call of the same two levels, same steps.
+- CPU seconds per edit (one thread) and per plain sampling call of the same two levels, same steps;
+- the K0 ``bokeh estimate`` finds for each render (depth and mask from the scene's sidecars).
 
     python benchmarks/bench_edit.py DEMO_OUT [--scenes 6] [--sources 12 22] [--steps 30] [--sheet edit.png]
 """
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +30,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from estimators.image_io import load_mask  # noqa: E402
+from estimators.photo_estimator import PhotoEstimator  # noqa: E402
 from estimators.sidecars import photo_depth  # noqa: E402
 from pipelines import metrics  # noqa: E402
 from pipelines.edit_blend import keep_subject  # noqa: E402
@@ -50,6 +54,16 @@ def blur_factor(ratios: list[float]) -> float:
     return math.exp(float(np.mean(ratios)))
 
 
+def estimated_level(photo: Image.Image, scene_path: Path, estimator: PhotoEstimator, folder: Path) -> float:
+    """The K ``bokeh estimate --depth sidecar --mask sidecar`` gives ``photo``, a render of the scene at ``scene_path``."""
+    target = folder / "photo.png"
+    photo.save(target)
+    for suffix in (".depth.npy", ".mask.png"):
+        shutil.copyfile(scene_path.with_name(scene_path.stem + suffix), folder / f"photo{suffix}")
+    level = estimator.estimate(target).get("bokeh_level")
+    return math.nan if level is None else float(level)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("demo", type=Path, help="a make demo output folder (tiny/ and scenes/)")
@@ -59,6 +73,8 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, help="guidance scale of the regeneration (default the edit's, 1)")
     parser.add_argument("--grounding-steps", type=int, help="default all")
     parser.add_argument("--shared-steps", type=int, default=0)
+    parser.add_argument("--estimated", action="store_true",
+                        help="edit from the K0 the estimator finds (as `bokeh edit` without --source-bokeh), not the true one")
     parser.add_argument("--sheet", type=Path, help="write a picture of the first scene's edits here")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -73,6 +89,8 @@ def main() -> None:
     rows: dict[float, dict[str, list[float]]] = {k: {} for k in args.sources}
     times: dict[str, list[float]] = {"edit": [], "sample": []}
     sheet_tiles = []
+    estimator = PhotoEstimator("sidecar", "sidecar")
+    tmp = tempfile.mkdtemp(prefix="bench_edit_")
     scenes = sorted(p for p in (args.demo / "scenes").glob("scene_*.png") if "." not in p.stem)  # not the masks
     for path in scenes[:args.scenes]:
         sharp = Image.open(path).convert("RGB")
@@ -85,17 +103,19 @@ def main() -> None:
         ref30 = metrics.background_sharpness(truth30, small_mask)
         for k0 in args.sources:
             photo_full = render_sweep([k0], sharp, scene)[0]
+            r = rows[k0]
+            r.setdefault("estimated_k", []).append(estimated_level(photo_full, path, estimator, Path(tmp)))
+            source = r["estimated_k"][-1] if args.estimated else k0
             photo = photo_full.resize(size, Image.LANCZOS)
             physical = render_sweep([math.sqrt(30.0**2 - k0**2)], photo_full, scene)[0].resize(size, Image.LANCZOS)
             edits, seconds = cpu_seconds(lambda: pipe(
-                photo, caption, list(TARGETS), source_bokeh=k0, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                photo, caption, list(TARGETS), source_bokeh=source, num_inference_steps=args.steps, guidance_scale=args.guidance,
                 grounding_steps=args.grounding_steps, shared_steps=args.shared_steps).images)
             times["edit"].append(seconds / len(TARGETS))
             _, seconds = cpu_seconds(lambda: sampler(caption, list(TARGETS), seed=0, num_inference_steps=args.steps,
                                                      guidance_scale=pipe.edit_guidance if args.guidance is None else args.guidance))
             times["sample"].append(seconds / len(TARGETS))
             kept = [keep_subject(edit, photo, small_mask) for edit in edits]
-            r = rows[k0]
             measured = {
                 "input_psnr0": metrics.psnr(photo, truth0), "input_ssim0": metrics.ssim(photo, truth0),
                 "edit_psnr0": metrics.psnr(edits[0], truth0), "edit_ssim0": metrics.ssim(edits[0], truth0),
@@ -115,7 +135,8 @@ def main() -> None:
                 sheet_tiles = [(photo, f"input K={k0:g}"), (edits[0], "edit K=0"), (truth0, "true K=0"),
                                (edits[1], "edit K=30"), (physical, "render K=30"), (truth30, "true K=30")]
     for k0, r in rows.items():
-        print(f"\nsource K0 = {k0:g} ({len(r['edit_psnr0'])} scenes)")
+        print(f"\nsource K0 = {k0:g} ({len(r['edit_psnr0'])} scenes; estimated K0 {np.nanmean(r['estimated_k']):.1f}, "
+              f"{np.nanmin(r['estimated_k']):.1f} .. {np.nanmax(r['estimated_k']):.1f})")
         print(f"  to K=0 : PSNR input {np.mean(r['input_psnr0']):.2f} -> edit {np.mean(r['edit_psnr0']):.2f} "
               f"(kept subject {np.mean(r['kept_psnr0']):.2f}) dB; SSIM input {np.mean(r['input_ssim0']):.3f} -> edit "
               f"{np.mean(r['edit_ssim0']):.3f} (kept {np.mean(r['kept_ssim0']):.3f})")
@@ -126,6 +147,7 @@ def main() -> None:
     edit_s, sample_s = np.median(times["edit"]), np.median(times["sample"])
     print(f"\nCPU seconds per edit (one thread, {args.steps} steps): {edit_s:.2f}; per sampled image {sample_s:.2f}; "
           f"ratio {edit_s / sample_s:.2f}")
+    shutil.rmtree(tmp)
     if args.sheet:
         from synth_blur.contact_sheet import contact_sheet
 

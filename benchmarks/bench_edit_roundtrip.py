@@ -16,24 +16,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.test_edit import CAPTION, edit_pipe, mean_error, smooth_photo  # noqa: E402
+from tests.test_edit import CAPTION, build_pixel_model, edit_pipe, mean_error, smooth_photo  # noqa: E402
 from tests.tiny_pipelines import build_tiny_flux, build_tiny_sd, randomise  # noqa: E402
-
-
-def pixel_model(root: Path, prediction_type: str) -> tuple[Path, Path]:
-    """A 32 px tiny pixel-space model (random weights, no clipping) and a random adapter."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-
-    from bokeh_models.tiny_model import build_tiny_model
-    from bokeh_models.unet_adapter import BokehUNetAdapter
-
-    build_tiny_model(root / "model", [CAPTION], resolution=32, block_out_channels=[16, 32], attention_levels=1,
-                     text_width=32, patch_size=2, prediction_type=prediction_type, bokeh_time_embedding=True)
-    scheduler = DDPMScheduler.from_pretrained(root / "model", subfolder="scheduler")
-    DDPMScheduler.from_config(scheduler.config, clip_sample=False).save_pretrained(root / "model" / "scheduler")
-    unet = UNet2DConditionModel.from_pretrained(root / "model", subfolder="unet")
-    randomise(BokehUNetAdapter(unet, bokeh_context_dim=32, lora_rank=4), seed=1, std=0.1).save_pretrained(root / "adapter")
-    return root / "model", root / "adapter"
 
 
 def vae_round_trip(pipe, photo) -> np.ndarray:
@@ -51,7 +35,10 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        models = {f"pixel UNet, {p}": pixel_model(root / p, p) for p in ("v_prediction", "epsilon", "sample")}
+        models = {}
+        for p in ("v_prediction", "epsilon", "sample"):
+            folder = build_pixel_model(root / p, p)
+            models[f"pixel UNet, {p}"] = (folder / "model", folder / "adapter")
         from diffusers import FluxTransformer2DModel, UNet2DConditionModel
 
         from bokeh_models.flux_adapter import BokehFluxAdapter

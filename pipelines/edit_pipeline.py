@@ -16,7 +16,7 @@ from PIL import Image
 from bokeh_models.flux_latents import unpack_latents
 from estimators.lens import MAX_BOKEH_LEVEL
 from pipelines.edit_blend import keep_subject
-from pipelines.inversion import ddim_inversion, flow_inversion
+from pipelines.inversion import Predict, ddim_inversion, flow_inversion
 from pipelines.pipeline_base import OUTPUT_TYPES, BokehPipeline, BokehPipelineOutput, checked_levels
 from pipelines.pipeline_flux import BokehFluxPipeline
 from pipelines.pipeline_sd import BokehStableDiffusionPipeline
@@ -46,9 +46,6 @@ class BokehEditMixin:
     optionally keep the subject. Backbones give ``encode_image``, ``to_batch`` / ``from_batch``, ``invert`` and
     ``inversion_guidance``."""
 
-    #: Grounding steps of an edit when none are given: all of them (the pivot is the photo itself).
-    default_grounding_steps: Optional[int] = None
-
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """``[1, 3, H, W]`` pixels in [-1, 1] -> the photo's clean latents ``[1, *latent_shape]``."""
         raise NotImplementedError
@@ -61,7 +58,7 @@ class BokehEditMixin:
         """The inverse of ``to_batch``."""
         raise NotImplementedError
 
-    def invert(self, predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], latents: torch.Tensor) -> list[torch.Tensor]:
+    def invert(self, predict: Predict, latents: torch.Tensor) -> list[torch.Tensor]:
         """The inverted trajectory of batch-layout ``latents`` (see ``pipelines.inversion``)."""
         raise NotImplementedError
 
@@ -78,6 +75,8 @@ class BokehEditMixin:
         """The photo at the edit's size (default its own; sides must fit the model) as ``[1, 3, H, W]`` in [-1, 1]
         on the execution device, and as the RGB image the edits are compared and blended with."""
         if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"an image array must be HxWx3 uint8, got {image.shape} {image.dtype}")
             image = Image.fromarray(image)
         if not isinstance(image, Image.Image):
             raise ValueError(f"image must be a PIL image or an HxWx3 uint8 array, got {type(image).__name__}")
@@ -190,7 +189,7 @@ class BokehStableDiffusionEditPipeline(BokehEditMixin, BokehStableDiffusionPipel
     def from_batch(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
         return latents
 
-    def invert(self, predict, latents) -> list[torch.Tensor]:
+    def invert(self, predict: Predict, latents: torch.Tensor) -> list[torch.Tensor]:
         return ddim_inversion(predict, latents, self.scheduler)
 
     def inversion_guidance(self, guidance_scale: float) -> float:
@@ -212,7 +211,7 @@ class BokehFluxEditPipeline(BokehEditMixin, BokehFluxPipeline):
         h, w = self.latent_shape(height, width)[1:]
         return unpack_latents(latents, h, w)
 
-    def invert(self, predict, latents) -> list[torch.Tensor]:
+    def invert(self, predict: Predict, latents: torch.Tensor) -> list[torch.Tensor]:
         return flow_inversion(predict, latents, self.scheduler)
 
     def inversion_guidance(self, guidance_scale: float) -> float:

@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 
 from bokeh_cli import main
+from tests.test_pipelines import flux_dir  # noqa: F401 - the tiny FLUX folder with its random adapter
 from tests.tiny_diffusion import single_thread
-from tests.tiny_pipelines import build_tiny_flux, randomise
+from tests.tiny_pipelines import randomise
 
 CAPTION = "a red ball in front of a green hedge"
 
@@ -95,36 +96,27 @@ def test_flow_inversion_with_a_constant_velocity_is_the_straight_line():
 # ---------------------------------------------------------------- the pipelines on tiny random-weight models
 
 
-@pytest.fixture(scope="module")
-def pixel_checkpoint(tmp_path_factory):
-    """A checkpoint folder (model/ + adapter/) of a 32 px tiny pixel-space model predicting v, random weights, with a
-    DDIM schedule that does not clip (clipping is not invertible)."""
+def build_pixel_model(folder, prediction_type: str):
+    """A checkpoint-like folder (model/ + adapter/) of a 32 px tiny pixel-space model predicting ``prediction_type``,
+    random weights, with a DDIM schedule that does not clip (clipping is not invertible)."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     from bokeh_models.tiny_model import build_tiny_model
     from bokeh_models.unet_adapter import BokehUNetAdapter
 
-    ckpt = tmp_path_factory.mktemp("pixel") / "ckpt"
-    build_tiny_model(ckpt / "model", [CAPTION], resolution=32, block_out_channels=[16, 32], attention_levels=1,
-                     text_width=32, patch_size=2, prediction_type="v_prediction", bokeh_time_embedding=True)
-    scheduler = DDPMScheduler.from_pretrained(ckpt / "model", subfolder="scheduler")
-    DDPMScheduler.from_config(scheduler.config, clip_sample=False).save_pretrained(ckpt / "model" / "scheduler")
-    unet = UNet2DConditionModel.from_pretrained(ckpt / "model", subfolder="unet")
-    randomise(BokehUNetAdapter(unet, bokeh_context_dim=32, lora_rank=4), seed=1, std=0.1).save_pretrained(ckpt / "adapter")
-    return ckpt
+    build_tiny_model(folder / "model", [CAPTION], resolution=32, block_out_channels=[16, 32], attention_levels=1,
+                     text_width=32, patch_size=2, prediction_type=prediction_type, bokeh_time_embedding=True)
+    scheduler = DDPMScheduler.from_pretrained(folder / "model", subfolder="scheduler")
+    DDPMScheduler.from_config(scheduler.config, clip_sample=False).save_pretrained(folder / "model" / "scheduler")
+    unet = UNet2DConditionModel.from_pretrained(folder / "model", subfolder="unet")
+    randomise(BokehUNetAdapter(unet, bokeh_context_dim=32, lora_rank=4), seed=1, std=0.1).save_pretrained(folder / "adapter")
+    return folder
 
 
 @pytest.fixture(scope="module")
-def flux_dir(tmp_path_factory):
-    from diffusers import FluxTransformer2DModel
-
-    from bokeh_models.flux_adapter import BokehFluxAdapter
-
-    root = tmp_path_factory.mktemp("flux")
-    build_tiny_flux(root / "base")
-    transformer = FluxTransformer2DModel.from_pretrained(root / "base", subfolder="transformer")
-    randomise(BokehFluxAdapter(transformer, lora_rank=4, bokeh_context_dim=32), seed=4, std=0.2).save_pretrained(root / "random")
-    return root
+def pixel_checkpoint(tmp_path_factory):
+    """The tiny pixel-space model predicting v (``build_pixel_model``)."""
+    return build_pixel_model(tmp_path_factory.mktemp("pixel") / "ckpt", "v_prediction")
 
 
 def edit_pipe(base, adapter):
