@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from bokeh_cli import main
-from tests.test_pipelines import flux_dir  # noqa: F401 - the tiny FLUX folder with its random adapter
+from tests.test_pipelines import flux_dir, sd_dir  # noqa: F401 - tiny FLUX / SD folders with random adapters
 from tests.tiny_diffusion import single_thread
 from tests.tiny_pipelines import randomise
 
@@ -156,18 +156,35 @@ def test_every_step_shared_gives_the_photo_at_every_k(pixel_checkpoint):
         assert np.abs(np.asarray(image, np.int16) - np.asarray(photo, np.int16)).max() <= 1
 
 
-def test_flux_edit_round_trips_through_flow_matching_inversion(flux_dir):
-    """FLUX.1 (tiny, random weights): at the photo's own K the edit approaches the VAE's own round trip of the
-    photo (the best a latent model can give back, computed here with diffusers' VAE) as steps grow."""
+def vae_round_trip(folder, photo: Image.Image) -> np.ndarray:
+    """``photo`` through the VAE of the model in ``folder`` and back (mean latents), 0..255: what a latent model can
+    give back at best."""
     from diffusers import AutoencoderKL
 
-    pipe = edit_pipe(flux_dir / "base", flux_dir / "random")
-    photo = smooth_photo(16)
-    vae = AutoencoderKL.from_pretrained(flux_dir / "base", subfolder="vae")
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
     with torch.no_grad():
         pixels = torch.from_numpy(np.asarray(photo, np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
         decoded = vae.decode(vae.encode(pixels).latent_dist.mean).sample
-    round_trip = ((decoded[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).numpy()
+    return ((decoded[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).numpy()
+
+
+def test_latent_sd_edit_holding_every_step_gives_the_vae_round_trip(sd_dir):
+    """Latent Stable Diffusion (tiny, random weights): the photo's latents are the VAE's (scaled), and the trajectory's
+    clean end decodes to the VAE's round trip of the photo, whatever K."""
+    pipe = edit_pipe(sd_dir / "base", sd_dir / "random")
+    photo = smooth_photo(16)
+    images = pipe(photo, CAPTION, [0, 30], source_bokeh=10, num_inference_steps=4, shared_steps=4,
+                  colour_transfer=False, output_type="np").images
+    for image in images:
+        assert mean_error(image * 255, vae_round_trip(sd_dir / "base", photo)) < 0.5
+
+
+def test_flux_edit_round_trips_through_flow_matching_inversion(flux_dir):
+    """FLUX.1 (tiny, random weights): at the photo's own K the edit approaches the VAE's own round trip of the
+    photo (the best a latent model can give back, computed here with diffusers' VAE) as steps grow."""
+    pipe = edit_pipe(flux_dir / "base", flux_dir / "random")
+    photo = smooth_photo(16)
+    round_trip = vae_round_trip(flux_dir / "base", photo)
     errors = []
     for steps in (3, 12):
         out = pipe(photo, CAPTION, [12], source_bokeh=12, num_inference_steps=steps, colour_transfer=False,
