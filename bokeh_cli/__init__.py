@@ -10,7 +10,7 @@ from dataset_tools import cli as dataset_tools_cli
 from estimators import cli as estimators_cli
 from estimators.cli_util import UserError
 from estimators.model_loading import ModelUnavailableError
-from pipelines import eval_cli, sample_cli
+from pipelines import edit_cli, eval_cli, sample_cli
 from synth_blur import cli as synth_blur_cli
 from trainer import cli as trainer_cli
 
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in (estimators_cli.register, synth_blur_cli.register, dataset_tools_cli.register, build_cli.register, trainer_cli.register,
-                     sample_cli.register, eval_cli.register, push.register):
+                     sample_cli.register, edit_cli.register, eval_cli.register, push.register):
         register(sub)
     return parser
 

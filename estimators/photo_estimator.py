@@ -59,12 +59,16 @@ class PhotoEstimator:
 
     def estimate(self, path: str | Path) -> dict[str, Any]:
         """The record of one photo as a JSON-ready dict; a file that cannot be read gives {source, error}."""
+        return self.estimate_with_mask(path)[0]
+
+    def estimate_with_mask(self, path: str | Path) -> tuple[dict[str, Any], Optional[np.ndarray]]:
+        """``estimate``'s record and the subject mask it used (HxW bool at the photo's size; None without one)."""
         path = Path(path)
         try:
             data = read_regular(path, MAX_PHOTO_BYTES, "photo")
             image = load_image(data, max_pixels=self.max_pixels)
         except (InputFileError, ImageLoadError) as exc:
-            return {"source": str(path), "error": str(exc)}
+            return {"source": str(path), "error": str(exc)}, None
         notes: list[str] = []
         depth = self._depth(path, image, notes)
         mask, mask_source = self._mask(path, image, depth, notes)
@@ -72,7 +76,7 @@ class PhotoEstimator:
             to_array(image), read_exif(data), depth, mask, source=str(path), mask_source=mask_source
         )
         record.notes[:0] = notes
-        return record.to_dict()
+        return record.to_dict(), mask
 
     def estimate_all(self, paths: Iterable[str | Path]) -> Iterator[dict[str, Any]]:
         """Records for many photos, in order; one bad photo never stops the rest."""
