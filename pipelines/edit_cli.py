@@ -9,14 +9,16 @@ from typing import Any, Optional
 
 import numpy as np
 
-from estimators.cli_util import UserError, non_negative_float, non_negative_int, positive_int
+from estimators.cli_util import (
+    UserError, add_depth_arguments, add_list_argument, disparity_file, non_negative_float, non_negative_int, positive_int,
+)
 from pipelines.model_args import add_model_arguments, bokeh_level, pipeline_from_args
 from pipelines.sample_cli import SHEET_HEIGHT, png_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``bokeh edit`` to the ``bokeh`` parser."""
-    from estimators.backends import DEFAULT_DEPTH_BACKEND, DEPTH_BACKENDS, MASK_BACKENDS, depth_backend_help, depth_model_help
+    from estimators.backends import MASK_BACKENDS
 
     p = sub.add_parser(
         "edit",
@@ -27,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "STEM-K<k>.png per level and STEM-sheet.png (the input and its edits) to -o.",
     )
     p.add_argument("photo", metavar="PHOTO", help="the photo (JPEG, PNG, HEIC, ...)")
-    p.add_argument("--bokeh", type=bokeh_level, nargs="+", required=True, metavar="K",
-                   help="target levels, e.g. 0 30 (0 = all sharp .. 30 = very shallow depth of field)")
+    add_list_argument(p, "--bokeh", bokeh_level, example="0 30", required=True,
+                      help="target levels, 0 = all sharp .. 30 = very shallow depth of field")
     p.add_argument("--prompt", metavar="TEXT", help="the photo's caption (default: PHOTO's <stem>.txt, else empty)")
     p.add_argument("--source-bokeh", type=bokeh_level, metavar="K0",
                    help="the photo's own K (default: estimated as `bokeh estimate` does)")
@@ -36,8 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="blend the photo's subject (the estimator's mask) back over each edit: it stays in focus at "
                    "every K, and detail the inversion loses on it is kept")
     g = p.add_argument_group("estimation (for the photo's K and subject mask)")
-    g.add_argument("--depth", choices=DEPTH_BACKENDS, default=DEFAULT_DEPTH_BACKEND, help=depth_backend_help(DEPTH_BACKENDS))
-    g.add_argument("--depth-model", metavar="ID|PATH", help=depth_model_help())
+    add_depth_arguments(g)
     g.add_argument("--mask", choices=MASK_BACKENDS, default="depth",
                    help="subject mask: depth (default), sam, sidecar (<stem>.mask.png) or none")
     g.add_argument("--sam-model", metavar="ID|PATH", help="SAM model id or local directory (default facebook/sam-vit-base)")
@@ -95,7 +96,7 @@ def estimate_photo(args: argparse.Namespace) -> tuple[Optional[float], Optional[
     from estimators.photo_estimator import PhotoEstimator
 
     estimator = PhotoEstimator(args.depth, args.mask, depth_model=args.depth_model, sam_model=args.sam_model,
-                               device=args.device)
+                               device=args.device, disparity_file=disparity_file(args, 1))
     record, mask = estimator.estimate_with_mask(args.photo)
     if "error" in record:
         raise UserError(record["error"])

@@ -28,6 +28,40 @@ def sam_dir(tmp_path_factory):
     return build_tiny_sam(tmp_path_factory.mktemp("sam"))
 
 
+@pytest.fixture(scope="session")
+def sd_dir(tmp_path_factory):
+    """A tiny random-weight SD folder (base/) with a fresh (fresh/) and a randomised (random/) bokeh adapter."""
+    from diffusers import UNet2DConditionModel
+
+    from bokeh_models.unet_adapter import BokehUNetAdapter
+
+    from tests.tiny_pipelines import build_tiny_sd, randomise
+
+    root = tmp_path_factory.mktemp("sd")
+    build_tiny_sd(root / "base")
+    unet = UNet2DConditionModel.from_pretrained(root / "base", subfolder="unet")
+    BokehUNetAdapter(unet, lora_rank=4, bokeh_context_dim=32).save_pretrained(root / "fresh")
+    randomise(BokehUNetAdapter(unet, lora_rank=4, bokeh_context_dim=32), seed=3).save_pretrained(root / "random")
+    return root
+
+
+@pytest.fixture(scope="session")
+def flux_dir(tmp_path_factory):
+    """A tiny random-weight FLUX folder (base/) with a fresh (fresh/) and a randomised (random/) bokeh adapter."""
+    from diffusers import FluxTransformer2DModel
+
+    from bokeh_models.flux_adapter import BokehFluxAdapter
+
+    from tests.tiny_pipelines import build_tiny_flux, randomise
+
+    root = tmp_path_factory.mktemp("flux")
+    build_tiny_flux(root / "base")
+    transformer = FluxTransformer2DModel.from_pretrained(root / "base", subfolder="transformer")
+    BokehFluxAdapter(transformer, lora_rank=4, bokeh_context_dim=32).save_pretrained(root / "fresh")
+    randomise(BokehFluxAdapter(transformer, lora_rank=4, bokeh_context_dim=32), seed=4, std=0.2).save_pretrained(root / "random")
+    return root
+
+
 @pytest.fixture
 def fresh_accelerate_state():
     """accelerate keeps one state per process (device, mixed precision): reset before and after a test that sets it."""

@@ -23,6 +23,7 @@ MINIMAL = {
     "build": ["in", "-o", "out"],
     "sample": ["--prompt", "x", "--bokeh", "5", "-o", "o"],
     "eval": ["--prompts", "p.txt", "-o", "o"],
+    "edit": ["p.jpg", "--bokeh", "5", "-o", "o"],
 }
 #: List flags that take file paths (a path may hold a comma): they split on spaces only.
 PATH_LISTS = {"--reference-photos"}
@@ -50,7 +51,7 @@ def parse_error(capsys, command: str, *argv: str) -> str:
 
 # ----------------------------------------------------------------------------- 1. one list syntax
 LIST_FLAGS = [("sample", "--bokeh"), ("render", "--sweep"), ("eval", "--levels"), ("eval", "--seeds"),
-              ("build", "--levels")]
+              ("build", "--levels"), ("edit", "--bokeh")]
 
 
 def test_every_list_of_levels_or_seeds_uses_the_one_list_flag():
@@ -188,6 +189,7 @@ def test_sample_flags_default_to_the_pipeline_call():
     ("estimate", DEPTH_BACKENDS),
     ("render", tuple(b for b in DEPTH_BACKENDS if b != "none")),
     ("build", tuple(b for b in DEPTH_BACKENDS if b != "none")),
+    ("edit", DEPTH_BACKENDS),
 ])
 def test_depth_flags_are_the_same_everywhere(capsys, command, backends):
     depth = option(command, "--depth")

@@ -9,7 +9,6 @@ import torch
 from PIL import Image
 
 from bokeh_cli import main
-from tests.test_pipelines import flux_dir, sd_dir  # noqa: F401 - tiny FLUX / SD folders with random adapters
 from tests.tiny_diffusion import single_thread
 from tests.tiny_pipelines import randomise
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from tests.tiny_diffusion import single_thread
-from tests.tiny_pipelines import build_tiny_flux, build_tiny_sd, randomise
+from tests.tiny_pipelines import randomise
 
 PROMPT = "a red ball in front of a green hedge"
 
@@ -26,34 +26,6 @@ def sample(pipe, *args, **kwargs) -> list[Image.Image]:
 def _one_thread():
     with single_thread():
         yield
-
-
-@pytest.fixture(scope="module")
-def sd_dir(tmp_path_factory):
-    from diffusers import UNet2DConditionModel
-
-    from bokeh_models.unet_adapter import BokehUNetAdapter
-
-    root = tmp_path_factory.mktemp("sd")
-    build_tiny_sd(root / "base")
-    unet = UNet2DConditionModel.from_pretrained(root / "base", subfolder="unet")
-    BokehUNetAdapter(unet, lora_rank=4, bokeh_context_dim=32).save_pretrained(root / "fresh")
-    randomise(BokehUNetAdapter(unet, lora_rank=4, bokeh_context_dim=32), seed=3).save_pretrained(root / "random")
-    return root
-
-
-@pytest.fixture(scope="module")
-def flux_dir(tmp_path_factory):
-    from diffusers import FluxTransformer2DModel
-
-    from bokeh_models.flux_adapter import BokehFluxAdapter
-
-    root = tmp_path_factory.mktemp("flux")
-    build_tiny_flux(root / "base")
-    transformer = FluxTransformer2DModel.from_pretrained(root / "base", subfolder="transformer")
-    BokehFluxAdapter(transformer, lora_rank=4, bokeh_context_dim=32).save_pretrained(root / "fresh")
-    randomise(BokehFluxAdapter(transformer, lora_rank=4, bokeh_context_dim=32), seed=4, std=0.2).save_pretrained(root / "random")
-    return root
 
 
 def load(root, adapter):
