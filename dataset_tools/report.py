@@ -24,7 +24,7 @@ table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:
 th{background:#f3f3f3}td.num{text-align:right}img{max-width:100%;border:1px solid #ddd}.caption{color:#555;margin:0.2em 0 1.5em}
 .chart-box{overflow-x:auto;max-width:100%}.chart text.axis-label{font-weight:600}
 .strip{display:flex;flex-wrap:wrap;gap:6px}.strip figure{margin:0;text-align:center;font-size:14px;width:min-content}
-.strip img{display:block;height:160px;width:auto}
+.strip img{display:block;height:160px;width:auto;max-width:none}
 """
 
 

@@ -141,7 +141,8 @@ def test_eval_json_lists_every_picture(eval_dir):
 CHECK_SCRIPT = """<script>
 window.addEventListener('load', () => {
   const box = e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
-  const images = [...document.images].map(i => ({src: i.getAttribute('src').slice(0, 60), width: i.naturalWidth, done: i.complete}));
+  const images = [...document.images].map(i => ({src: i.getAttribute('src').slice(0, 60), width: i.naturalWidth,
+    height: i.naturalHeight, shown: box(i), done: i.complete}));
   const charts = [...document.querySelectorAll('svg.chart')].map(s => ({
     attr: Number(s.getAttribute('width')), box: box(s), lines: s.querySelectorAll('polyline.data').length,
     bars: [...s.querySelectorAll('rect.bar')].map(box),
@@ -182,10 +183,20 @@ def overlaps(a, b) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
+def distorted(images: list[dict]) -> list[dict]:
+    """The pictures shown with another aspect ratio than their own (squeezed or stretched by the page's layout)."""
+    def aspect(width: float, height: float) -> float:
+        return width / max(height, 1e-9)
+
+    return [i for i in images if abs(aspect(i["shown"][2] - i["shown"][0], i["shown"][3] - i["shown"][1])
+                                     / aspect(i["width"], i["height"]) - 1) > 0.05]
+
+
 def test_eval_page_in_a_browser(eval_dir, tmp_path):
     found = in_browser(eval_dir / "eval.html", tmp_path, 1280)
     assert len(found["images"]) == len(PROMPTS) * 2 * (3 * (len(LEVELS) + 1) + len(LEVELS))
     assert [i for i in found["images"] if not (i["done"] and i["width"] > 0)] == []
+    assert distorted(found["images"]) == []
     charts = found["charts"]
     assert len(charts) == 3 + 2 * len(PROMPTS)
     for chart in charts:
@@ -198,6 +209,7 @@ def test_report_page_in_a_narrow_browser_window(tmp_path):
     write_report(write_dataset(tmp_path / "out"), tmp_path / "report.html", max_groups=3)
     found = in_browser(tmp_path / "report.html", tmp_path, 480)
     assert len(found["images"]) == 3 + 2 + 2 and all(i["done"] and i["width"] > 0 for i in found["images"])
+    assert distorted(found["images"]) == []
     (histogram,) = found["charts"]
     assert histogram["box"][2] - histogram["box"][0] == histogram["attr"] == 900  # scrolls, never shrinks its labels
     assert len(histogram["bars"]) == 6 and histogram["font"] >= 10
