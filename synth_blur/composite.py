@@ -25,7 +25,7 @@ import torch
 from .aperture import Aperture
 from .layers import LayerPlan
 from .resample import upsample2
-from .tiles import HALO, TILE, PatchFetcher, TileGrid, blur_and_composite, kernel_spectra, presence_from_blocks, tile_presence
+from .tiles import HALO, TILE, PatchFetcher, TileGrid, blur_and_composite, presence_from_blocks, slot_kernels, tile_presence
 
 #: Coverage below which a pixel's normalised colour is blended with the push-pull fill.
 HOLE_COVERAGE = 0.05
@@ -115,11 +115,8 @@ def _composite_grid(
         back = like.new_zeros((4, grid.padded_height, grid.padded_width))
     if front is None and any(layer.side > 0 for layer in layers):
         front = like.new_zeros((4, grid.padded_height, grid.padded_width))
-    blur_and_composite(
-        back, front, grid, presence, fetch,
-        kernel_spectra([layer.radius / scale for layer in layers], aperture, like) / float(scale * scale),
-        [layer.side > 0 for layer in layers], [layer.side == 0 for layer in layers],
-    )
+    kernels = slot_kernels([layer.radius / scale for layer in layers], aperture, like, 1.0 / (scale * scale))
+    blur_and_composite(back, front, grid, presence, fetch, kernels, [layer.side > 0 for layer in layers])
     return back, front
 
 
@@ -133,10 +130,27 @@ def _coarse_scale(
     )
 
 
+class LinearImage:
+    """An opaque linear-light image [4, H, W] (colour, alpha = 1; contiguous) and its mirrored, tile-padded
+    copy that the full-resolution layers read, made on first use: renders of one image at several K share it."""
+
+    def __init__(self, premult: torch.Tensor) -> None:
+        self.premult = premult
+        self._padded: Optional[torch.Tensor] = None
+
+    def padded(self) -> torch.Tensor:
+        """The image placed by ``TileGrid.with_halo`` with its frame mirrored into the halo."""
+        if self._padded is None:
+            grid = TileGrid(*self.premult.shape[1:])
+            self._padded = grid.mirror_halo(grid.with_halo(self.premult))
+        return self._padded
+
+
 def _full_resolution(
-    premult: torch.Tensor, plan: LayerPlan, aperture: Aperture, back: Optional[torch.Tensor], front: Optional[torch.Tensor],
+    image: LinearImage, plan: LayerPlan, aperture: Aperture, back: Optional[torch.Tensor], front: Optional[torch.Tensor],
 ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Blur the full-resolution layers (|r| < FULL_RES_LIMIT, in focus included) into the two stacks."""
+    premult = image.premult
     _, height, width = premult.shape
     device = premult.device
     grid = TileGrid(height, width)
@@ -159,7 +173,7 @@ def _full_resolution(
     counts = torch.bincount(key.reshape(-1), minlength=(n + 1) * block_rows * block_cols)
     presence = presence_from_blocks(counts[: n * block_rows * block_cols].view(n, block_rows, block_cols) > 0)
 
-    patches = grid.patch_fetcher(grid.mirror_halo(grid.with_halo(premult))[None])
+    patches = grid.patch_fetcher(image.padded()[None])
     id_patches = grid.patch_fetcher(ids[None, None])
     layer_of_slot = torch.tensor(members, dtype=torch.int16, device=device)
 
@@ -224,12 +238,11 @@ def normalise(premult: torch.Tensor) -> torch.Tensor:
     return fill
 
 
-def render_linear(premult: torch.Tensor, plan: LayerPlan, aperture: Aperture) -> torch.Tensor:
-    """Defocus an opaque linear-light image [4, H, W] (colour, alpha = 1; contiguous) sliced by ``plan``;
-    returns linear light [3, H, W]."""
-    _, height, width = premult.shape
+def render_linear(image: LinearImage, plan: LayerPlan, aperture: Aperture) -> torch.Tensor:
+    """Defocus an opaque linear-light image sliced by ``plan``; returns linear light [3, H, W]."""
+    _, height, width = image.premult.shape
     back = front = None
-    stacks = _coarse_stacks(premult, plan)
+    stacks = _coarse_stacks(image.premult, plan)
     scale = max(stacks, default=1)
     grid = TileGrid(-(-height // scale), -(-width // scale))
     while scale > 1:
@@ -239,7 +252,7 @@ def render_linear(premult: torch.Tensor, plan: LayerPlan, aperture: Aperture) ->
         finer = TileGrid(-(-height // scale), -(-width // scale))
         back, front = _upsample2(back, grid, finer), _upsample2(front, grid, finer)
         grid = finer
-    back, front = _full_resolution(premult, plan, aperture, back, front)
+    back, front = _full_resolution(image, plan, aperture, back, front)
     if back is not None:
         back = back[:, :height, :width]
     if front is None:
