@@ -18,6 +18,7 @@ the background on both sides of its outline. The frame is mirrored, so borders d
 """
 from __future__ import annotations
 
+import threading
 from typing import Optional
 
 import torch
@@ -29,6 +30,23 @@ from .tiles import HALO, TILE, PatchFetcher, TileGrid, blur_and_composite, prese
 
 #: Coverage below which a pixel's normalised colour is blended with the push-pull fill.
 HOLE_COVERAGE = 0.05
+#: Largest buffer of reduced-grid layer copies (bytes) that a thread keeps for its next render.
+WORKSPACE_LIMIT = 512 * 2**20
+
+_workspace = threading.local()
+
+
+def _zeroed_buffer(like: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """A zero-filled tensor of ``shape`` like ``like``, carved from a buffer this thread keeps between
+    renders (up to WORKSPACE_LIMIT bytes): the C library maps a block this large afresh on each
+    allocation, and touching its new pages costs more than filling kept ones with zeros."""
+    numel = shape[0] * shape[1]
+    if numel * like.element_size() > WORKSPACE_LIMIT:
+        return like.new_zeros(shape)
+    kept = getattr(_workspace, "buffer", None)
+    if kept is None or kept.numel() < numel or kept.dtype != like.dtype or kept.device != like.device:
+        kept = _workspace.buffer = like.new_empty(numel)
+    return kept[:numel].view(shape).zero_()
 
 
 def _upsample2(stack: Optional[torch.Tensor], source: TileGrid, target: TileGrid) -> Optional[torch.Tensor]:
@@ -41,7 +59,9 @@ def _upsample2(stack: Optional[torch.Tensor], source: TileGrid, target: TileGrid
         return None
     image = stack[:, : source.height, : source.width]
     up = upsample2(image, target.padded_height, target.padded_width).contiguous().clamp_min_(0.0)
-    return up.div_(up[3:4].clamp_min(1.0))
+    rows, cols = torch.nonzero(up[3] > 1.0, as_tuple=True)
+    up[:, rows, cols] /= up[3, rows, cols]
+    return up
 
 
 def _slot_order(plan: LayerPlan, members: list[int]) -> list[int]:
@@ -82,13 +102,12 @@ def _coarse_stacks(premult: torch.Tensor, plan: LayerPlan) -> dict[int, tuple[li
             row_table[i] = offset  # full-resolution pixels all land in one spare cell
     index = plan.ids * height
     index += rows_of.to(device)[:, None]
-    dest = row_table.to(device).view(-1)[index]
+    dest = row_table.to(device).view(-1).index_select(0, index.view(-1))
     torch.mul(plan.ids, width, out=index)
     index += cols_of.to(device)[None, :]
-    dest += col_table.to(device).view(-1)[index]
-    dest = dest.view(-1)
+    dest += col_table.to(device).view(-1).index_select(0, index.view(-1))
     # Channel rows of offset + TILE cells: every copy starts on a multiple of TILE (TileGrid.patch_fetcher).
-    buffer = premult.new_zeros((4, offset + TILE))
+    buffer = _zeroed_buffer(premult, (4, offset + TILE))
     buffer.index_add_(1, dest, premult.reshape(4, -1))
     stacks = {}
     for s, (members, grid, start, (count, rows_s, cols_s)) in layout.items():
@@ -167,7 +186,7 @@ def _full_resolution(
         torch.arange(ids.shape[1], device=device)[None, :] // HALO)
     key = ids.long()
     key += 1
-    key = slot_of.to(device)[key]
+    key = slot_of.to(device).index_select(0, key.view(-1)).view(key.shape)
     key *= block_rows * block_cols
     key += block
     counts = torch.bincount(key.reshape(-1), minlength=(n + 1) * block_rows * block_cols)

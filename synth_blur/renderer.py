@@ -127,10 +127,8 @@ def _render_level(source: _Source, level: float, gamma: float, boost: float, ape
         _boost_highlights(linear.premult[:3], encoded, radius, boost)
     out = render_linear(linear, plan_layers(radius), aperture).clamp_(0.0, 1.0).pow_(1.0 / gamma)
     if source.dtype == torch.uint8:
-        out = out.mul_(255.0).round_().permute(1, 2, 0).to(torch.uint8)
-    else:
-        out = out.permute(1, 2, 0).to(source.dtype)
-    out = out.contiguous()
+        out.mul_(255.0).round_()
+    out = out.new_empty((height, width, 3), dtype=source.dtype).copy_(out.permute(1, 2, 0))
     if isinstance(source.image, torch.Tensor):
         return out.to(source.image.device)
     return out.cpu().numpy()
