@@ -141,18 +141,21 @@ def main() -> None:
             results["reference"].append(reference)
         run = run_build(inputs, workers, args)
         results["speed"].append(run)
+        per_stage = {k: round(run["photos"] / v, 2) for k, v in run["stage_seconds"].items() if v > 0}
+        busy = sum(run["stage_seconds"].values())
         if args.reference:
             print(f"{workers} worker(s), reference code: {reference['photos'] / reference['wall_s'] / workers:.2f} "
                   f"photos/s per core end to end, stage work {sum(reference['stage_seconds'].values()) / reference['photos']:.3f} "
-                  f"s/photo; peak memory all processes {reference['peak_tree_mb']:.0f} MB; this code is "
-                  f"{reference['wall_s'] / run['wall_s']:.2f}x as fast end to end")
-        per_stage = {k: round(run["photos"] / v, 2) for k, v in run["stage_seconds"].items() if v > 0}
-        busy = sum(run["stage_seconds"].values())
+                  f"s/photo, CPU {reference['cpu_s'] / reference['photos']:.3f} s/photo (all processes); peak memory "
+                  f"all processes {reference['peak_tree_mb']:.0f} MB; this code is "
+                  f"{reference['wall_s'] / run['wall_s']:.2f}x as fast end to end, "
+                  f"{sum(reference['stage_seconds'].values()) / busy:.2f}x in stage work, "
+                  f"{reference['cpu_s'] / run['cpu_s']:.2f}x in CPU seconds")
         print(f"{workers} worker(s): {run['photos']} photos -> {run['rows']} rows in {run['wall_s']:.1f} s "
               f"({run['photos'] / run['wall_s']:.2f} photos/s end to end, "
               f"{run['photos'] / run['wall_s'] / workers:.2f} per core; Ray start {results['ray_start_s'][workers]} s); "
               f"stage work {busy / run['photos']:.3f} s/photo = {run['photos'] / busy:.2f} photos/s/core; "
-              f"cores used {run['cpu_s'] / run['wall_s']:.2f}; "
+              f"CPU {run['cpu_s'] / run['photos']:.3f} s/photo (all processes), cores used {run['cpu_s'] / run['wall_s']:.2f}; "
               f"peak memory driver {run['peak_driver_mb']:.0f} MB, all processes {run['peak_tree_mb']:.0f} MB")
         print("   photos/s per core by stage: " + ", ".join(f"{k} {v}" for k, v in sorted(per_stage.items())))
     for run in results["speed"][1:]:
