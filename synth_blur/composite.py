@@ -58,7 +58,7 @@ def _upsample2(stack: Optional[torch.Tensor], source: TileGrid, target: TileGrid
     if stack is None:
         return None
     image = stack[:, : source.height, : source.width]
-    up = upsample2(image, target.padded_height, target.padded_width).contiguous().clamp_min_(0.0)
+    up = torch.clamp_min(upsample2(image, target.padded_height, target.padded_width), 0.0)  # contiguous
     rows, cols = torch.nonzero(up[3] > 1.0, as_tuple=True)
     up[:, rows, cols] /= up[3, rows, cols]
     return up
