@@ -30,21 +30,21 @@ from .tiles import HALO, TILE, PatchFetcher, TileGrid, blur_and_composite, prese
 
 #: Coverage below which a pixel's normalised colour is blended with the push-pull fill.
 HOLE_COVERAGE = 0.05
-#: Largest buffer of reduced-grid layer copies (bytes) that a thread keeps for its next render.
-WORKSPACE_LIMIT = 512 * 2**20
+#: Largest buffer of reduced-grid layer copies (bytes) that a thread keeps for its next render on CPU.
+WORKSPACE_LIMIT = 256 * 2**20
 
 _workspace = threading.local()
 
 
 def _zeroed_buffer(like: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """A zero-filled tensor of ``shape`` like ``like``, carved from a buffer this thread keeps between
+    """A zero-filled tensor of ``shape`` like ``like``; on CPU carved from a buffer this thread keeps between
     renders (up to WORKSPACE_LIMIT bytes): the C library maps a block this large afresh on each
     allocation, and touching its new pages costs more than filling kept ones with zeros."""
     numel = shape[0] * shape[1]
-    if numel * like.element_size() > WORKSPACE_LIMIT:
+    if like.device.type != "cpu" or numel * like.element_size() > WORKSPACE_LIMIT:
         return like.new_zeros(shape)
     kept = getattr(_workspace, "buffer", None)
-    if kept is None or kept.numel() < numel or kept.dtype != like.dtype or kept.device != like.device:
+    if kept is None or kept.numel() < numel or kept.dtype != like.dtype:
         kept = _workspace.buffer = like.new_empty(numel)
     return kept[:numel].view(shape).zero_()
 

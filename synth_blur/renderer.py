@@ -84,21 +84,28 @@ def _boost_highlights(linear: torch.Tensor, encoded: torch.Tensor, radius: torch
 
 @dataclass
 class _Source:
-    """What every render of one image shares: the input checked, decoded to linear light once."""
+    """What every render of one image shares: the input checked and decoded to linear light once."""
 
     image: ArrayLike
     dtype: torch.dtype
-    linear: LinearImage  # linear colour, alpha 1
-    encoded: torch.Tensor  # [3, H, W] the input in [0, 1] (gamma-encoded)
+    linear: LinearImage
+    encoded: torch.Tensor  # the input's channels [3, H, W] as given: uint8, or float in [0, 1]
     offset: torch.Tensor  # HxW disparity - focus
 
 
-def _prepare(image: ArrayLike, disparity: ArrayLike, focus: float, gamma: float, device: Optional[str | torch.device]) -> _Source:
+def _checked(image: ArrayLike, disparity: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image and disparity as tensors, refused with a one-line ValueError when they are not usable."""
     source = _as_tensor(image, "image")
     _check_image(source)
-    height, width = source.shape[:2]
     disp = _as_tensor(disparity, "disparity")
-    _check_disparity(disp, (height, width))
+    _check_disparity(disp, tuple(source.shape[:2]))
+    return source, disp
+
+
+def _prepare(image: ArrayLike, source: torch.Tensor, disp: torch.Tensor, focus: float, gamma: float,
+             device: Optional[str | torch.device]) -> _Source:
+    """Decode a checked image to linear light (alpha 1) on the work device, and its offset from the focal plane."""
+    height, width = source.shape[:2]
     work = resolve_device(device)
     channels = source.to(work).permute(2, 0, 1)
     premult = torch.empty((4, height, width), dtype=torch.float32, device=work)
@@ -151,10 +158,11 @@ def render_levels(
     gamma = _finite_number("gamma", gamma, 1e-3)
     boost = _finite_number("highlight_boost", highlight_boost, 0.0)
     blade_count(aperture)
-    source = _prepare(image, disparity, focus, gamma, device)
+    source, disp = _checked(image, disparity)
+    prepared = _prepare(image, source, disp, focus, gamma, device) if any(chosen) else None
     return [
         (image.clone() if isinstance(image, torch.Tensor) else image.copy()) if level == 0.0
-        else _render_level(source, level, gamma, boost, aperture)
+        else _render_level(prepared, level, gamma, boost, aperture)
         for level in chosen
     ]
 
