@@ -116,16 +116,17 @@ def disc_blur_reference(rgb: np.ndarray, radius: float, fast_size: bool = False)
     return run
 
 
-def best_times(runs: list[Callable[[], object]], repeat: int) -> list[float]:
-    """Best wall time of each call, the calls timed in turn ``repeat`` times after one warm-up of each."""
+def best_times(runs: list[Callable[[], object]], repeat: int, clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """Best time of each call by ``clock`` (wall by default), the calls timed in turn ``repeat`` times after one
+    warm-up of each."""
     for run in runs:
         run()
     times: list[list[float]] = [[] for _ in runs]
     for _ in range(repeat):
         for run, bucket in zip(runs, times):
-            start = time.perf_counter()
+            start = clock()
             run()
-            bucket.append(time.perf_counter() - start)
+            bucket.append(clock() - start)
     return [min(bucket) for bucket in times]
 
 
@@ -145,19 +146,6 @@ def print_ratios(sizes: list[int], repeat: int) -> None:
             ], repeat)
             print(f"{size:>4}x{size:<4} {level:>3} {ours:7.3f} s {plain:7.3f} s {fast:7.3f} s "
                   f"{ours / plain:7.2f} {ours / fast:7.2f}")
-
-
-def best_cpu_times(runs: list[Callable[[], object]], repeat: int) -> list[float]:
-    """Best process CPU time of each call, the calls timed in turn ``repeat`` times after one warm-up of each."""
-    for run in runs:
-        run()
-    times: list[list[float]] = [[] for _ in runs]
-    for _ in range(repeat):
-        for run, bucket in zip(runs, times):
-            start = time.process_time()
-            run()
-            bucket.append(time.process_time() - start)
-    return [min(bucket) for bucket in times]
 
 
 def renderer_of(tree: Path) -> Callable[..., np.ndarray]:
@@ -184,7 +172,8 @@ def print_against_reference(tree: Path, sizes: list[int], repeat: int) -> None:
         for level in LEVELS:
             old, new = (lambda fn=fn: fn(rgb, disparity, level, focus, device="cpu") for fn in (before, render))
             diff = np.abs(old().astype(np.int16) - new().astype(np.int16)).max()
-            t_old, t_new, t_plain = best_cpu_times([old, new, disc_blur_reference(rgb, level * size / 1024)], repeat)
+            t_old, t_new, t_plain = best_times([old, new, disc_blur_reference(rgb, level * size / 1024)], repeat,
+                                               time.process_time)
             print(f"{size:>4}x{size:<4} {level:>3} {t_old:7.3f} s {t_new:7.3f} s {t_old / t_new:8.2f} {t_plain:7.3f} s "
                   f"{t_old / t_plain:12.2f} {t_new / t_plain:11.2f} {diff:9d}", flush=True)
     print(f"(max diff: largest difference of the uint8 outputs, in levels; load average now {os.getloadavg()[0]:.1f})")

@@ -15,17 +15,9 @@ from synth_blur.aperture import aperture_kernel
 from synth_blur.renderer import render_levels
 from synth_blur.tiles import DIRECT_HALF_WIDTH, HALO, PATCH, TILE, _blur, _blur_direct, slot_kernels
 
-from test_render_api import scene
+from test_render_api import one_thread, scene  # noqa: F401 - one_thread: an autouse fixture (one torch thread)
 
 GAMMA = 2.2
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def true_convolution(patch: np.ndarray, kernel: np.ndarray) -> np.ndarray:
