@@ -134,8 +134,8 @@ def main() -> None:
     speed_workers = args.workers if args.photos > 0 else []
     results = {"ray_start_s": {w: round(ray_start_seconds(w), 2) for w in speed_workers}, "speed": [], "memory": [],
                "reference": []}
+    inputs = scenes(args.cache, args.photos, args.resolution) if speed_workers else None
     for workers in speed_workers:
-        inputs = scenes(args.cache, args.photos, args.resolution)
         if args.reference:
             reference = run_build(inputs, workers, args, args.reference.resolve())
             results["reference"].append(reference)
