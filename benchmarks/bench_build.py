@@ -7,6 +7,10 @@ the whole process tree (driver + Ray) every 0.2 s. Run from the repository root,
 
     .venv/bin/python benchmarks/bench_build.py --photos 200 --workers 1 2 --memory-photos 200 2000
 
+``--photos 0`` makes only the memory runs; at a small size they finish in minutes, e.g.
+
+    .venv/bin/python benchmarks/bench_build.py --photos 0 --memory-photos 200 2000 --resolution 160 --levels 1
+
 With ``--reference DIR`` (another source tree of the project, e.g. ``git archive main | tar -x -C DIR``) every
 speed run is also made with that code, alternately, on the same inputs, and the ratio is printed beside the
 figures.
@@ -110,11 +114,12 @@ def ray_start_seconds(workers: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--photos", type=int, default=200, help="photos of the speed runs (default 200)")
+    parser.add_argument("--photos", type=int, default=200, help="photos of the speed runs (default 200; 0: none)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="CPU workers to compare (default 1 2)")
     parser.add_argument("--memory-photos", type=int, nargs="*", default=[200, 2000],
                         help="photo counts of the peak-memory comparison, run with the largest worker count "
                         "(default 200 2000; none to skip)")
+    parser.add_argument("--memory-workers", type=int, help="workers of the memory runs (default: the largest --workers)")
     parser.add_argument("--levels", type=int, default=4, help="synthetic levels (default 4)")
     parser.add_argument("--resolution", type=int, default=512, help="scene and stored size in px (default 512)")
     parser.add_argument("--shard-size", type=int, default=100, help="photos per shard (default 100)")
@@ -126,36 +131,40 @@ def main() -> None:
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
 
-    results = {"ray_start_s": {w: round(ray_start_seconds(w), 2) for w in args.workers}, "speed": [], "memory": [],
+    speed_workers = args.workers if args.photos > 0 else []
+    results = {"ray_start_s": {w: round(ray_start_seconds(w), 2) for w in speed_workers}, "speed": [], "memory": [],
                "reference": []}
-    inputs = scenes(args.cache, args.photos, args.resolution)
-    for workers in args.workers:
+    inputs = scenes(args.cache, args.photos, args.resolution) if speed_workers else None
+    for workers in speed_workers:
         if args.reference:
             reference = run_build(inputs, workers, args, args.reference.resolve())
             results["reference"].append(reference)
         run = run_build(inputs, workers, args)
         results["speed"].append(run)
+        per_stage = {k: round(run["photos"] / v, 2) for k, v in run["stage_seconds"].items() if v > 0}
+        busy = sum(run["stage_seconds"].values())
         if args.reference:
             print(f"{workers} worker(s), reference code: {reference['photos'] / reference['wall_s'] / workers:.2f} "
                   f"photos/s per core end to end, stage work {sum(reference['stage_seconds'].values()) / reference['photos']:.3f} "
-                  f"s/photo; peak memory all processes {reference['peak_tree_mb']:.0f} MB; this code is "
-                  f"{reference['wall_s'] / run['wall_s']:.2f}x as fast end to end")
-        per_stage = {k: round(run["photos"] / v, 2) for k, v in run["stage_seconds"].items() if v > 0}
-        busy = sum(run["stage_seconds"].values())
+                  f"s/photo, CPU {reference['cpu_s'] / reference['photos']:.3f} s/photo (all processes); peak memory "
+                  f"all processes {reference['peak_tree_mb']:.0f} MB; this code is "
+                  f"{reference['wall_s'] / run['wall_s']:.2f}x as fast end to end, "
+                  f"{sum(reference['stage_seconds'].values()) / busy:.2f}x in stage work, "
+                  f"{reference['cpu_s'] / run['cpu_s']:.2f}x in CPU seconds")
         print(f"{workers} worker(s): {run['photos']} photos -> {run['rows']} rows in {run['wall_s']:.1f} s "
               f"({run['photos'] / run['wall_s']:.2f} photos/s end to end, "
               f"{run['photos'] / run['wall_s'] / workers:.2f} per core; Ray start {results['ray_start_s'][workers]} s); "
               f"stage work {busy / run['photos']:.3f} s/photo = {run['photos'] / busy:.2f} photos/s/core; "
-              f"cores used {run['cpu_s'] / run['wall_s']:.2f}; "
+              f"CPU {run['cpu_s'] / run['photos']:.3f} s/photo (all processes), cores used {run['cpu_s'] / run['wall_s']:.2f}; "
               f"peak memory driver {run['peak_driver_mb']:.0f} MB, all processes {run['peak_tree_mb']:.0f} MB")
         print("   photos/s per core by stage: " + ", ".join(f"{k} {v}" for k, v in sorted(per_stage.items())))
-    first = results["speed"][0]
     for run in results["speed"][1:]:
+        first = results["speed"][0]
         start_first, start_run = results["ray_start_s"][first["workers"]], results["ray_start_s"][run["workers"]]
         print(f"speed-up {run['workers']} vs {first['workers']} workers: {first['wall_s'] / run['wall_s']:.2f}x end to end, "
               f"{(first['wall_s'] - start_first) / (run['wall_s'] - start_run):.2f}x without Ray start")
     for count in args.memory_photos:
-        run = run_build(scenes(args.cache, count, args.resolution), max(args.workers), args)
+        run = run_build(scenes(args.cache, count, args.resolution), args.memory_workers or max(args.workers), args)
         results["memory"].append(run)
         print(f"memory, {count} photos, {run['workers']} workers: peak driver {run['peak_driver_mb']:.0f} MB, "
               f"all processes {run['peak_tree_mb']:.0f} MB ({run['wall_s']:.0f} s)")

@@ -11,13 +11,20 @@ K x size / 1024 px: 30 px at 1024^2, K = 30; a plain one and a fastest one), tim
 same loop so that all see the same machine load.
 
     python benchmarks/bench_render.py [--repeat 5] [--sizes 512,1024] [--ratio-only]
+    python benchmarks/bench_render.py --reference DIR [--repeat 9]
+
+``--reference DIR`` (another source tree of the project) imports that tree's renderer beside this one and
+times both and the plain disc blur in turn, in process CPU seconds on one thread, with the largest difference
+between their outputs.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -109,16 +116,17 @@ def disc_blur_reference(rgb: np.ndarray, radius: float, fast_size: bool = False)
     return run
 
 
-def best_times(runs: list[Callable[[], object]], repeat: int) -> list[float]:
-    """Best wall time of each call, the calls timed in turn ``repeat`` times after one warm-up of each."""
+def best_times(runs: list[Callable[[], object]], repeat: int, clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """Best time of each call by ``clock`` (wall by default), the calls timed in turn ``repeat`` times after one
+    warm-up of each."""
     for run in runs:
         run()
     times: list[list[float]] = [[] for _ in runs]
     for _ in range(repeat):
         for run, bucket in zip(runs, times):
-            start = time.perf_counter()
+            start = clock()
             run()
-            bucket.append(time.perf_counter() - start)
+            bucket.append(clock() - start)
     return [min(bucket) for bucket in times]
 
 
@@ -138,6 +146,37 @@ def print_ratios(sizes: list[int], repeat: int) -> None:
             ], repeat)
             print(f"{size:>4}x{size:<4} {level:>3} {ours:7.3f} s {plain:7.3f} s {fast:7.3f} s "
                   f"{ours / plain:7.2f} {ours / fast:7.2f}")
+
+
+def renderer_of(tree: Path) -> Callable[..., np.ndarray]:
+    """``render`` of the synth_blur package in another source tree, imported under another name."""
+    package = tree / "synth_blur"
+    spec = importlib.util.spec_from_file_location("reference_synth_blur", package / "__init__.py",
+                                                  submodule_search_locations=[str(package)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return importlib.import_module(f"{spec.name}.renderer").render
+
+
+def print_against_reference(tree: Path, sizes: list[int], repeat: int) -> None:
+    """One thread, CPU seconds: the reference tree's renderer, this one and the plain disc blur, timed in turn."""
+    torch.set_num_threads(1)
+    before = renderer_of(tree)
+    print(f"one thread, process CPU seconds, best of {repeat}, load average {os.getloadavg()[0]:.1f}; "
+          f"reference: {tree}")
+    print(f"{'size':>9} {'K':>3} {'before':>9} {'after':>9} {'speed-up':>8} {'plain':>9} {'before/plain':>12} "
+          f"{'after/plain':>11} {'max diff':>9}")
+    for size in sizes:
+        rgb, disparity, focus = load_scene(size)
+        for level in LEVELS:
+            old, new = (lambda fn=fn: fn(rgb, disparity, level, focus, device="cpu") for fn in (before, render))
+            diff = np.abs(old().astype(np.int16) - new().astype(np.int16)).max()
+            t_old, t_new, t_plain = best_times([old, new, disc_blur_reference(rgb, level * size / 1024)], repeat,
+                                               time.process_time)
+            print(f"{size:>4}x{size:<4} {level:>3} {t_old:7.3f} s {t_new:7.3f} s {t_old / t_new:8.2f} {t_plain:7.3f} s "
+                  f"{t_old / t_plain:12.2f} {t_new / t_plain:11.2f} {diff:9d}", flush=True)
+    print(f"(max diff: largest difference of the uint8 outputs, in levels; load average now {os.getloadavg()[0]:.1f})")
 
 
 def load_reference() -> Callable[..., np.ndarray]:
@@ -164,8 +203,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="512,1024", help="square image sizes")
     parser.add_argument("--reference-size", type=int, default=96, help="image size for the slow exact reference")
     parser.add_argument("--ratio-only", action="store_true", help="only the one-thread render / disc blur table")
+    parser.add_argument("--reference", type=Path, help="another source tree: its renderer against this one, in turn")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.reference:
+        print_against_reference(args.reference, sizes, args.repeat)
+        return
     if args.ratio_only:
         print_ratios(sizes, args.repeat)
         return

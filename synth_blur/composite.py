@@ -18,6 +18,7 @@ the background on both sides of its outline. The frame is mirrored, so borders d
 """
 from __future__ import annotations
 
+import threading
 from typing import Optional
 
 import torch
@@ -25,10 +26,27 @@ import torch
 from .aperture import Aperture
 from .layers import LayerPlan
 from .resample import upsample2
-from .tiles import HALO, TILE, PatchFetcher, TileGrid, blur_and_composite, kernel_spectra, presence_from_blocks, tile_presence
+from .tiles import HALO, TILE, PatchFetcher, TileGrid, blur_and_composite, presence_from_blocks, slot_kernels, tile_presence
 
 #: Coverage below which a pixel's normalised colour is blended with the push-pull fill.
 HOLE_COVERAGE = 0.05
+#: Largest buffer of reduced-grid layer copies (bytes) that a thread keeps for its next render on CPU.
+WORKSPACE_LIMIT = 256 * 2**20
+
+_workspace = threading.local()
+
+
+def _zeroed_buffer(like: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """A zero-filled tensor of ``shape`` like ``like``; on CPU carved from a buffer this thread keeps between
+    renders (up to WORKSPACE_LIMIT bytes): the C library maps a block this large afresh on each
+    allocation, and touching its new pages costs more than filling kept ones with zeros."""
+    numel = shape[0] * shape[1]
+    if like.device.type != "cpu" or numel * like.element_size() > WORKSPACE_LIMIT:
+        return like.new_zeros(shape)
+    kept = getattr(_workspace, "buffer", None)
+    if kept is None or kept.numel() < numel or kept.dtype != like.dtype:
+        kept = _workspace.buffer = like.new_empty(numel)
+    return kept[:numel].view(shape).zero_()
 
 
 def _upsample2(stack: Optional[torch.Tensor], source: TileGrid, target: TileGrid) -> Optional[torch.Tensor]:
@@ -40,8 +58,10 @@ def _upsample2(stack: Optional[torch.Tensor], source: TileGrid, target: TileGrid
     if stack is None:
         return None
     image = stack[:, : source.height, : source.width]
-    up = upsample2(image, target.padded_height, target.padded_width).contiguous().clamp_min_(0.0)
-    return up.div_(up[3:4].clamp_min(1.0))
+    up = torch.clamp_min(upsample2(image, target.padded_height, target.padded_width), 0.0)  # contiguous
+    rows, cols = torch.nonzero(up[3] > 1.0, as_tuple=True)
+    up[:, rows, cols] /= up[3, rows, cols]
+    return up
 
 
 def _slot_order(plan: LayerPlan, members: list[int]) -> list[int]:
@@ -82,13 +102,12 @@ def _coarse_stacks(premult: torch.Tensor, plan: LayerPlan) -> dict[int, tuple[li
             row_table[i] = offset  # full-resolution pixels all land in one spare cell
     index = plan.ids * height
     index += rows_of.to(device)[:, None]
-    dest = row_table.to(device).view(-1)[index]
+    dest = row_table.to(device).view(-1).index_select(0, index.view(-1))
     torch.mul(plan.ids, width, out=index)
     index += cols_of.to(device)[None, :]
-    dest += col_table.to(device).view(-1)[index]
-    dest = dest.view(-1)
+    dest += col_table.to(device).view(-1).index_select(0, index.view(-1))
     # Channel rows of offset + TILE cells: every copy starts on a multiple of TILE (TileGrid.patch_fetcher).
-    buffer = premult.new_zeros((4, offset + TILE))
+    buffer = _zeroed_buffer(premult, (4, offset + TILE))
     buffer.index_add_(1, dest, premult.reshape(4, -1))
     stacks = {}
     for s, (members, grid, start, (count, rows_s, cols_s)) in layout.items():
@@ -115,11 +134,8 @@ def _composite_grid(
         back = like.new_zeros((4, grid.padded_height, grid.padded_width))
     if front is None and any(layer.side > 0 for layer in layers):
         front = like.new_zeros((4, grid.padded_height, grid.padded_width))
-    blur_and_composite(
-        back, front, grid, presence, fetch,
-        kernel_spectra([layer.radius / scale for layer in layers], aperture, like) / float(scale * scale),
-        [layer.side > 0 for layer in layers], [layer.side == 0 for layer in layers],
-    )
+    kernels = slot_kernels([layer.radius / scale for layer in layers], aperture, like, 1.0 / (scale * scale))
+    blur_and_composite(back, front, grid, presence, fetch, kernels, [layer.side > 0 for layer in layers])
     return back, front
 
 
@@ -133,10 +149,27 @@ def _coarse_scale(
     )
 
 
+class LinearImage:
+    """An opaque linear-light image [4, H, W] (colour, alpha = 1; contiguous) and its mirrored, tile-padded
+    copy that the full-resolution layers read, made on first use: renders of one image at several K share it."""
+
+    def __init__(self, premult: torch.Tensor) -> None:
+        self.premult = premult
+        self._padded: Optional[torch.Tensor] = None
+
+    def padded(self) -> torch.Tensor:
+        """The image placed by ``TileGrid.with_halo`` with its frame mirrored into the halo."""
+        if self._padded is None:
+            grid = TileGrid(*self.premult.shape[1:])
+            self._padded = grid.mirror_halo(grid.with_halo(self.premult))
+        return self._padded
+
+
 def _full_resolution(
-    premult: torch.Tensor, plan: LayerPlan, aperture: Aperture, back: Optional[torch.Tensor], front: Optional[torch.Tensor],
+    image: LinearImage, plan: LayerPlan, aperture: Aperture, back: Optional[torch.Tensor], front: Optional[torch.Tensor],
 ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Blur the full-resolution layers (|r| < FULL_RES_LIMIT, in focus included) into the two stacks."""
+    premult = image.premult
     _, height, width = premult.shape
     device = premult.device
     grid = TileGrid(height, width)
@@ -153,13 +186,13 @@ def _full_resolution(
         torch.arange(ids.shape[1], device=device)[None, :] // HALO)
     key = ids.long()
     key += 1
-    key = slot_of.to(device)[key]
+    key = slot_of.to(device).index_select(0, key.view(-1)).view(key.shape)
     key *= block_rows * block_cols
     key += block
     counts = torch.bincount(key.reshape(-1), minlength=(n + 1) * block_rows * block_cols)
     presence = presence_from_blocks(counts[: n * block_rows * block_cols].view(n, block_rows, block_cols) > 0)
 
-    patches = grid.patch_fetcher(grid.mirror_halo(grid.with_halo(premult))[None])
+    patches = grid.patch_fetcher(image.padded()[None])
     id_patches = grid.patch_fetcher(ids[None, None])
     layer_of_slot = torch.tensor(members, dtype=torch.int16, device=device)
 
@@ -224,12 +257,11 @@ def normalise(premult: torch.Tensor) -> torch.Tensor:
     return fill
 
 
-def render_linear(premult: torch.Tensor, plan: LayerPlan, aperture: Aperture) -> torch.Tensor:
-    """Defocus an opaque linear-light image [4, H, W] (colour, alpha = 1; contiguous) sliced by ``plan``;
-    returns linear light [3, H, W]."""
-    _, height, width = premult.shape
+def render_linear(image: LinearImage, plan: LayerPlan, aperture: Aperture) -> torch.Tensor:
+    """Defocus an opaque linear-light image sliced by ``plan``; returns linear light [3, H, W]."""
+    _, height, width = image.premult.shape
     back = front = None
-    stacks = _coarse_stacks(premult, plan)
+    stacks = _coarse_stacks(image.premult, plan)
     scale = max(stacks, default=1)
     grid = TileGrid(-(-height // scale), -(-width // scale))
     while scale > 1:
@@ -239,7 +271,7 @@ def render_linear(premult: torch.Tensor, plan: LayerPlan, aperture: Aperture) ->
         finer = TileGrid(-(-height // scale), -(-width // scale))
         back, front = _upsample2(back, grid, finer), _upsample2(front, grid, finer)
         grid = finer
-    back, front = _full_resolution(premult, plan, aperture, back, front)
+    back, front = _full_resolution(image, plan, aperture, back, front)
     if back is not None:
         back = back[:, :height, :width]
     if front is None:

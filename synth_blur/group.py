@@ -16,7 +16,7 @@ from estimators.depth import focus_disparity_from_mask as focus_from_mask
 from estimators.lens import RENDER_LEVEL_RANGE
 
 from .aperture import Aperture, blade_count
-from .renderer import ArrayLike, render
+from .renderer import ArrayLike, render_levels
 
 #: Renders per group when levels are drawn.
 DEFAULT_GROUP_SIZE = 4
@@ -113,14 +113,9 @@ def make_group(
         "seed": int(seed),
         "levels_drawn": levels is None,
     }
-    renders = [
-        GroupRender(
-            render(image, disparity, k, focus, gamma=gamma, highlight_boost=highlight_boost, aperture=aperture, device=device),
-            k,
-            {**common, "bokeh_level": k, "pivot": False},
-        )
-        for k in chosen
-    ]
+    images = render_levels(image, disparity, chosen, focus, gamma=gamma, highlight_boost=highlight_boost,
+                           aperture=aperture, device=device)
+    renders = [GroupRender(rendered, k, {**common, "bokeh_level": k, "pivot": False}) for rendered, k in zip(images, chosen)]
     pivot_image = image.clone() if isinstance(image, torch.Tensor) else np.array(image, copy=True)
     pivot = GroupRender(pivot_image, 0.0, {**common, "bokeh_level": 0.0, "pivot": True})
     return RenderGroup(gid, focus, pivot, renders)

@@ -86,5 +86,5 @@ def plan_layers(signed_radius: torch.Tensor) -> LayerPlan:
         radius = 0.0 if side == 0 else float(sums_np[b] / counts_np[b])
         lut[b] = len(layers)
         layers.append(Layer(side, radius, working_scale(radius) if side else 1, int(counts_np[b])))
-    ids = lut.to(flat.device)[bins].reshape(signed_radius.shape)
+    ids = lut.to(flat.device).index_select(0, bins).reshape(signed_radius.shape)
     return LayerPlan(layers, ids)

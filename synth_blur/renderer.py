@@ -7,7 +7,8 @@ occlusion-aware compositor of :mod:`synth_blur.composite`, in torch, on CPU or C
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ from estimators.lens import REFERENCE_SHORT_SIDE
 from estimators.model_loading import resolve_device
 
 from .aperture import Aperture, blade_count
-from .composite import render_linear
+from .composite import LinearImage, render_linear
 from .layers import FOCUS_RADIUS, plan_layers
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -81,6 +82,91 @@ def _boost_highlights(linear: torch.Tensor, encoded: torch.Tensor, radius: torch
     linear.mul_(1.0 + boost * brightness * defocus)
 
 
+@dataclass
+class _Source:
+    """What every render of one image shares: the input checked and decoded to linear light once."""
+
+    image: ArrayLike
+    dtype: torch.dtype
+    linear: LinearImage
+    encoded: torch.Tensor  # the input's channels [3, H, W] as given: uint8, or float in [0, 1]
+    offset: torch.Tensor  # HxW disparity - focus
+
+
+def _checked(image: ArrayLike, disparity: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image and disparity as tensors, refused with a one-line ValueError when they are not usable."""
+    source = _as_tensor(image, "image")
+    _check_image(source)
+    disp = _as_tensor(disparity, "disparity")
+    _check_disparity(disp, tuple(source.shape[:2]))
+    return source, disp
+
+
+def _prepare(image: ArrayLike, source: torch.Tensor, disp: torch.Tensor, focus: float, gamma: float,
+             device: Optional[str | torch.device]) -> _Source:
+    """Decode a checked image to linear light (alpha 1) on the work device, and its offset from the focal plane."""
+    height, width = source.shape[:2]
+    work = resolve_device(device)
+    channels = source.to(work).permute(2, 0, 1)
+    premult = torch.empty((4, height, width), dtype=torch.float32, device=work)
+    premult[3].fill_(1.0)
+    linear = premult[:3]
+    if source.dtype == torch.uint8:
+        encoded = channels
+        # Decoding through a 256-entry table: one lookup per pixel instead of a power.
+        table = (torch.arange(256, dtype=torch.float32, device=work) / 255.0) ** gamma
+        torch.index_select(table, 0, channels.reshape(-1).int(), out=linear.view(-1))
+    else:
+        encoded = channels.to(torch.float32).clamp(0.0, 1.0)
+        torch.pow(encoded, gamma, out=linear)
+    offset = disp.to(work, torch.float32).clamp(0.0, 1.0).sub_(focus)
+    return _Source(image, source.dtype, LinearImage(premult), encoded, offset)
+
+
+def _render_level(source: _Source, level: float, gamma: float, boost: float, aperture: Aperture) -> ArrayLike:
+    """One render of a prepared image at bokeh level ``level`` > 0."""
+    _, height, width = source.linear.premult.shape
+    radius = source.offset.mul(level).mul_(blur_radius_scale(height, width))
+    linear = source.linear
+    if boost > 0:
+        linear = LinearImage(linear.premult.clone())
+        encoded = source.encoded.float() / 255.0 if source.dtype == torch.uint8 else source.encoded
+        _boost_highlights(linear.premult[:3], encoded, radius, boost)
+    out = render_linear(linear, plan_layers(radius), aperture).clamp_(0.0, 1.0).pow_(1.0 / gamma)
+    if source.dtype == torch.uint8:
+        out.mul_(255.0).round_()
+    out = out.new_empty((height, width, 3), dtype=source.dtype).copy_(out.permute(1, 2, 0))
+    if isinstance(source.image, torch.Tensor):
+        return out.to(source.image.device)
+    return out.cpu().numpy()
+
+
+def render_levels(
+    image: ArrayLike,
+    disparity: ArrayLike,
+    levels: Sequence[float],
+    focus_disparity: float,
+    *,
+    gamma: float = 2.2,
+    highlight_boost: float = 0.0,
+    aperture: Aperture = "disc",
+    device: Optional[str | torch.device] = None,
+) -> list[ArrayLike]:
+    """``render`` at each of ``levels``, in order: the image is checked and decoded once for all of them."""
+    chosen = [_finite_number("bokeh_level", level, 0.0) for level in levels]
+    focus = _finite_number("focus_disparity", focus_disparity, 0.0, 1.0)
+    gamma = _finite_number("gamma", gamma, 1e-3)
+    boost = _finite_number("highlight_boost", highlight_boost, 0.0)
+    blade_count(aperture)
+    source, disp = _checked(image, disparity)
+    prepared = _prepare(image, source, disp, focus, gamma, device) if any(chosen) else None
+    return [
+        (image.clone() if isinstance(image, torch.Tensor) else image.copy()) if level == 0.0
+        else _render_level(prepared, level, gamma, boost, aperture)
+        for level in chosen
+    ]
+
+
 def render(
     image: ArrayLike,
     disparity: ArrayLike,
@@ -99,42 +185,5 @@ def render(
     an unchanged copy. ``highlight_boost`` > 0 brightens clipped highlights out of focus; ``aperture``
     is "disc" or a blade count >= 3. ``device`` None = CUDA when present.
     """
-    level = _finite_number("bokeh_level", bokeh_level, 0.0)
-    focus = _finite_number("focus_disparity", focus_disparity, 0.0, 1.0)
-    gamma = _finite_number("gamma", gamma, 1e-3)
-    boost = _finite_number("highlight_boost", highlight_boost, 0.0)
-    blade_count(aperture)
-    source = _as_tensor(image, "image")
-    _check_image(source)
-    height, width = source.shape[:2]
-    disp = _as_tensor(disparity, "disparity")
-    _check_disparity(disp, (height, width))
-    if level == 0.0:
-        return image.clone() if isinstance(image, torch.Tensor) else image.copy()
-
-    work = resolve_device(device)
-    channels = source.to(work).permute(2, 0, 1)
-    premult = torch.empty((4, height, width), dtype=torch.float32, device=work)  # linear colour, alpha 1
-    premult[3].fill_(1.0)
-    linear = premult[:3]
-    if source.dtype == torch.uint8:
-        encoded = None
-        # Decoding through a 256-entry table: one lookup per pixel instead of a power.
-        table = (torch.arange(256, dtype=torch.float32, device=work) / 255.0) ** gamma
-        torch.index_select(table, 0, channels.reshape(-1).int(), out=linear.view(-1))
-    else:
-        encoded = channels.to(torch.float32).clamp(0.0, 1.0)
-        torch.pow(encoded, gamma, out=linear)
-    radius = disp.to(work, torch.float32).clamp(0.0, 1.0).sub_(focus).mul_(level).mul_(blur_radius_scale(height, width))
-    if boost > 0:
-        _boost_highlights(linear, channels.float() / 255.0 if encoded is None else encoded, radius, boost)
-    plan = plan_layers(radius)
-    out = render_linear(premult, plan, aperture).clamp_(0.0, 1.0).pow_(1.0 / gamma)
-    if source.dtype == torch.uint8:
-        out = out.mul_(255.0).round_().permute(1, 2, 0).to(torch.uint8)
-    else:
-        out = out.permute(1, 2, 0).to(source.dtype)
-    out = out.contiguous()
-    if isinstance(image, torch.Tensor):
-        return out.to(image.device)
-    return out.cpu().numpy()
+    return render_levels(image, disparity, [bokeh_level], focus_disparity, gamma=gamma,
+                         highlight_boost=highlight_boost, aperture=aperture, device=device)[0]

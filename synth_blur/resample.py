@@ -28,14 +28,23 @@ def _block_matrix() -> torch.Tensor:
     return matrix
 
 
-def _blocks(image: torch.Tensor, dim: int) -> tuple[torch.Tensor, int]:
-    """The edge-padded axis ``dim`` cut into overlapping windows of BLOCK + 4 samples, laid out one
-    after the other along ``dim`` (a contiguous copy), and the number of windows."""
-    size = image.shape[dim]
+def _row_blocks(image: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The edge-padded rows of ``image`` [C, h, w] cut into overlapping windows of BLOCK + 4 rows, laid out
+    one after the other (a contiguous copy [C, windows * (BLOCK + 4), w]), and the number of windows."""
+    size = image.shape[1]
     count = -(-size // BLOCK)
     starts = torch.arange(count, device=image.device)[:, None] * BLOCK - 2
     index = (starts + torch.arange(BLOCK + 4, device=image.device)).clamp_(0, size - 1)
-    return image.index_select(dim, index.reshape(-1)), count
+    return image.index_select(1, index.reshape(-1)), count
+
+
+def _column_blocks(image: torch.Tensor) -> torch.Tensor:
+    """The edge-padded columns of ``image`` [C, h, w] as overlapping windows [C, h, windows, BLOCK + 4]
+    (a view of one padded copy: whole rows are copied, not single samples gathered)."""
+    size = image.shape[2]
+    right = -(-size // BLOCK) * BLOCK + 2 - size
+    padded = torch.cat([image[:, :, :1].expand(-1, -1, 2), image, image[:, :, -1:].expand(-1, -1, right)], 2)
+    return padded.unfold(2, BLOCK + 4, BLOCK)
 
 
 def upsample2(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -48,8 +57,7 @@ def upsample2(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     if height > 2 * BLOCK * -(-rows // BLOCK) or width > 2 * BLOCK * -(-cols // BLOCK):
         raise ValueError(f"cannot upsample {rows}x{cols} to {height}x{width}")
     matrix = _block_matrix().to(image.device, image.dtype)
-    windows, _ = _blocks(image, 2)  # [C, h, blocks * (BLOCK + 4)]
-    across = (windows.view(-1, BLOCK + 4) @ matrix).view(channels, rows, -1)[:, :, :width]
-    windows, count = _blocks(across, 1)  # [C, blocks * (BLOCK + 4), width]
+    across = (_column_blocks(image).reshape(-1, BLOCK + 4) @ matrix).view(channels, rows, -1)[:, :, :width]
+    windows, count = _row_blocks(across)  # [C, blocks * (BLOCK + 4), width]
     down = matrix.t() @ windows.view(channels * count, BLOCK + 4, width)  # [C blocks, 2 BLOCK, width]
     return down.view(channels, -1, width)[:, :height]

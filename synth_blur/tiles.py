@@ -3,7 +3,9 @@
 An image (full resolution or a reduced grid) is cut into TILE x TILE tiles; a tile's patch adds a
 HALO-pixel border, enough for any kernel used (radius < FULL_RES_LIMIT on every grid). A patch's
 circular FFT convolution is exact on the tile itself, so the work grows with the number of
-(layer, tile) pairs, not with layers x image size, and not with the blur radius.
+(layer, tile) pairs, not with layers x image size, and not with the blur radius. Kernels up to
+DIRECT_HALF_WIDTH pixels from their centre (and the in-focus identity) are applied directly, as a
+sum of shifted copies of the patch: cheaper than two transforms for so few taps.
 
 Patches and tiles are gathered and written back as runs of whole pixel rows with
 ``index_select`` / ``index_copy_``: an array made by ``with_halo`` is (cols + 1) x TILE wide, so
@@ -13,6 +15,7 @@ every patch row starts at a multiple of TILE in memory and the array reads as on
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
 import torch
@@ -27,6 +30,8 @@ PATCH = TILE + 2 * HALO
 assert TILE % HALO == 0, "tile presence is pooled over HALO x HALO blocks"
 #: (layer, tile) pairs blurred per FFT batch (a few MB of patches and spectra: stays in cache).
 PAIRS_PER_BATCH = 64
+#: Kernels this many pixels wide on each side of the centre or less (3 x 3, 5 x 5) are summed directly.
+DIRECT_HALF_WIDTH = 2
 
 #: Fetches the patches [N, 4, PATCH, PATCH] of pairs given (slot, tile row, tile col).
 PatchFetcher = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -108,44 +113,82 @@ def presence_from_blocks(blocks: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(blocks[:, None].float(), PATCH // HALO, stride=TILE // HALO)[:, 0] > 0
 
 
-def kernel_spectra(radii: list[float], aperture: Aperture, like: torch.Tensor) -> torch.Tensor:
-    """rfft2 of each radius's aperture kernel, centred at (0, 0) of a PATCH x PATCH array."""
-    spectra = []
-    for radius in radii:
-        kernel = torch.as_tensor(aperture_kernel(radius, aperture), dtype=like.dtype, device=like.device)
+Taps = list[tuple[int, int, float]]
+
+
+@dataclass
+class SlotKernels:
+    """The blur of each slot: ``taps`` (row offset, column offset, weight) for a kernel applied directly,
+    else None and its rfft2 in ``spectra`` [slots, PATCH, PATCH // 2 + 1] (zeros for direct slots)."""
+
+    spectra: torch.Tensor
+    taps: list[Optional[Taps]]
+
+
+def slot_kernels(radii: list[float], aperture: Aperture, like: torch.Tensor, gain: float = 1.0) -> SlotKernels:
+    """Each radius's aperture kernel times ``gain``: as direct taps when it is small, else as the rfft2 of
+    the kernel centred at (0, 0) of a PATCH x PATCH array."""
+    spectra = like.new_zeros((len(radii), PATCH, PATCH // 2 + 1), dtype=torch.complex64 if like.dtype == torch.float32
+                             else torch.complex128)
+    taps: list[Optional[Taps]] = []
+    for slot, radius in enumerate(radii):
+        kernel = aperture_kernel(radius, aperture) * gain
         half = kernel.shape[0] // 2
         if half > HALO:
             raise ValueError(f"kernel radius {radius:.2f} px exceeds the tile halo of {HALO} px")
+        if half <= DIRECT_HALF_WIDTH:
+            taps.append([(i - half, j - half, float(kernel[i, j])) for i, j in zip(*kernel.nonzero())])
+            continue
+        taps.append(None)
         placed = like.new_zeros((PATCH, PATCH))
-        placed[: 2 * half + 1, : 2 * half + 1] = kernel
-        spectra.append(torch.fft.rfft2(torch.roll(placed, (-half, -half), (0, 1))))
-    return torch.stack(spectra)
+        placed[: 2 * half + 1, : 2 * half + 1] = torch.as_tensor(kernel, dtype=like.dtype, device=like.device)
+        spectra[slot] = torch.fft.rfft2(torch.roll(placed, (-half, -half), (0, 1)))
+    return SlotKernels(spectra, taps)
 
 
 def _pair_batches(
-    presence: torch.Tensor, identity: list[bool],
+    presence: torch.Tensor, direct: list[bool],
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]]:
     """(slot, row, col) index tensors of the present (layer, tile) pairs, in slot order, in batches,
-    and whether the batch's slots are identity slots (a batch never mixes the two kinds)."""
+    and whether the batch's slots are direct ones (a batch never mixes them with FFT slots)."""
     slot, row, col = presence.nonzero(as_tuple=True)
     if slot.numel() == 0:
         return
-    kind = torch.tensor(identity, device=presence.device)[slot]
+    kind = torch.tensor(direct, device=presence.device)[slot]
     cuts = (torch.nonzero(kind[1:] != kind[:-1]).flatten() + 1).tolist()
     for run_start, run_end in zip([0] + cuts, cuts + [slot.numel()]):
-        sharp = bool(kind[run_start])
+        is_direct = bool(kind[run_start])
         for start in range(run_start, run_end, PAIRS_PER_BATCH):
             end = min(start + PAIRS_PER_BATCH, run_end)
-            yield slot[start:end], row[start:end], col[start:end], sharp
+            yield slot[start:end], row[start:end], col[start:end], is_direct
+
+
+def _clip(tiles: torch.Tensor) -> torch.Tensor:
+    """Round-off of blurred premultiplied tiles [N, 4, TILE, TILE] clipped: colour >= 0, alpha in [0, 1]."""
+    tiles.clamp_min_(0.0)
+    tiles[:, 3].clamp_(max=1.0)
+    return tiles
 
 
 def _blur(patches: torch.Tensor, spectra: torch.Tensor) -> torch.Tensor:
     """Tiles [N, 4, TILE, TILE] of patches blurred with per-patch spectra; round-off clipped."""
     spectrum = torch.fft.rfft2(patches)
     spectrum *= spectra[:, None]
-    core = torch.fft.irfft2(spectrum, s=(PATCH, PATCH))[..., HALO : HALO + TILE, HALO : HALO + TILE].clamp_min(0.0)
-    core[:, 3].clamp_(max=1.0)
-    return core
+    return _clip(torch.fft.irfft2(spectrum, s=(PATCH, PATCH))[..., HALO : HALO + TILE, HALO : HALO + TILE])
+
+
+def _blur_direct(patches: torch.Tensor, taps: Taps) -> torch.Tensor:
+    """Tiles [N, 4, TILE, TILE] of patches convolved with a small kernel given by its taps."""
+    def shifted(dy: int, dx: int) -> torch.Tensor:
+        return patches[..., HALO - dy : HALO - dy + TILE, HALO - dx : HALO - dx + TILE]
+
+    (dy, dx, weight), *rest = taps
+    if not rest and weight == 1.0:
+        return shifted(dy, dx)  # the identity: the tiles themselves
+    tiles = shifted(dy, dx) * weight
+    for dy, dx, weight in rest:
+        tiles.add_(shifted(dy, dx), alpha=weight)
+    return _clip(tiles)
 
 
 def blur_and_composite(
@@ -154,30 +197,26 @@ def blur_and_composite(
     grid: TileGrid,
     presence: torch.Tensor,
     fetch: PatchFetcher,
-    spectra: torch.Tensor,
+    kernels: SlotKernels,
     in_front: list[bool],
-    identity: list[bool],
 ) -> None:
     """Blur every present (slot, tile) pair and composite it into a stack, slot after slot.
 
     ``back`` and ``front`` are premultiplied stacks [4, padded_height, padded_width] on ``grid``,
     None where no slot goes to them. A slot with ``in_front[i]`` False goes over ``back`` (slots
-    come far to near), True under ``front`` (near to far). ``identity[i]`` marks the in-focus slot,
-    copied without blur.
+    come far to near), True under ``front`` (near to far).
     """
     back_runs = None if back is None else back.view(-1, TILE)
     front_runs = None if front is None else front.view(-1, TILE)
-    for slot, row, col, sharp in _pair_batches(presence, identity):
+    for slot, row, col, direct in _pair_batches(presence, [t is not None for t in kernels.taps]):
         patches = fetch(slot, row, col)
-        if sharp:
-            tiles = patches[:, :, HALO : HALO + TILE, HALO : HALO + TILE]
-        else:
-            tiles = _blur(patches, spectra[slot])
+        tiles = None if direct else _blur(patches, kernels.spectra[slot])
         bounds = torch.nonzero(torch.diff(slot, prepend=slot.new_tensor([-1]))).flatten().tolist() + [slot.numel()]
         for start, end in zip(bounds[:-1], bounds[1:]):
             index = grid.tile_runs(row[start:end], col[start:end])
-            layer = tiles[start:end]
-            if in_front[int(slot[start])]:
+            slot_index = int(slot[start])
+            layer = _blur_direct(patches[start:end], kernels.taps[slot_index]) if direct else tiles[start:end]
+            if in_front[slot_index]:
                 current = front_runs.index_select(0, index).view_as(layer)
                 front_runs.index_copy_(0, index, torch.addcmul(current, 1.0 - current[:, 3:4], layer).view(-1, TILE))
             else:
