@@ -143,7 +143,7 @@ def main() -> None:
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in the base")
     parser.add_argument("--cudnn-attention", action="store_true",
                         help="allow PyTorch's cuDNN attention backend (off, as in `bokeh train` (run.cudnn_attention): its backward "
-                             "can stop full-size FLUX with an illegal memory access; README, On a GPU)")
+                             "can stop full-size FLUX with an illegal memory access; docs/train.md, On a GPU)")
     parser.add_argument("--count-ops", action="store_true",
                         help="instead of timing, count the kernel-launching operations of one forward + backward pass (no optimizer) "
                              "per variant, on the CPU with the same blocks at small widths (the count does not depend on widths); "

@@ -93,7 +93,7 @@ class RunConfig:
     num_threads: int = 0
     progress: bool = True
     # PyTorch's cuDNN attention backend (CUDA only). Off by default: its backward can stop full-size FLUX training
-    # with an illegal memory access (README, "On a GPU"); flash and memory-efficient attention remain.
+    # with an illegal memory access (docs/train.md, "On a GPU"); flash and memory-efficient attention remain.
     cudnn_attention: bool = False
     # Where the scalars and validation grids also go: tensorboard (OUTPUT/logs/tensorboard), wandb, mlflow or none
     # (trainer/tracking.py); logs/train.jsonl is written whatever this says.
