@@ -105,6 +105,7 @@ def human_duration(seconds: float) -> str:
     """A duration with two or three significant digits in the unit that reads best: 0.14 ms, 630 ms, 6.3 s, 2 min 5 s."""
     if seconds < 1e-3:
         return f"{seconds * 1e3:.2g} ms"
+    seconds = float(f"{seconds:.3g}")  # rounded before the unit is chosen: 0.9996 s reads "1 s", not "1e+03 ms"
     if seconds < 1:
         return f"{seconds * 1e3:.3g} ms"
     if seconds < 60:

@@ -46,7 +46,12 @@ class ListAction(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: Optional[str] = None) -> None:
-        parts = [part.strip() for token in values for part in token.split(",") if part.strip()]
+        parts = []
+        for token in values:
+            fields = [field.strip() for field in token.split(",")]
+            if "" in fields[1:-1]:  # a comma at either end joins the next token; two in a row lose a value
+                raise argparse.ArgumentError(self, f"an empty value between commas in {token!r}")
+            parts += [field for field in fields if field]
         if not parts:
             raise argparse.ArgumentError(self, f"give at least one value, e.g. {self.example}")
         parsed = []
@@ -54,8 +59,18 @@ class ListAction(argparse.Action):
             try:
                 parsed.append(self.item(part))
             except argparse.ArgumentTypeError as exc:
-                raise argparse.ArgumentError(self, str(exc)) from None
+                hint = (" (a list takes every value up to the next flag: put the other arguments before it)"
+                        if parsed and not _is_number(part) else "")
+                raise argparse.ArgumentError(self, f"{exc}{hint}") from None
         setattr(namespace, self.dest, parsed)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def add_list_argument(parser: Any, flag: str, item: Callable[[str], Any], *, example: str, help: str,

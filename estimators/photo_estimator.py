@@ -43,6 +43,8 @@ class PhotoEstimator:
             return photo_depth(path, image, self._depth_model, sidecar=self.depth_backend == "sidecar",
                                disparity_file=self.disparity_file)
         except DepthUnavailableError as exc:
+            if self.disparity_file is not None:
+                raise  # a map the user named is not optional: its photo fails rather than losing it quietly
             notes.append(f"{exc}: estimating without depth")
             return None
 
@@ -70,7 +72,10 @@ class PhotoEstimator:
         except (InputFileError, ImageLoadError) as exc:
             return {"source": str(path), "error": str(exc)}, None
         notes: list[str] = []
-        depth = self._depth(path, image, notes)
+        try:
+            depth = self._depth(path, image, notes)
+        except DepthUnavailableError as exc:
+            return {"source": str(path), "error": str(exc)}, None
         mask, mask_source = self._mask(path, image, depth, notes)
         record = estimate_bokeh_level(
             to_array(image), read_exif(data), depth, mask, source=str(path), mask_source=mask_source

@@ -12,6 +12,7 @@ import numpy as np
 from estimators.cli_util import (
     UserError, add_depth_arguments, add_list_argument, disparity_file, non_negative_float, non_negative_int, positive_int,
 )
+from estimators.lens import MAX_BOKEH_LEVEL
 from pipelines.model_args import add_model_arguments, bokeh_level, pipeline_from_args
 from pipelines.sample_cli import SHEET_HEIGHT, png_text
 
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         if source is None:
             if estimated is None:
                 raise UserError(f"cannot estimate the bokeh level of {args.photo} (see `bokeh estimate`): give --source-bokeh")
-            source, how = round(min(float(estimated), 30.0), 1), "estimated"
+            source, how = round(min(float(estimated), MAX_BOKEH_LEVEL), 1), "estimated"
         if args.keep_subject and mask is None:
             raise UserError(f"--keep-subject needs a subject mask, and --mask {args.mask} gave none for {args.photo}")
     pipe = edit_pipeline(pipeline_from_args(args))

@@ -105,12 +105,22 @@ class BokehPipeline(DiffusionPipeline):
             return []
         words: dict[str, str] = {}
         for text in texts:
-            encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
             for token, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
                 word = text[start:end]
                 if token == unk and any(c.isalnum() for c in word):
                     words.setdefault(word.lower(), word)
         return list(words.values())
+
+    def truncated_text(self, text: str) -> str:
+        """The end of ``text`` that the pipeline's first tokenizer cuts off at its ``model_max_length`` (its special
+        tokens counted); "" when the whole text fits or the tokenizer gives no offsets."""
+        tokenizer = getattr(self, "tokenizer", None)
+        if tokenizer is None or not getattr(tokenizer, "is_fast", False):
+            return ""
+        room = tokenizer.model_max_length - tokenizer.num_special_tokens_to_add()
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
+        return text[offsets[room][0]:].strip() if len(offsets) > room else ""
 
     # ---------------------------------------------------------------- backbone-specific steps
     @property
@@ -257,6 +267,11 @@ class BokehPipeline(DiffusionPipeline):
             warnings.warn(f"words outside the text encoder's vocabulary: {', '.join(repr(w) for w in unknown)}; each reads "
                           "as the unknown token, which means nothing to the model (a model trained from scratch knows only "
                           "the words of its training captions)", stacklevel=3)  # the caller's line (past torch.no_grad)
+        for text in dict.fromkeys([*prompts, negative_prompt]):
+            cut = self.truncated_text(text)
+            if cut:
+                warnings.warn(f"the prompt is longer than the text encoder's {self.tokenizer.model_max_length} tokens; "
+                              f"this end of it is cut off and not seen by the model: {cut!r}", stacklevel=3)
         sweeps = len(prompts) * num_images_per_prompt
         shape = self.latent_shape(height, width)
         if latents is not None and tuple(latents.shape) != (sweeps, *shape):

@@ -81,9 +81,13 @@ def test_bad_list_items_are_one_line_naming_the_flag_and_the_item(capsys, comman
         build_parser().parse_args([*argv, flag, "5", "1x"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"argument {flag}: not a" in err and "'1x'" in err
+    assert "put the other arguments before it" in err  # "1x" came after a good value: a positional, perhaps
     with pytest.raises(SystemExit):
         build_parser().parse_args([*argv, flag, ",", " ,"])
     assert f"argument {flag}: give at least one value, e.g. " in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*argv, flag, "5,,10"])
+    assert f"argument {flag}: an empty value between commas in '5,,10'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command,flag,bad,message", [
@@ -235,6 +239,19 @@ def test_estimate_reads_the_named_disparity_file(capsys, tmp_path):
     assert record["depth_source"] == "file d.npy" and record["mask_source"] == "depth-grabcut"
     # The subject is the 48 x 48 square of the 128 x 96 photo: 2304 / 12288 = 0.1875 of it.
     assert record["subject_fraction"] == pytest.approx(fraction, abs=0.01)
+
+
+@pytest.mark.parametrize("content", [None, b"not a map"])
+def test_a_named_disparity_file_that_cannot_be_read_fails_the_photo(capsys, tmp_path, content):
+    image, _, _ = square_scene()
+    Image.fromarray(image).save(tmp_path / "p.png")
+    named = tmp_path / "d.npz"
+    if content is not None:
+        named.write_bytes(content)
+    assert main(["estimate", str(tmp_path / "p.png"), "--disparity", str(named)]) == 1
+    out = capsys.readouterr().out.strip()
+    # the photo fails on its named map: no estimate made without the depth the user asked for
+    assert out.count("\n") == 0 and out.startswith(f"{tmp_path / 'p.png'}: ERROR ") and "d.npz" in out
 
 
 def test_sidecar_order_depth_then_disparity_npy_then_png(tmp_path):

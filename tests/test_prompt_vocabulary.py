@@ -60,3 +60,27 @@ def test_tokenizers_without_an_unknown_token_are_not_checked(pipe):
         assert pipe.unknown_words(["a dog on a sunny beach"]) == []
     finally:
         pipe.tokenizer = known
+
+
+def test_a_prompt_longer_than_the_encoder_takes_warns_with_the_words_cut_off(pipe):
+    import logging
+
+    limit = pipe.tokenizer.model_max_length - pipe.tokenizer.num_special_tokens_to_add()
+    words = CAPTION.split()
+    long = " ".join((words * (limit // len(words) + 2))[:limit + 3])  # 3 words past the limit, one token each
+    logged: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    library = logging.getLogger("transformers")
+    library.addHandler(handler)
+    pipe.tokenizer.deprecation_warnings.clear()  # transformers says its length warning once per tokenizer
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pipe(long, [0, 30], pivot=15, num_inference_steps=1, seed=0)
+    finally:
+        library.removeHandler(handler)
+    cut = [str(w.message) for w in caught if "cut off" in str(w.message)]
+    assert len(cut) == 1 and cut[0].endswith(repr(" ".join(long.split()[limit:])))
+    assert not [m for m in logged if "sequence length" in m]  # the checks tokenize without the library's own warning
+    assert pipe.truncated_text(" ".join(long.split()[:limit])) == ""

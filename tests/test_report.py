@@ -109,3 +109,10 @@ def test_stage_times_are_per_photo_in_words(dataset, tmp_path):
     assert '<td>render</td><td>render the synthetic blur levels</td><td class="num">2 s</td><td class="num">98 %</td>' in page
     assert '<td>mystery</td><td></td><td class="num">50 ms</td><td class="num">2 %</td>' in page
     assert "<td>2 min 10 s, 21.7 s per photo</td>" in page and "photos/s" not in page
+
+
+def test_durations_round_before_they_choose_a_unit():
+    from dataset_tools.report import human_duration
+
+    assert [human_duration(s) for s in (0.9996, 0.99949, 59.96, 59.94, 3599.6)] == [
+        "1 s", "999 ms", "1 min 0 s", "59.9 s", "1 h 0 min"]
