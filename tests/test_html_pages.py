@@ -72,18 +72,24 @@ def test_numbers_in_words():
 # ---------------------------------------------------------------- a tiny evaluation
 
 
-def scene() -> Scene:
-    """A 72x48 scene: the subject is a centre square in front (disparity 1), the background a far plane (0)."""
-    mask = np.zeros(SIZE[::-1], bool)
-    mask[14:34, 26:46] = True
+def scene(size: tuple[int, int] = SIZE) -> Scene:
+    """A scene of ``size`` (72x48 by default): the subject is a centre rectangle (at 72x48 rows 14..33, columns
+    26..45) in front (disparity 1), the background a far plane (0)."""
+    width, height = size
+    mask = np.zeros((height, width), bool)
+    mask[height * 7 // 24:height * 17 // 24, width * 13 // 36:width * 23 // 36] = True
     return Scene(mask, mask.astype(np.float32), "sidecar-disparity + depth-grabcut")
 
 
 class BlurPainter:
-    """A checkerboard blurred by a Gaussian of radius K / 10 (K < 0: sharp), the same for every prompt and seed."""
+    """A checkerboard of ``size`` blurred by a Gaussian of radius K / 10 (K < 0: sharp), the same for every prompt
+    and seed."""
+
+    def __init__(self, size: tuple[int, int] = SIZE) -> None:
+        self.size = size
 
     def __call__(self, prompt, bokeh, seed=0, **kwargs):
-        board = ((np.indices(SIZE[::-1]).sum(axis=0) // 3) % 2 * 200 + 30).astype(np.uint8)
+        board = ((np.indices(self.size[::-1]).sum(axis=0) // 3) % 2 * 200 + 30).astype(np.uint8)
         image = Image.fromarray(np.stack([board, board // 2, 255 - board], axis=-1))
         return [image.filter(ImageFilter.GaussianBlur(max(k, 0) / 10)) for k in bokeh]
 
@@ -132,8 +138,25 @@ def test_eval_json_lists_every_picture(eval_dir):
     assert first["sweep"] == [f"images/p0-s0-unbounded_K{k}.png" for k in LEVELS]
     assert first["reference"] == [f"images/p0-s0-unbounded_render_K{k}.png" for k in LEVELS]
     assert first["mask"] == "images/p0-s0-unbounded_mask.png"
+    assert first["thumbs"]["images/p0-s0-unbounded_K0.png"] == "images/thumbs/p0-s0-unbounded_K0.jpg"
     with Image.open(eval_dir / "images" / "thumbs" / "p0-s0-unbounded_K0.jpg") as thumb:
         assert thumb.size == (48, 32)  # 72x48 scaled to a 48 px long side
+
+
+def test_a_second_evaluation_of_small_pictures_shows_no_thumbnail_of_the_first(tmp_path):
+    """300x200 pictures get thumbnails (long side over 256 px), 72x48 ones do not: written into the same folder
+    after the large ones, the page shows the new PNGs and no thumbnail is left behind."""
+    out = tmp_path / "out"
+    for size in ((300, 200), (72, 48)):
+        settings = EvalSettings(LEVELS, [0], grounded=False)
+        result = Evaluator(BlurPainter(size), settings, lambda prompt, image: scene(size), "render", device="cpu").run(PROMPTS[:1])
+        write_evaluation(result, out)
+        sources = re.findall(r'<img src="([^"]+)"', (out / "eval.html").read_text())
+        with Image.open(out / html.unescape(sources[0])) as shown:
+            assert shown.size == ((256, 171) if size == (300, 200) else size)  # 300x200 scaled to a 256 px long side
+    assert sources and all(src.endswith(".png") and "thumbs" not in src for src in sources)
+    assert not list((out / "images" / "thumbs").glob("*.jpg"))
+    assert all(not run["images"]["thumbs"] for run in json.loads((out / "eval.json").read_text())["runs"])
 
 
 # ---------------------------------------------------------------- in a browser
