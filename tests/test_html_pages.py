@@ -56,6 +56,28 @@ def test_a_line_chart_maps_values_to_pixels_and_keeps_its_legend_below_the_axes(
     assert 'height="326"' in svg  # one legend row of 20 px and 6 px of padding
 
 
+def dots(svg: str) -> list[tuple[float, float]]:
+    return [(float(x), float(y)) for x, y in re.findall(r'<circle cx="([\d.]+)" cy="([\d.]+)"', svg)]
+
+
+def test_a_log_chart_of_one_value_spans_two_ticks():
+    """Every value 100: the log axis runs from 100 to the next tick, 200, and the dots lie on its bottom."""
+    assert log_ticks(100, 100) == [100, 200] and log_ticks(500, 500) == [500, 1000]
+    svg = line_chart([Series("a", [0, 15, 30], [100.0, 100.0, 100.0], "#000")], title="t", x_label="K", y_label="s",
+                     log_y=True, width=460, height=300)
+    assert dots(svg) == [(LEFT, 300 - BOTTOM), ((LEFT + 460 - RIGHT) / 2, 300 - BOTTOM), (460 - RIGHT, 300 - BOTTOM)]
+
+
+def test_a_chart_leaves_gaps_at_non_finite_values():
+    """NaN and infinities are left out like None: the axis spans the finite values 0.5 .. 1 (ticks 0.5 .. 1.0), K = 0
+    at the left bottom, K = 30 at the right top, and no line joins dots across a gap."""
+    for log_y in (False, True):
+        svg = line_chart([Series("a", [0, 10, 20, 30], [0.5, float("nan"), float("inf"), 1.0], "#000")], title="t",
+                         x_label="K", y_label="v", guides=[Guide("g", float("nan"))], log_y=log_y, width=460, height=300)
+        assert dots(svg) == [(LEFT, 300 - BOTTOM), (460 - RIGHT, TOP)]
+        assert '<polyline class="data"' not in svg and "nan" not in svg.lower()
+
+
 def test_a_chart_without_values_says_so():
     svg = line_chart([Series("a", [0, 30], [None, None], "#000")], title="Sharpness", x_label="K", y_label="s", log_y=True)
     assert "Sharpness: no values to plot" in svg and "<circle" not in svg
