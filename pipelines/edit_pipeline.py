@@ -128,8 +128,9 @@ class BokehEditMixin:
         ``shared_steps`` steps hold every row on that trajectory (the edit then starts from the photo's latents at
         that noise level: more of the photo kept, less room for the new blur). ``guidance_scale`` defaults to
         ``edit_guidance`` (UNet: 1, no classifier-free pass; FLUX: its distilled 3.0). ``colour_transfer``: each edit takes
-        the input photo's LAB means, grounded or not (not for ``output_type="latent"``). ``subject_mask`` (HxW bool, True = subject, any size): the photo's subject is
-        blended back over each edit (``pipelines.edit_blend``), as the subject stays in focus at every K."""
+        the input photo's LAB means, grounded or not (not for ``output_type="latent"``). ``subject_mask`` (HxW bool,
+        True = subject, any size): the photo's subject is blended back over each edit (``pipelines.edit_blend``), as
+        the subject stays in focus at every K."""
         if not isinstance(prompt, str):
             raise ValueError("prompt must be one string (the photo's caption, or empty)")
         source_bokeh = float(source_bokeh)

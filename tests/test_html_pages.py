@@ -171,8 +171,8 @@ def test_a_second_evaluation_of_small_pictures_shows_no_thumbnail_of_the_first(t
     out = tmp_path / "out"
     for size in ((300, 200), (72, 48)):
         settings = EvalSettings(LEVELS, [0], grounded=False)
-        result = Evaluator(BlurPainter(size), settings, lambda prompt, image: scene(size), "render", device="cpu").run(PROMPTS[:1])
-        write_evaluation(result, out)
+        evaluator = Evaluator(BlurPainter(size), settings, lambda prompt, image: scene(size), "render", device="cpu")
+        write_evaluation(evaluator.run(PROMPTS[:1]), out)
         sources = re.findall(r'<img src="([^"]+)"', (out / "eval.html").read_text())
         with Image.open(out / html.unescape(sources[0])) as shown:
             assert shown.size == ((256, 171) if size == (300, 200) else size)  # 300x200 scaled to a 256 px long side
