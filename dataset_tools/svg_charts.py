@@ -19,7 +19,7 @@ _CHAR_PX = 7.2  # average width of a character at FONT_PX, to wrap the legend
 
 @dataclass
 class Series:
-    """One line of a line chart: ``ys[i]`` at ``xs[i]``; None leaves a gap."""
+    """One line of a line chart: ``ys[i]`` at ``xs[i]``; None or a non-finite value leaves a gap."""
 
     name: str
     xs: Sequence[float]
@@ -66,7 +66,7 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
 
 def log_ticks(lo: float, hi: float) -> list[float]:
     """Ticks 1, 2 and 5 times powers of ten from just below ``lo`` to just above ``hi`` (both > 0); only the
-    powers of ten when the range spans more than two decades."""
+    powers of ten when the range spans more than two decades. At least two: an axis needs a span."""
     if lo <= 0 or hi <= 0:
         raise ValueError(f"a log axis needs positive values, got {lo} and {hi}")
     lo, hi = min(lo, hi), max(lo, hi)
@@ -77,7 +77,10 @@ def log_ticks(lo: float, hi: float) -> list[float]:
     fine = [m * p for p in powers for m in (1, 2, 5)]
     below = max([t for t in fine if t <= lo], default=fine[0])
     above = min([t for t in fine if t >= hi], default=fine[-1])
-    return [t for t in fine if below <= t <= above]
+    ticks = [t for t in fine if below <= t <= above]
+    if len(ticks) == 1:  # lo == hi on a tick: the next one up (fine always holds one above a single value)
+        ticks.append(next(t for t in fine if t > ticks[0]))
+    return ticks
 
 
 def tick_label(value: float) -> str:
@@ -163,13 +166,19 @@ def legend_rows(names: Sequence[str], width: int) -> int:
     return legend_layout(names, width)[-1][1] + 1 if names else 0
 
 
+def plottable(y: Optional[float], log_y: bool) -> bool:
+    """Whether ``y`` has a place on the axis: a finite number, and above 0 on a log axis."""
+    return y is not None and math.isfinite(y) and (y > 0 or not log_y)
+
+
 def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: str, log_y: bool = False,
                guides: Sequence[Guide] = (), width: int = 460, height: int = 300) -> str:
     """Lines with a dot at each value (its number in a tooltip); y axis linear or log10; ``guides`` as dashed lines;
     no value at all: a chart saying so."""
-    values = [y for s in series for y in s.ys if y is not None and (y > 0 or not log_y)]
+    values = [y for s in series for y in s.ys if plottable(y, log_y)]
     xs = [x for s in series for x in s.xs]
-    values_and_guides = values + [g.y for g in guides if g.y > 0 or not log_y]
+    drawn_guides = [g for g in guides if plottable(g.y, log_y)]
+    values_and_guides = values + [g.y for g in drawn_guides]
     if not values or not xs:
         frame = _Frame(width, 80, (0.0, 1.0), [0.0, 1.0], False, 0)
         return frame.svg([f'<text x="{LEFT}" y="40">{html.escape(title)}: no values to plot</text>'], title)
@@ -180,17 +189,16 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
     entries = [(s.name, s.colour, "dash" if s.dashed else "line") for s in series] + [(g.name, g.colour, "dash") for g in guides]
     frame = _Frame(width, height, x_range, y_ticks, log_y, legend_rows([e[0] for e in entries], width))
     parts = frame.axes(x_ticks, x_label, y_label)
-    for g in guides:
-        if g.y > 0 or not log_y:
-            y = frame.y(g.y)
-            parts.append(f'<line x1="{frame.x0}" y1="{y:.1f}" x2="{frame.x1}" y2="{y:.1f}" stroke="{g.colour}" '
-                         f'stroke-width="1.5" stroke-dasharray="3 3"/>')
+    for g in drawn_guides:
+        y = frame.y(g.y)
+        parts.append(f'<line x1="{frame.x0}" y1="{y:.1f}" x2="{frame.x1}" y2="{y:.1f}" stroke="{g.colour}" '
+                     f'stroke-width="1.5" stroke-dasharray="3 3"/>')
     for s in series:
         dash = ' stroke-dasharray="6 4"' if s.dashed else ""
         run: list[str] = []
         points = list(zip(s.xs, s.ys)) + [(None, None)]
         for x, y in points:
-            if y is None or (log_y and y <= 0):
+            if not plottable(y, log_y):
                 if len(run) > 1:
                     parts.append(f'<polyline class="data" points="{" ".join(run)}" fill="none" stroke="{s.colour}" stroke-width="2.5"{dash}/>')
                 run = []

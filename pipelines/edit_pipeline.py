@@ -15,6 +15,7 @@ from PIL import Image
 
 from bokeh_models.flux_latents import unpack_latents
 from estimators.lens import MAX_BOKEH_LEVEL
+from pipelines.colour_transfer import lab_mean_transfer
 from pipelines.edit_blend import keep_subject
 from pipelines.inversion import Predict, ddim_inversion, flow_inversion
 from pipelines.pipeline_base import OUTPUT_TYPES, BokehPipeline, BokehPipelineOutput, checked_levels
@@ -127,8 +128,9 @@ class BokehEditMixin:
         ``shared_steps`` steps hold every row on that trajectory (the edit then starts from the photo's latents at
         that noise level: more of the photo kept, less room for the new blur). ``guidance_scale`` defaults to
         ``edit_guidance`` (UNet: 1, no classifier-free pass; FLUX: its distilled 3.0). ``colour_transfer``: each edit takes
-        the photo's LAB means. ``subject_mask`` (HxW bool, True = subject, any size): the photo's subject is
-        blended back over each edit (``pipelines.edit_blend``), as the subject stays in focus at every K."""
+        the input photo's LAB means, grounded or not (not for ``output_type="latent"``). ``subject_mask`` (HxW bool,
+        True = subject, any size): the photo's subject is blended back over each edit (``pipelines.edit_blend``), as
+        the subject stays in focus at every K."""
         if not isinstance(prompt, str):
             raise ValueError("prompt must be one string (the photo's caption, or empty)")
         source_bokeh = float(source_bokeh)
@@ -153,15 +155,23 @@ class BokehEditMixin:
 
         trajectory = self.invert_photo(pixels, prompt, source_bokeh, steps, guidance_scale, height, width)
         grounded = grounding_steps > 0
+        colour_transfer = colour_transfer and output_type != "latent"
+        # Colour is moved to the input photo's own means here, not to the regenerated pivot's: it then holds
+        # whether or not a pivot row is grounded.
+        finish = colour_transfer or subject_mask is not None
         images = BokehPipeline.__call__(
             self, prompt, levels, pivot=source_bokeh, grounding_steps=grounding_steps, num_inference_steps=steps,
-            guidance_scale=guidance_scale, negative_prompt="", height=height, width=width, colour_transfer=colour_transfer,
+            guidance_scale=guidance_scale, negative_prompt="", height=height, width=width, colour_transfer=False,
             shared_steps=shared_steps, latents=self.from_batch(trajectory[0], height, width),
-            output_type="pil" if subject_mask is not None else output_type,
+            output_type="pil" if finish else output_type,
             callback_on_step_end=anchored(trajectory, shared_steps, grounded),
         ).images
+        if colour_transfer:
+            images = [lab_mean_transfer(photo, edit) for edit in images]
         if subject_mask is not None:
-            images = self._format([keep_subject(edit, photo, subject_mask) for edit in images], output_type)
+            images = [keep_subject(edit, photo, subject_mask) for edit in images]
+        if finish:
+            images = self._format(images, output_type)
         return BokehPipelineOutput(images=images, bokeh=levels) if return_dict else (images, levels)
 
 

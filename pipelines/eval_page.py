@@ -7,7 +7,6 @@ import html
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from dataset_tools.report import K_LINE, PAGE_CSS
@@ -221,19 +220,13 @@ def scene_words(source: str) -> str:
     return f"depth from {depth}" + (f", subject mask from {mask}" if mask else ", no subject mask")
 
 
-def _cell(folder: Path, path: Optional[str], alt: str, tip: str) -> str:
+def _cell(path: Optional[str], thumbs: dict[str, str], alt: str, tip: str) -> str:
+    """A picture linking to its PNG ``path``, shown as its thumbnail when ``thumbs`` (from eval.json) lists one."""
     if path is None:
         return "<div></div>"
-    thumb = thumbnail_path(path)
-    src = thumb if (folder / thumb).is_file() else path
+    src = thumbs.get(path, path)
     return (f'<a href="{html.escape(path)}"><img src="{html.escape(src)}" alt="{html.escape(alt)}" '
             f'title="{html.escape(tip)}" loading="eager"></a>')
-
-
-def thumbnail_path(path: str) -> str:
-    """The JPEG thumbnail kept beside a large picture ``images/NAME.png``: ``images/thumbs/NAME.jpg``."""
-    name = Path(path)
-    return str(name.parent / "thumbs" / f"{name.stem}.jpg")
 
 
 def _row_label(run: dict[str, Any], what: str) -> str:
@@ -246,8 +239,9 @@ def _row_label(run: dict[str, Any], what: str) -> str:
     return f'<div class="row">{html.escape(_mode_name(run["mode"]))}<small>{facts}</small></div>'
 
 
-def _sweep_row(folder: Path, run: dict[str, Any], levels: Sequence[float], what: str = "sweep") -> str:
+def _sweep_row(run: dict[str, Any], levels: Sequence[float], what: str = "sweep") -> str:
     images = run["images"]
+    thumbs = images.get("thumbs") or {}
     paths = images["reference"] if what == "reference" else images["sweep"]
     if what == "reference":
         sharpness, who, where = run["reference_sharpness"], "physical render", "background" if run["sharpness_background"] else "whole-image"
@@ -257,8 +251,8 @@ def _sweep_row(folder: Path, run: dict[str, Any], levels: Sequence[float], what:
     cells = [_row_label(run, what)]
     for i, (k, path) in enumerate(zip(levels, paths)):
         tip = f"{who}, K = {k:g}: {where} sharpness {fmt(sharpness[i]) if sharpness else '-'}"
-        cells.append(_cell(folder, path, f"{run['id']} {what} K {k:g}", tip))
-    cells.append(_cell(folder, images.get("mask") if what == "sweep" else None, f"{run['id']} subject mask", "subject mask (white)"))
+        cells.append(_cell(path, thumbs, f"{run['id']} {what} K {k:g}", tip))
+    cells.append(_cell(images.get("mask") if what == "sweep" else None, thumbs, f"{run['id']} subject mask", "subject mask (white)"))
     return "".join(cells)
 
 
@@ -270,25 +264,25 @@ def _grid(blocks: Sequence[tuple[str, list[str]]], levels: Sequence[float]) -> s
     return f'<div class="sweeps" style="grid-template-columns:{columns}">{head}{body}</div>'
 
 
-def _seed_rows(folder: Path, runs: Sequence[dict[str, Any]], levels: Sequence[float]) -> list[str]:
+def _seed_rows(runs: Sequence[dict[str, Any]], levels: Sequence[float]) -> list[str]:
     """The sweeps of one prompt and seed, in mode order, then the physical render of the first one's K = 0 image."""
     order = {m: i for i, m in enumerate(MODE_WORDS)}
     runs = sorted(runs, key=lambda r: order.get(r["mode"], len(order)))
-    rows = [_sweep_row(folder, r, levels) for r in runs]
+    rows = [_sweep_row(r, levels) for r in runs]
     first = next((r for r in runs if r["images"].get("reference")), None)
     if first is not None:
-        rows.append(_sweep_row(folder, first, levels, "reference"))
+        rows.append(_sweep_row(first, levels, "reference"))
     return rows
 
 
-def prompt_section(folder: Path, prompt: str, runs: Sequence[dict[str, Any]], summaries: dict[str, dict[str, Any]],
+def prompt_section(prompt: str, runs: Sequence[dict[str, Any]], summaries: dict[str, dict[str, Any]],
                    levels: Sequence[float], index: int) -> str:
     """One prompt: the first seed's sweeps side by side, the other seeds folded, then its charts."""
     seeds = list(dict.fromkeys(r["seed"] for r in runs))
-    first = _grid([(f"seed {seeds[0]}", _seed_rows(folder, [r for r in runs if r["seed"] == seeds[0]], levels))], levels)
+    first = _grid([(f"seed {seeds[0]}", _seed_rows([r for r in runs if r["seed"] == seeds[0]], levels))], levels)
     more = ""
     if len(seeds) > 1:
-        blocks = [(f"seed {s}", _seed_rows(folder, [r for r in runs if r["seed"] == s], levels)) for s in seeds[1:]]
+        blocks = [(f"seed {s}", _seed_rows([r for r in runs if r["seed"] == s], levels)) for s in seeds[1:]]
         more = f"<details><summary>seeds {', '.join(str(s) for s in seeds[1:])}</summary>{_grid(blocks, levels)}</details>"
     sources = "; ".join(html.escape(scene_words(s)) for s in dict.fromkeys(r["scene_source"] for r in runs))
     charts = (_figure(sharpness_chart(runs, levels, "Sharpness against K"), "Background sharpness, means over this prompt's seeds; dashed: the reference.")
@@ -298,11 +292,11 @@ def prompt_section(folder: Path, prompt: str, runs: Sequence[dict[str, Any]], su
             f'<p class="caption">Subject mask and depth: {sources}.</p>{first}{more}<div class="charts">{charts}</div></section>')
 
 
-def photos_section(folder: Path, runs: Sequence[dict[str, Any]], levels: Sequence[float]) -> str:
+def photos_section(runs: Sequence[dict[str, Any]], levels: Sequence[float]) -> str:
     """The reference photos rendered at every level by the physical renderer."""
     if not runs:
         return ""
-    blocks = [(f"{r['prompt']} ({scene_words(r['scene_source'])})", [_sweep_row(folder, r, levels)]) for r in runs]
+    blocks = [(f"{r['prompt']} ({scene_words(r['scene_source'])})", [_sweep_row(r, levels)]) for r in runs]
     return ("<h3>Reference photos, physically rendered</h3><p>Real photos blurred by the renderer at each K: what the "
             f"model should look like.</p>{_grid(blocks, levels)}")
 
@@ -332,16 +326,17 @@ def _per_k_table(levels: Sequence[float], runs: Sequence[dict[str, Any]], s: dic
     return _table(["K"] + list(columns), rows, range(len(columns) + 1))
 
 
-def render_page(scores: dict[str, Any], folder: Path, title: str) -> str:
-    """The whole page for ``scores`` (as in eval.json, images listed per run relative to ``folder``)."""
+def render_page(scores: dict[str, Any], title: str) -> str:
+    """The whole page for ``scores`` (as in eval.json: pictures and their thumbnails listed per run, relative to
+    the evaluation folder, where the page lies)."""
     settings, levels = scores["settings"], scores["settings"]["levels"]
     runs = scores["runs"]
     prompts = list(scores["per_prompt"])
     sections = "".join(
-        prompt_section(folder, p, [r for r in runs if r["prompt"] == p and r["mode"] != "reference"], scores["per_prompt"][p], levels, i)
+        prompt_section(p, [r for r in runs if r["prompt"] == p and r["mode"] != "reference"], scores["per_prompt"][p], levels, i)
         for i, p in enumerate(prompts)
     )
-    photos = photos_section(folder, [r for r in runs if r["mode"] == "reference"], levels)
+    photos = photos_section([r for r in runs if r["mode"] == "reference"], levels)
     overall = scores["overall"]
     charts = (_figure(sharpness_chart(runs, levels, "Sharpness against K, all prompts"), SHARPNESS_CAPTION)
               + _figure(factor_chart(overall, levels), FACTOR_CAPTION)

@@ -57,35 +57,44 @@ def summary_lines(scores: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _save(image: Image.Image, folder: Path, name: str) -> str:
-    """``image`` as ``folder/name.png``, with a JPEG thumbnail under ``folder/thumbs`` when it is large; its path
-    relative to the evaluation folder."""
+def _save(image: Image.Image, folder: Path, name: str, thumbs: dict[str, str]) -> str:
+    """``image`` as ``folder/name.png``; its path relative to the evaluation folder. A large one also gets a JPEG
+    thumbnail ``folder/thumbs/name.jpg``, recorded in ``thumbs`` (picture path -> thumbnail path); a small one's
+    thumbnail from an earlier run in the same folder is removed."""
     image.save(folder / f"{name}.png")
+    path, thumb_file = f"{folder.name}/{name}.png", folder / "thumbs" / f"{name}.jpg"
     if max(image.size) > THUMB_PX:
         thumb = image.convert("RGB")
         thumb.thumbnail((THUMB_PX, THUMB_PX), Image.Resampling.LANCZOS)
-        (folder / "thumbs").mkdir(exist_ok=True)
-        thumb.save(folder / "thumbs" / f"{name}.jpg", quality=85)
-    return f"{folder.name}/{name}.png"
+        thumb_file.parent.mkdir(exist_ok=True)
+        thumb.save(thumb_file, quality=85)
+        thumbs[path] = f"{folder.name}/thumbs/{thumb_file.name}"
+    else:
+        thumb_file.unlink(missing_ok=True)
+    return path
 
 
 def save_run_images(folder: Path, run_id: str, levels: Sequence[float], run: RunImages) -> dict[str, Any]:
     """PNG files of a sweep, its subject mask and its physical render (when there is one) under ``folder``:
-    ``{"sweep": [path per K], "mask": path or None, "reference": [path per K] or None}``."""
+    ``{"sweep": [path per K], "mask": path or None, "reference": [path per K] or None, "thumbs": {path: thumbnail
+    path} for the pictures that have one}``."""
+    thumbs: dict[str, str] = {}
     mask: Optional[str] = None
     if run.mask is not None:
-        mask = _save(Image.fromarray(np.asarray(run.mask, dtype=np.uint8) * 255).convert("RGB"), folder, f"{run_id}_mask")
+        mask = _save(Image.fromarray(np.asarray(run.mask, dtype=np.uint8) * 255).convert("RGB"), folder, f"{run_id}_mask", thumbs)
     return {
-        "sweep": [_save(image, folder, f"{run_id}_K{k:g}") for k, image in zip(levels, run.images)],
+        "sweep": [_save(image, folder, f"{run_id}_K{k:g}", thumbs) for k, image in zip(levels, run.images)],
         "mask": mask,
-        "reference": None if run.reference is None else [_save(im, folder, f"{run_id}_render_K{k:g}") for k, im in zip(levels, run.reference)],
+        "reference": None if run.reference is None else [_save(im, folder, f"{run_id}_render_K{k:g}", thumbs)
+                                                         for k, im in zip(levels, run.reference)],
+        "thumbs": thumbs,
     }
 
 
 def write_page(scores: dict[str, Any], out: Path) -> Path:
     """``out/eval.html`` for ``scores`` (numbers as floats, images listed per run); returns its path."""
     path = out / "eval.html"
-    path.write_text(render_page(scores, out, str(out)), encoding="utf-8")
+    path.write_text(render_page(scores, str(out)), encoding="utf-8")
     return path
 
 

@@ -144,15 +144,59 @@ def test_edit_at_the_photos_own_k_reconstructs_it_closer_with_more_steps(pixel_c
     assert not np.array_equal(np.asarray(other[0]), np.asarray(other[1]))  # K reaches the regeneration
 
 
-def test_every_step_shared_gives_the_photo_at_every_k(pixel_checkpoint):
-    """Shared steps hold every row on the photo's inverted trajectory, whose clean end is the photo: all of them
-    give the photo back, whatever K."""
+def lab_means_by_hand(image: Image.Image) -> np.ndarray:
+    """The mean of each channel of ``image`` in OpenCV's 8-bit LAB encoding."""
+    import cv2
+
+    return cv2.cvtColor(np.asarray(image.convert("RGB"), np.uint8), cv2.COLOR_RGB2LAB).reshape(-1, 3).mean(0)
+
+
+@pytest.mark.parametrize("grounding_steps", [0, 6])
+def test_colour_transfer_gives_each_edit_the_photos_lab_means_grounded_or_not(pixel_checkpoint, grounding_steps):
+    pipe = edit_pipe(pixel_checkpoint / "model", pixel_checkpoint / "adapter")
+    photo = smooth_photo(32)
+    wanted = lab_means_by_hand(photo)
+    for transfer in (True, False):
+        images = pipe(photo, CAPTION, [0, 30], source_bokeh=12, num_inference_steps=6, grounding_steps=grounding_steps,
+                      colour_transfer=transfer).images
+        for image in images:
+            gap = np.abs(lab_means_by_hand(image) - wanted).max()
+            if transfer:
+                assert gap < 1.0  # 8-bit LAB levels: the shift is rounded, then the round trip to RGB rounds again
+            else:
+                assert gap > 3.0
+
+
+def test_encode_decode_path_gives_the_photo_back_when_every_step_is_shared(pixel_checkpoint):
+    """With every step shared the rows end on the trajectory's clean end, the encoded photo, whatever the inversion
+    gave before it: this checks the encode and decode path (pixels to patches and back) at every K."""
     pipe = edit_pipe(pixel_checkpoint / "model", pixel_checkpoint / "adapter")
     photo = smooth_photo(32)
     images = pipe(photo, CAPTION, [0, 30], source_bokeh=20, num_inference_steps=5, shared_steps=5,
                   colour_transfer=False).images
     for image in images:
         assert np.abs(np.asarray(image, np.int16) - np.asarray(photo, np.int16)).max() <= 1
+
+
+@pytest.mark.parametrize("wrong", ["clean latents at every step", "noise at every step"])
+def test_edit_after_some_shared_steps_needs_the_true_inversion(pixel_checkpoint, monkeypatch, wrong):
+    """4 of 24 steps shared: the regeneration at the photo's own K starts from the trajectory's fifth point and runs
+    20 steps of its own, so it comes back to the photo only from the true inverted trajectory; a trajectory that is
+    the photo's clean latents, or noise, at every step leaves it far off."""
+    pipe = edit_pipe(pixel_checkpoint / "model", pixel_checkpoint / "adapter")
+    photo = smooth_photo(32)
+
+    def reconstruction_error() -> float:
+        out = pipe(photo, CAPTION, [12], source_bokeh=12, num_inference_steps=24, shared_steps=4,
+                   colour_transfer=False, output_type="np").images[0]
+        return mean_error(out * 255, photo)
+
+    right = reconstruction_error()
+    g = torch.Generator().manual_seed(5)
+    monkeypatch.setattr(pipe, "invert", lambda predict, latents: [
+        latents if wrong.startswith("clean") else torch.randn(latents.shape, generator=g)
+        for _ in range(len(pipe.scheduler.timesteps) + 1)])
+    assert right < 6 and reconstruction_error() > 3 * right
 
 
 def vae_round_trip(folder, photo: Image.Image) -> np.ndarray:
@@ -167,9 +211,9 @@ def vae_round_trip(folder, photo: Image.Image) -> np.ndarray:
     return ((decoded[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).numpy()
 
 
-def test_latent_sd_edit_holding_every_step_gives_the_vae_round_trip(sd_dir):
-    """Latent Stable Diffusion (tiny, random weights): the photo's latents are the VAE's (scaled), and the trajectory's
-    clean end decodes to the VAE's round trip of the photo, whatever K."""
+def test_latent_sd_encode_decode_path_is_the_vae_round_trip(sd_dir):
+    """Latent Stable Diffusion (tiny, random weights), every step shared so the rows end on the encoded photo: its
+    latents are the VAE's (scaled), and they decode to the VAE's round trip of the photo, whatever K."""
     pipe = edit_pipe(sd_dir / "base", sd_dir / "random")
     photo = smooth_photo(16)
     images = pipe(photo, CAPTION, [0, 30], source_bokeh=10, num_inference_steps=4, shared_steps=4,
@@ -224,8 +268,36 @@ def test_keep_subject_takes_the_photo_inside_and_the_edit_outside():
     outside[14:50, 14:50] = False
     assert (out[outside] == 0).all()  # beyond the subject: the edit
     assert np.all(np.diff(out[32, 8:33, 0]) >= 0)  # a monotone feather between
-    with pytest.raises(ValueError, match="selects some pixel"):
-        keep_subject(edit, photo, np.zeros((64, 64), bool))
+
+
+def test_keep_subject_blends_a_subject_thinner_than_the_feather():
+    """A 16 px pole in a 512 px image: the 2 % erosion (10 px each side) would remove it whole; capped at half its
+    half-width (4 px) it leaves an 8 px core, feathered by a Gaussian of sigma 2 px: the pole's centre takes
+    erf(4 / (2 sqrt 2)) of the photo (a box of half-width 4 blurred by sigma 2), everything off the pole the edit."""
+    import math
+
+    from pipelines.edit_blend import keep_subject
+
+    edit, photo = Image.new("RGB", (512, 512), (0, 0, 0)), Image.new("RGB", (512, 512), (200, 100, 50))
+    mask = np.zeros((512, 512), bool)
+    mask[64:448, 248:264] = True
+    out = np.asarray(keep_subject(edit, photo, mask), np.int16)
+    centre = math.erf(4 / (2 * math.sqrt(2)))
+    assert np.abs(out[128:384, 255:257] - centre * np.array([200, 100, 50])).max() <= 1.5
+    off = np.ones((512, 512), bool)
+    off[60:452, 244:268] = False
+    assert (out[off] == 0).all()
+    assert np.all(np.diff(out[256, 240:257, 0]) >= 0)  # a monotone feather across the pole's left edge
+
+
+@pytest.mark.parametrize("mask", [np.zeros((64, 64), bool), np.zeros((4, 4, 3), bool)], ids=["empty", "not 2-D"])
+def test_keep_subject_refuses_a_mask_without_a_subject(mask):
+    from pipelines.edit_blend import keep_subject
+
+    image = Image.new("RGB", (64, 64))
+    with pytest.raises(ValueError, match="subject mask") as exc:
+        keep_subject(image, image, mask)
+    assert len(str(exc.value).splitlines()) == 1
 
 
 # ---------------------------------------------------------------- bokeh edit
@@ -233,7 +305,7 @@ def test_keep_subject_takes_the_photo_inside_and_the_edit_outside():
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
-    """A procedural scene (photo, caption, depth and mask sidecars) at 64 px, its background blurred at K = 12."""
+    """A procedural scene (photo, caption, depth and mask sidecars) at 96 x 48 px, its background blurred at K = 12."""
     from dataset_tools.demo_scenes import write_demo_data
     from estimators.image_io import load_mask
     from estimators.sidecars import photo_depth
@@ -241,7 +313,7 @@ def scene(tmp_path_factory):
     from pipelines.evaluate import render_sweep
 
     folder = tmp_path_factory.mktemp("scene")
-    path = write_demo_data(folder, 1, seed=3, width=64, height=64, progress=False)[0]
+    path = write_demo_data(folder, 1, seed=3, width=96, height=48, progress=False)[0]
     sharp = Image.open(path).convert("RGB")
     mask = load_mask(path.with_name(path.stem + ".mask.png"))
     render_sweep([12.0], sharp, Scene(mask, photo_depth(path, sharp).disparity, "sidecar"))[0].save(path)
@@ -262,7 +334,9 @@ def test_edit_cli_writes_the_edits_and_a_contact_sheet(pixel_checkpoint, scene, 
     assert 0 <= float(estimated) <= 30 and "(estimated)" in printed
     for k in (0, 30):
         image = Image.open(out / f"{scene.stem}-K{k}.png")
-        assert image.size == (32, 32)  # the model's resolution, the photo's aspect
+        # about 32 x 32 pixels (the model's) at the photo's 2:1: sqrt(2) * 32 = 45.3 and 32 / sqrt(2) = 22.6 px,
+        # each to the nearest multiple of 4 (the model's)
+        assert image.size == (44, 24)
         assert image.text["prompt"] == caption and image.text["K"] == str(k)
         assert image.text["source_bokeh"] == f"{estimated} (estimated)" and image.text["keep_subject"] == "true"
     sheet = Image.open(out / f"{scene.stem}-sheet.png")

@@ -56,6 +56,28 @@ def test_a_line_chart_maps_values_to_pixels_and_keeps_its_legend_below_the_axes(
     assert 'height="326"' in svg  # one legend row of 20 px and 6 px of padding
 
 
+def dots(svg: str) -> list[tuple[float, float]]:
+    return [(float(x), float(y)) for x, y in re.findall(r'<circle cx="([\d.]+)" cy="([\d.]+)"', svg)]
+
+
+def test_a_log_chart_of_one_value_spans_two_ticks():
+    """Every value 100: the log axis runs from 100 to the next tick, 200, and the dots lie on its bottom."""
+    assert log_ticks(100, 100) == [100, 200] and log_ticks(500, 500) == [500, 1000]
+    svg = line_chart([Series("a", [0, 15, 30], [100.0, 100.0, 100.0], "#000")], title="t", x_label="K", y_label="s",
+                     log_y=True, width=460, height=300)
+    assert dots(svg) == [(LEFT, 300 - BOTTOM), ((LEFT + 460 - RIGHT) / 2, 300 - BOTTOM), (460 - RIGHT, 300 - BOTTOM)]
+
+
+def test_a_chart_leaves_gaps_at_non_finite_values():
+    """NaN and infinities are left out like None: the axis spans the finite values 0.5 .. 1 (ticks 0.5 .. 1.0), K = 0
+    at the left bottom, K = 30 at the right top, and no line joins dots across a gap."""
+    for log_y in (False, True):
+        svg = line_chart([Series("a", [0, 10, 20, 30], [0.5, float("nan"), float("inf"), 1.0], "#000")], title="t",
+                         x_label="K", y_label="v", guides=[Guide("g", float("nan"))], log_y=log_y, width=460, height=300)
+        assert dots(svg) == [(LEFT, 300 - BOTTOM), (460 - RIGHT, TOP)]
+        assert '<polyline class="data"' not in svg and "nan" not in svg.lower()
+
+
 def test_a_chart_without_values_says_so():
     svg = line_chart([Series("a", [0, 30], [None, None], "#000")], title="Sharpness", x_label="K", y_label="s", log_y=True)
     assert "Sharpness: no values to plot" in svg and "<circle" not in svg
@@ -72,18 +94,24 @@ def test_numbers_in_words():
 # ---------------------------------------------------------------- a tiny evaluation
 
 
-def scene() -> Scene:
-    """A 72x48 scene: the subject is a centre square in front (disparity 1), the background a far plane (0)."""
-    mask = np.zeros(SIZE[::-1], bool)
-    mask[14:34, 26:46] = True
+def scene(size: tuple[int, int] = SIZE) -> Scene:
+    """A scene of ``size`` (72x48 by default): the subject is a centre rectangle (at 72x48 rows 14..33, columns
+    26..45) in front (disparity 1), the background a far plane (0)."""
+    width, height = size
+    mask = np.zeros((height, width), bool)
+    mask[height * 7 // 24:height * 17 // 24, width * 13 // 36:width * 23 // 36] = True
     return Scene(mask, mask.astype(np.float32), "sidecar-disparity + depth-grabcut")
 
 
 class BlurPainter:
-    """A checkerboard blurred by a Gaussian of radius K / 10 (K < 0: sharp), the same for every prompt and seed."""
+    """A checkerboard of ``size`` blurred by a Gaussian of radius K / 10 (K < 0: sharp), the same for every prompt
+    and seed."""
+
+    def __init__(self, size: tuple[int, int] = SIZE) -> None:
+        self.size = size
 
     def __call__(self, prompt, bokeh, seed=0, **kwargs):
-        board = ((np.indices(SIZE[::-1]).sum(axis=0) // 3) % 2 * 200 + 30).astype(np.uint8)
+        board = ((np.indices(self.size[::-1]).sum(axis=0) // 3) % 2 * 200 + 30).astype(np.uint8)
         image = Image.fromarray(np.stack([board, board // 2, 255 - board], axis=-1))
         return [image.filter(ImageFilter.GaussianBlur(max(k, 0) / 10)) for k in bokeh]
 
@@ -132,8 +160,25 @@ def test_eval_json_lists_every_picture(eval_dir):
     assert first["sweep"] == [f"images/p0-s0-unbounded_K{k}.png" for k in LEVELS]
     assert first["reference"] == [f"images/p0-s0-unbounded_render_K{k}.png" for k in LEVELS]
     assert first["mask"] == "images/p0-s0-unbounded_mask.png"
+    assert first["thumbs"]["images/p0-s0-unbounded_K0.png"] == "images/thumbs/p0-s0-unbounded_K0.jpg"
     with Image.open(eval_dir / "images" / "thumbs" / "p0-s0-unbounded_K0.jpg") as thumb:
         assert thumb.size == (48, 32)  # 72x48 scaled to a 48 px long side
+
+
+def test_a_second_evaluation_of_small_pictures_shows_no_thumbnail_of_the_first(tmp_path):
+    """300x200 pictures get thumbnails (long side over 256 px), 72x48 ones do not: written into the same folder
+    after the large ones, the page shows the new PNGs and no thumbnail is left behind."""
+    out = tmp_path / "out"
+    for size in ((300, 200), (72, 48)):
+        settings = EvalSettings(LEVELS, [0], grounded=False)
+        evaluator = Evaluator(BlurPainter(size), settings, lambda prompt, image: scene(size), "render", device="cpu")
+        write_evaluation(evaluator.run(PROMPTS[:1]), out)
+        sources = re.findall(r'<img src="([^"]+)"', (out / "eval.html").read_text())
+        with Image.open(out / html.unescape(sources[0])) as shown:
+            assert shown.size == ((256, 171) if size == (300, 200) else size)  # 300x200 scaled to a 256 px long side
+    assert sources and all(src.endswith(".png") and "thumbs" not in src for src in sources)
+    assert not list((out / "images" / "thumbs").glob("*.jpg"))
+    assert all(not run["images"]["thumbs"] for run in json.loads((out / "eval.json").read_text())["runs"])
 
 
 # ---------------------------------------------------------------- in a browser
