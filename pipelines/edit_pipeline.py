@@ -233,7 +233,8 @@ EDIT_PIPELINES = {BokehStableDiffusionPipeline: BokehStableDiffusionEditPipeline
 
 
 def edit_pipeline(pipe: BokehPipeline) -> BokehEditMixin:
-    """The edit pipeline on a loaded sampling pipeline's components (the same modules, nothing copied)."""
+    """The edit pipeline on a loaded sampling pipeline's components (the same modules, nothing copied). Offload hooks
+    do not carry over: call ``enable_model_cpu_offload()`` on the pipeline this returns, not before."""
     for base, edit in EDIT_PIPELINES.items():
         if isinstance(pipe, base):
             return pipe if isinstance(pipe, edit) else edit(**pipe.components).to(pipe.device)
