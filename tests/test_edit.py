@@ -370,3 +370,17 @@ def test_edit_cli_refuses_levels_out_of_range(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["edit", "photo.png", "--bokeh", "31", "-o", "o"])
     assert exc.value.code == 2 and "0..30" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("root_name", ["sd_dir", "flux_dir"])
+def test_model_cpu_offload_on_the_edit_pipeline_gives_the_plain_edit(root_name, request):
+    """diffusers' enable_model_cpu_offload on an edit pipeline (the inversion included): hooks on every model of the
+    offload sequence and the same pixels as without them (on the CPU the hooks' code paths run; see test_pipelines)."""
+    root = request.getfixturevalue(root_name)
+    pipe = edit_pipe(root / "base", root / "random")
+    common = dict(source_bokeh=12, num_inference_steps=3, height=16, width=16)
+    plain = pipe(smooth_photo(16), CAPTION, [0, 30], **common).images
+    pipe.enable_model_cpu_offload(device="cpu")
+    assert all(hasattr(getattr(pipe, name), "_hf_hook") for name in pipe.model_cpu_offload_seq.split("->"))
+    offloaded = pipe(smooth_photo(16), CAPTION, [0, 30], **common).images
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(plain, offloaded))
