@@ -88,10 +88,9 @@ def _coarse_stacks(premult: torch.Tensor, plan: LayerPlan) -> dict[int, tuple[li
     for i, layer in enumerate(plan.layers):
         if layer.scale == 1:
             row_table[i] = offset  # full-resolution pixels all land in one spare cell
-    index = torch.mul(plan.ids, height, out=kept_empty("cell lookups", plan.ids.shape, plan.ids))
+    index = plan.ids * height
     index += rows_of.to(device)[:, None]
-    dest = kept_empty("cells", (height * width,), plan.ids)
-    torch.index_select(row_table.to(device).view(-1), 0, index.view(-1), out=dest)
+    dest = row_table.to(device).view(-1).index_select(0, index.view(-1))
     torch.mul(plan.ids, width, out=index)
     index += cols_of.to(device)[None, :]
     dest += col_table.to(device).view(-1).index_select(0, index.view(-1))
@@ -171,12 +170,13 @@ def _full_resolution(
     ids = grid.mirror_halo(grid.with_halo(plan.ids.to(torch.int16), fill=-1))
     # Which layers have pixels in each HALO x HALO block: one bincount over (slot, block) keys.
     block_rows, block_cols = ids.shape[0] // HALO, ids.shape[1] // HALO
-    lookup = torch.add(ids, 1, out=kept_empty("slot lookups", ids.shape, slot_of))
-    key = kept_empty("slot keys", ids.shape, slot_of)
-    torch.index_select(slot_of.to(device), 0, lookup.view(-1), out=key.view(-1))
+    block = (torch.arange(ids.shape[0], device=device)[:, None] // HALO) * block_cols + (
+        torch.arange(ids.shape[1], device=device)[None, :] // HALO)
+    key = ids.long()
+    key += 1
+    key = slot_of.to(device).index_select(0, key.view(-1)).view(key.shape)
     key *= block_rows * block_cols
-    key += (torch.arange(ids.shape[0], device=device)[:, None] // HALO) * block_cols
-    key += torch.arange(ids.shape[1], device=device)[None, :] // HALO
+    key += block
     counts = torch.bincount(key.reshape(-1), minlength=(n + 1) * block_rows * block_cols)
     presence = presence_from_blocks(counts[: n * block_rows * block_cols].view(n, block_rows, block_cols) > 0)
 

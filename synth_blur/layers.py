@@ -17,8 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .workspace import kept_empty
-
 #: A disc of radius <= this fits inside one pixel: the identity.
 FOCUS_RADIUS = 0.5
 #: Smallest blur radius (px, on the reduced grid) used below full resolution. Measured on the
@@ -75,12 +73,10 @@ def plan_layers(signed_radius: torch.Tensor) -> LayerPlan:
     max_radius = float(magnitude.max()) if flat.numel() else 0.0
     edges = radius_edges(max_radius)
     signed_edges = torch.as_tensor(np.concatenate([-edges[::-1], edges]), dtype=flat.dtype, device=flat.device)
-    bins = kept_empty("layer bins", tuple(flat.shape), signed_edges.long())
-    torch.bucketize(flat, signed_edges, out=bins)  # bin len(edges) holds |r| <= FOCUS_RADIUS
+    bins = torch.bucketize(flat, signed_edges)  # bin len(edges) holds |r| <= FOCUS_RADIUS
     n_bins = 2 * len(edges) + 1
     counts = torch.bincount(bins, minlength=n_bins)
-    weights = kept_empty("layer radii", tuple(flat.shape), signed_edges.double()).copy_(magnitude)
-    sums = torch.bincount(bins, weights=weights, minlength=n_bins)
+    sums = torch.bincount(bins, weights=magnitude.to(torch.float64), minlength=n_bins)
     counts_np, sums_np = counts.cpu().numpy(), sums.cpu().numpy()
     focus_bin = len(edges)
     layers: list[Layer] = []

@@ -19,7 +19,6 @@ from estimators.model_loading import resolve_device
 from .aperture import Aperture, blade_count
 from .composite import LinearImage, render_linear
 from .layers import FOCUS_RADIUS, plan_layers
-from .workspace import kept_empty
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -109,15 +108,14 @@ def _prepare(image: ArrayLike, source: torch.Tensor, disp: torch.Tensor, focus: 
     height, width = source.shape[:2]
     work = resolve_device(device)
     channels = source.to(work).permute(2, 0, 1)
-    table = (torch.arange(256, dtype=torch.float32, device=work) / 255.0) ** gamma
-    premult = kept_empty("linear image", (4, height, width), table)  # lives for one render_levels call
+    premult = torch.empty((4, height, width), dtype=torch.float32, device=work)
     premult[3].fill_(1.0)
     linear = premult[:3]
     if source.dtype == torch.uint8:
         encoded = channels
         # Decoding through a 256-entry table: one lookup per pixel instead of a power.
-        lookups = kept_empty("decode lookups", tuple(channels.shape), table.int()).copy_(channels)
-        torch.index_select(table, 0, lookups.view(-1), out=linear.view(-1))
+        table = (torch.arange(256, dtype=torch.float32, device=work) / 255.0) ** gamma
+        torch.index_select(table, 0, channels.reshape(-1).int(), out=linear.view(-1))
     else:
         encoded = channels.to(torch.float32).clamp(0.0, 1.0)
         torch.pow(encoded, gamma, out=linear)
