@@ -32,7 +32,7 @@ def matmul_input(x: torch.Tensor, weight_dtype: torch.dtype) -> torch.Tensor:
 
 def scaled(tensor: torch.Tensor, scale: float) -> torch.Tensor:
     """``scale * tensor``, with no multiply (forward or backward) at the usual scale 1: one kernel launch
-    less per use, and launches are what bound FLUX's batch-1 step (docs/benchmarks.md)."""
+    less per use, and launches are what bound FLUX's batch-1 step (docs/benchmarks.md, "FLUX at batch 1")."""
     return tensor if scale == 1 else scale * tensor
 
 

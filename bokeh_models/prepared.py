@@ -1,10 +1,10 @@
 """What an adapter computes once per model call for all its blocks, instead of once in every block.
 
-FLUX's batch-1 training step is bound by kernel launches (docs/benchmarks.md), and each of the 57 adapted blocks
-casting its low-rank weights for autocast and running its own V_b projection of the one bokeh token would be hundreds of
-tiny launches, forward and backward. Here the same-shape low-rank layers of all blocks are stacked, cast once,
-and the bokeh values V_b(token) of every block come from two batched matmuls; each block then only looks its
-tensors up. Same values as the per-block path, up to bf16 rounding (tested).
+FLUX's batch-1 training step is bound by kernel launches (docs/benchmarks.md, "FLUX at batch 1"), and each of
+the 57 adapted blocks casting its low-rank weights for autocast and running its own V_b projection of the one bokeh
+token would be hundreds of tiny launches, forward and backward. Here the same-shape low-rank layers of all blocks
+are stacked, cast once, and the bokeh values V_b(token) of every block come from two batched matmuls; each block
+then only looks its tensors up. Same values as the per-block path, up to bf16 rounding (tested).
 """
 from __future__ import annotations
 

@@ -18,7 +18,6 @@ the background on both sides of its outline. The frame is mirrored, so borders d
 """
 from __future__ import annotations
 
-import threading
 from typing import Optional
 
 import torch
@@ -27,38 +26,27 @@ from .aperture import Aperture
 from .layers import LayerPlan
 from .resample import upsample2
 from .tiles import HALO, TILE, PatchFetcher, TileGrid, blur_and_composite, presence_from_blocks, slot_kernels, tile_presence
+from .workspace import kept_empty
 
 #: Coverage below which a pixel's normalised colour is blended with the push-pull fill.
 HOLE_COVERAGE = 0.05
-#: Largest buffer of reduced-grid layer copies (bytes) that a thread keeps for its next render on CPU.
-WORKSPACE_LIMIT = 256 * 2**20
-
-_workspace = threading.local()
 
 
-def _zeroed_buffer(like: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """A zero-filled tensor of ``shape`` like ``like``; on CPU carved from a buffer this thread keeps between
-    renders (up to WORKSPACE_LIMIT bytes): the C library maps a block this large afresh on each
-    allocation, and touching its new pages costs more than filling kept ones with zeros."""
-    numel = shape[0] * shape[1]
-    if like.device.type != "cpu" or numel * like.element_size() > WORKSPACE_LIMIT:
-        return like.new_zeros(shape)
-    kept = getattr(_workspace, "buffer", None)
-    if kept is None or kept.numel() < numel or kept.dtype != like.dtype:
-        kept = _workspace.buffer = like.new_empty(numel)
-    return kept[:numel].view(shape).zero_()
-
-
-def _upsample2(stack: Optional[torch.Tensor], source: TileGrid, target: TileGrid) -> Optional[torch.Tensor]:
-    """Bicubic 2x upsampling of a premultiplied stack on ``source`` to a stack on ``target`` (padded layouts).
+def _upsample2(
+    stack: Optional[torch.Tensor], source: TileGrid, target: TileGrid, name: str, scale: int,
+) -> Optional[torch.Tensor]:
+    """Bicubic 2x upsampling of a premultiplied stack on ``source`` to a stack on ``target`` (padded layouts),
+    the grid reduced by ``scale``, into the buffer kept under ``name`` and ``scale`` (one per grid: the
+    source's stays intact).
 
     Overshoot is removed without changing any colour: negative values become 0 and pixels whose
     alpha exceeds 1 are scaled down as a whole (premultiplied colour with them).
     """
     if stack is None:
         return None
-    image = stack[:, : source.height, : source.width]
-    up = torch.clamp_min(upsample2(image, target.padded_height, target.padded_width), 0.0)  # contiguous
+    shape = (stack.shape[0], target.padded_height, target.padded_width)
+    out = kept_empty(f"{name} stack at scale {scale}", shape, stack)
+    up = upsample2(stack[:, : source.height, : source.width], *shape[1:], out=out).clamp_min_(0.0)
     rows, cols = torch.nonzero(up[3] > 1.0, as_tuple=True)
     up[:, rows, cols] /= up[3, rows, cols]
     return up
@@ -107,7 +95,7 @@ def _coarse_stacks(premult: torch.Tensor, plan: LayerPlan) -> dict[int, tuple[li
     index += cols_of.to(device)[None, :]
     dest += col_table.to(device).view(-1).index_select(0, index.view(-1))
     # Channel rows of offset + TILE cells: every copy starts on a multiple of TILE (TileGrid.patch_fetcher).
-    buffer = _zeroed_buffer(premult, (4, offset + TILE))
+    buffer = kept_empty("layer copies", (4, offset + TILE), premult).zero_()
     buffer.index_add_(1, dest, premult.reshape(4, -1))
     stacks = {}
     for s, (members, grid, start, (count, rows_s, cols_s)) in layout.items():
@@ -269,7 +257,7 @@ def render_linear(image: LinearImage, plan: LayerPlan, aperture: Aperture) -> to
             back, front = _coarse_scale(plan, scale, *stacks[scale], aperture, back, front)
         scale //= 2
         finer = TileGrid(-(-height // scale), -(-width // scale))
-        back, front = _upsample2(back, grid, finer), _upsample2(front, grid, finer)
+        back, front = _upsample2(back, grid, finer, "back", scale), _upsample2(front, grid, finer, "front", scale)
         grid = finer
     back, front = _full_resolution(image, plan, aperture, back, front)
     if back is not None:

@@ -171,10 +171,15 @@ def _clip(tiles: torch.Tensor) -> torch.Tensor:
 
 
 def _blur(patches: torch.Tensor, spectra: torch.Tensor) -> torch.Tensor:
-    """Tiles [N, 4, TILE, TILE] of patches blurred with per-patch spectra; round-off clipped."""
+    """Tiles [N, 4, TILE, TILE] of patches blurred with per-patch spectra; round-off clipped.
+
+    The inverse transform runs one axis at a time so that the rows outside the tile are dropped
+    before the last (real) transform instead of after it.
+    """
     spectrum = torch.fft.rfft2(patches)
     spectrum *= spectra[:, None]
-    return _clip(torch.fft.irfft2(spectrum, s=(PATCH, PATCH))[..., HALO : HALO + TILE, HALO : HALO + TILE])
+    rows = torch.fft.ifft(spectrum, dim=-2)[..., HALO : HALO + TILE, :]
+    return _clip(torch.fft.irfft(rows, n=PATCH, dim=-1)[..., HALO : HALO + TILE])
 
 
 def _blur_direct(patches: torch.Tensor, taps: Taps) -> torch.Tensor:
