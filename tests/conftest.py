@@ -28,21 +28,28 @@ def sam_dir(tmp_path_factory):
     return build_tiny_sam(tmp_path_factory.mktemp("sam"))
 
 
+def _pipeline_folder(root: Path, build, model_class, subfolder: str, adapter_class, **randomise_kwargs) -> Path:
+    """``root`` with a tiny random-weight base model (base/), a fresh bokeh adapter on it (fresh/) and a randomised
+    one (random/)."""
+    from tests.tiny_pipelines import randomise
+
+    build(root / "base")
+    model = model_class.from_pretrained(root / "base", subfolder=subfolder)
+    adapter_class(model, lora_rank=4, bokeh_context_dim=32).save_pretrained(root / "fresh")
+    randomise(adapter_class(model, lora_rank=4, bokeh_context_dim=32), **randomise_kwargs).save_pretrained(root / "random")
+    return root
+
+
 @pytest.fixture(scope="session")
 def sd_dir(tmp_path_factory):
     """A tiny random-weight SD folder (base/) with a fresh (fresh/) and a randomised (random/) bokeh adapter."""
     from diffusers import UNet2DConditionModel
 
     from bokeh_models.unet_adapter import BokehUNetAdapter
+    from tests.tiny_pipelines import build_tiny_sd
 
-    from tests.tiny_pipelines import build_tiny_sd, randomise
-
-    root = tmp_path_factory.mktemp("sd")
-    build_tiny_sd(root / "base")
-    unet = UNet2DConditionModel.from_pretrained(root / "base", subfolder="unet")
-    BokehUNetAdapter(unet, lora_rank=4, bokeh_context_dim=32).save_pretrained(root / "fresh")
-    randomise(BokehUNetAdapter(unet, lora_rank=4, bokeh_context_dim=32), seed=3).save_pretrained(root / "random")
-    return root
+    return _pipeline_folder(tmp_path_factory.mktemp("sd"), build_tiny_sd, UNet2DConditionModel, "unet", BokehUNetAdapter,
+                            seed=3)
 
 
 @pytest.fixture(scope="session")
@@ -51,15 +58,10 @@ def flux_dir(tmp_path_factory):
     from diffusers import FluxTransformer2DModel
 
     from bokeh_models.flux_adapter import BokehFluxAdapter
+    from tests.tiny_pipelines import build_tiny_flux
 
-    from tests.tiny_pipelines import build_tiny_flux, randomise
-
-    root = tmp_path_factory.mktemp("flux")
-    build_tiny_flux(root / "base")
-    transformer = FluxTransformer2DModel.from_pretrained(root / "base", subfolder="transformer")
-    BokehFluxAdapter(transformer, lora_rank=4, bokeh_context_dim=32).save_pretrained(root / "fresh")
-    randomise(BokehFluxAdapter(transformer, lora_rank=4, bokeh_context_dim=32), seed=4, std=0.2).save_pretrained(root / "random")
-    return root
+    return _pipeline_folder(tmp_path_factory.mktemp("flux"), build_tiny_flux, FluxTransformer2DModel, "transformer",
+                            BokehFluxAdapter, seed=4, std=0.2)
 
 
 @pytest.fixture
