@@ -40,7 +40,7 @@ STAGE = $(BIN)/python demo/stage.py run --log $(DEMO_OUT)/stages.jsonl
 demo: setup
 	rm -rf $(DEMO_OUT)
 	@echo "make demo: the whole loop on bundled data, offline, in 8 stages into $(DEMO_OUT)/;" \
-	    "about 16 minutes on 2 cores, most of it training the tiny model (stage 6)"
+	    "about 13 minutes on 2 cores, most of it training the tiny model (stage 6)"
 	@$(STAGE) --stage 1/8 --title "Estimate K of the demo photos" \
 	    --what "bokeh level K of each bundled photo from its EXIF lens data and depth sidecar" -- \
 	    $(BIN)/bokeh estimate demo/photos/*.jpg --depth sidecar --mask depth
