@@ -108,7 +108,7 @@ class ValidationConfig:
     prompts: list = field(default_factory=list)
     levels: list = field(default_factory=lambda: [0, 10, 20, 30])
     steps: int = 25
-    guidance_scale: float = 3.0
+    guidance_scale: Optional[float] = None  # None: the pipeline's own default (FLUX 3, SD 7.5, pixel models 2)
     seed: int = 0
     resolution: int = 0
 
