@@ -57,15 +57,16 @@ def _tree(roots: list[psutil.Process]) -> list[psutil.Process]:
     return found
 
 
-def reap(procs: list[psutil.Process]) -> None:
-    """SIGTERM, then SIGKILL after GRACE_S, each process of ``procs`` still alive (a reused pid is left alone)."""
+def reap(procs: list[psutil.Process], grace: float = GRACE_S) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds, each process of ``procs`` still alive (a reused pid is left
+    alone)."""
     alive = [p for p in procs if p.is_running()]
     for proc in alive:
         try:
             proc.terminate()
         except psutil.Error:
             pass
-    _, left = psutil.wait_procs(alive, timeout=GRACE_S)
+    _, left = psutil.wait_procs(alive, timeout=grace)
     for proc in left:
         try:
             proc.kill()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest  # noqa: E402
 
 from dataset_tools.build import ShardWriter  # noqa: E402
 from dataset_tools.demo_scenes import write_demo_data  # noqa: E402
+from dataset_tools.ray_reaper import reap  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 REPO_ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": str(ROOT)}
@@ -98,18 +98,8 @@ def session_processes(session_id: int) -> list[psutil.Process]:
 def kill_session(session_id: int, grace: float = 5.0) -> None:
     """SIGTERM, then SIGKILL, every process of a session this test started (never anything else)."""
     procs = session_processes(session_id)
-    for proc in procs:
-        try:
-            proc.send_signal(signal.SIGTERM)
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=grace)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=grace)
+    reap(procs, grace)
+    psutil.wait_procs(procs, timeout=grace)
 
 
 def wait_for(condition, timeout: float, what: str, interval: float = 0.05) -> None:
