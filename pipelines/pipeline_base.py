@@ -95,17 +95,26 @@ class BokehPipeline(DiffusionPipeline):
         finally:
             self.adapter.install(self.base_model)
 
+    def _tokens_with_offsets(self, text: str) -> Optional[dict[str, list]]:
+        """``text`` through the pipeline's first tokenizer, without special tokens or the library's length warning:
+        its ``input_ids`` and each token's character span (``offset_mapping``); None for a tokenizer without spans."""
+        tokenizer = getattr(self, "tokenizer", None)
+        if tokenizer is None or not getattr(tokenizer, "is_fast", False):
+            return None
+        return tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+
     def unknown_words(self, texts: Sequence[str]) -> list[str]:
         """The words of ``texts`` (not punctuation) that the pipeline's first tokenizer reads as its unknown token, each
         once (as first spelled), in order; [] for a tokenizer without one or without offsets (byte-level BPE knows
         every word)."""
-        tokenizer = getattr(self, "tokenizer", None)
-        unk = getattr(tokenizer, "unk_token_id", None)
-        if unk is None or not getattr(tokenizer, "is_fast", False):
+        unk = getattr(getattr(self, "tokenizer", None), "unk_token_id", None)
+        if unk is None:
             return []
         words: dict[str, str] = {}
         for text in texts:
-            encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+            encoded = self._tokens_with_offsets(text)
+            if encoded is None:
+                return []
             for token, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
                 word = text[start:end]
                 if token == unk and any(c.isalnum() for c in word):
@@ -115,11 +124,11 @@ class BokehPipeline(DiffusionPipeline):
     def truncated_text(self, text: str) -> str:
         """The end of ``text`` that the pipeline's first tokenizer cuts off at its ``model_max_length`` (its special
         tokens counted); "" when the whole text fits or the tokenizer gives no offsets."""
-        tokenizer = getattr(self, "tokenizer", None)
-        if tokenizer is None or not getattr(tokenizer, "is_fast", False):
+        encoded = self._tokens_with_offsets(text)
+        if encoded is None:
             return ""
-        room = tokenizer.model_max_length - tokenizer.num_special_tokens_to_add()
-        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
+        room = self.tokenizer.model_max_length - self.tokenizer.num_special_tokens_to_add()
+        offsets = encoded["offset_mapping"]
         return text[offsets[room][0]:].strip() if len(offsets) > room else ""
 
     # ---------------------------------------------------------------- backbone-specific steps
